@@ -1,0 +1,452 @@
+//! The command-line interface: argument definitions (clap) and one function per subcommand.
+//!
+//! Each command resolves its arguments once (manifest → [`Manifest`], registry, work dir) and
+//! then calls the library; it prints results to stdout and returns the exit code.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, schema, LoadOptions, Manifest};
+use crate::data::{self, registry::SynthParams, Registry};
+use crate::error::{Error, Result, EXIT_OK, EXIT_RUN_FAILED};
+use crate::runner::{Report, Runner, RunnerOptions};
+use crate::table;
+
+/// Declarative weakly supervised semantic segmentation experiments for histopathology.
+///
+/// Exit codes: 0 ok, 1 a run failed, 2 bad input (manifest, registry, dataset, arguments).
+#[derive(Debug, Parser)]
+#[command(name = "wsss", version, about, long_about = None)]
+pub struct Cli {
+    /// Where caches and run directories are written.
+    #[arg(long, global = true, env = "WSSS_WORK_DIR", default_value = "runs")]
+    pub work_dir: PathBuf,
+    /// Dataset registry (default: the nearest datasets.toml above the manifest, else built-in).
+    #[arg(long, global = true, env = "WSSS_DATASETS")]
+    pub datasets: Option<PathBuf>,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check manifests and print every problem found (exit 2 if any).
+    Validate {
+        /// Manifest files.
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        /// Overrides.
+        #[command(flatten)]
+        ov: Overrides,
+    },
+    /// Show the variants of a manifest and, per stage, its cache key and whether it is cached.
+    Plan {
+        /// Manifest file.
+        manifest: PathBuf,
+        /// Overrides.
+        #[command(flatten)]
+        ov: Overrides,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every variant of a manifest.
+    Run {
+        /// Manifest file.
+        manifest: PathBuf,
+        /// Overrides.
+        #[command(flatten)]
+        ov: Overrides,
+        /// Recompute every stage; existing run directories are moved aside, not deleted.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// List registered datasets, or summarise one (counts per class, patient and split).
+    Datasets {
+        /// Dataset name.
+        name: Option<String>,
+        /// Show the split this manifest makes of the dataset.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Decode every image and mask to check them.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Write the synthetic H&E-like dataset to a folder (`root/images/<class>/<patient>/…`).
+    Synth {
+        /// Output folder (must not exist).
+        out: PathBuf,
+        /// Patients per class.
+        #[arg(long, default_value_t = SynthParams::default().patients_per_class)]
+        patients_per_class: u32,
+        /// Images per patient.
+        #[arg(long, default_value_t = SynthParams::default().images_per_patient)]
+        images_per_patient: u32,
+        /// Tile size in pixels.
+        #[arg(long, default_value_t = SynthParams::default().size)]
+        size: u32,
+        /// Seed.
+        #[arg(long, default_value_t = SynthParams::default().seed)]
+        seed: u64,
+    },
+    /// Print every manifest key with its type, default and meaning.
+    Schema,
+}
+
+/// Overrides shared by manifest commands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Overrides {
+    /// Override a manifest key (highest priority), e.g. --set cam.threshold=0.6. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// Run a parsed command line; returns the process exit code.
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Validate { manifests, ov } => validate(&cli, manifests, ov),
+        Command::Plan { manifest, ov, json } => plan(&cli, manifest, ov, *json),
+        Command::Run {
+            manifest,
+            ov,
+            fresh,
+        } => run(&cli, manifest, ov, *fresh),
+        Command::Datasets {
+            name,
+            manifest,
+            verify,
+        } => datasets(&cli, name.as_deref(), manifest.as_deref(), *verify),
+        Command::Synth {
+            out,
+            patients_per_class,
+            images_per_patient,
+            size,
+            seed,
+        } => {
+            let p = SynthParams {
+                patients_per_class: *patients_per_class,
+                images_per_patient: *images_per_patient,
+                size: *size,
+                seed: *seed,
+            };
+            synth(out, &p)
+        }
+        Command::Schema => {
+            print!("{}", schema_text());
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn load(path: &Path, ov: &Overrides) -> Result<Manifest> {
+    Ok(config::load(path, &LoadOptions::from_env(ov.sets.clone()))?)
+}
+
+fn registry(cli: &Cli, near: &Path) -> Result<Registry> {
+    let start = near
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Registry::discover(cli.datasets.as_deref(), start)
+}
+
+fn runner(cli: &Cli, manifest: &Path, fresh: bool) -> Result<Runner> {
+    let opts = RunnerOptions {
+        work_dir: cli.work_dir.clone(),
+        fresh,
+        crash_at: std::env::var("WSSS_CRASH_AT")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    };
+    Ok(Runner::new(opts, registry(cli, manifest)?))
+}
+
+fn validate(cli: &Cli, manifests: &[PathBuf], ov: &Overrides) -> Result<i32> {
+    let mut all = Vec::new();
+    for path in manifests {
+        let r = load(path, ov).and_then(|m| {
+            let notes = runner(cli, path, false)?.check(&m)?;
+            Ok((m, notes))
+        });
+        match r {
+            Ok((m, notes)) => {
+                println!(
+                    "ok: {} — experiment `{}`, {} variant(s)",
+                    path.display(),
+                    m.name(),
+                    m.variants.len()
+                );
+                for n in notes {
+                    println!("  note: {n}");
+                }
+            }
+            Err(Error::Config(e)) => all.extend(e.0),
+            Err(e) => return Err(e),
+        }
+    }
+    if all.is_empty() {
+        Ok(EXIT_OK)
+    } else {
+        Err(config::ConfigErrors(all).into())
+    }
+}
+
+fn print_report(r: &Report, with_time: bool) {
+    let stage_names: Vec<String> = r
+        .variants
+        .iter()
+        .find(|v| !v.stages.is_empty())
+        .map(|v| v.stages.iter().map(|s| s.stage.clone()).collect())
+        .unwrap_or_default();
+    let mut headers: Vec<&str> = vec!["variant", "hash"];
+    headers.extend(stage_names.iter().map(String::as_str));
+    headers.push("run dir");
+    let rows: Vec<Vec<String>> = r
+        .variants
+        .iter()
+        .map(|v| {
+            let mut row = vec![v.id.clone(), v.hash.clone()];
+            if let Some(e) = &v.error {
+                row.extend(stage_names.iter().map(|_| "failed".to_string()));
+                row.push(e.clone());
+                return row;
+            }
+            for s in &v.stages {
+                let k = s.key.as_deref().map(|k| &k[..8]).unwrap_or("?");
+                row.push(if with_time && s.state == "ran" {
+                    format!("{} {k} {:.1}s", s.state, s.seconds)
+                } else {
+                    format!("{} {k}", s.state)
+                });
+            }
+            row.push(v.run_dir.display().to_string());
+            row
+        })
+        .collect();
+    println!(
+        "experiment `{}`: {} variant(s)",
+        r.experiment,
+        r.variants.len()
+    );
+    print!("{}", table::text(&headers, &rows));
+    for (stage, distinct, n) in r.sharing() {
+        println!("stage {stage}: {distinct} distinct computation(s) for {n} variant(s)");
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+}
+
+fn plan(cli: &Cli, manifest: &Path, ov: &Overrides, json: bool) -> Result<i32> {
+    let m = load(manifest, ov)?;
+    let report = runner(cli, manifest, false)?.plan(&m)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print_report(&report, false);
+    }
+    Ok(EXIT_OK)
+}
+
+fn run(cli: &Cli, manifest: &Path, ov: &Overrides, fresh: bool) -> Result<i32> {
+    let m = load(manifest, ov)?;
+    let report = runner(cli, manifest, fresh)?.run(&m)?;
+    print_report(&report, true);
+    let ran = report.ran();
+    println!(
+        "{ran} stage run(s), {} cached",
+        report
+            .variants
+            .iter()
+            .map(|v| v.stages.len())
+            .sum::<usize>()
+            - ran
+    );
+    Ok(if report.failed() {
+        EXIT_RUN_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+fn datasets(cli: &Cli, name: Option<&str>, manifest: Option<&Path>, verify: bool) -> Result<i32> {
+    let reg = registry(cli, manifest.unwrap_or(Path::new("./x")))?;
+    let Some(name) = name else {
+        println!("registry: {}", reg.source);
+        let rows: Vec<Vec<String>> = reg
+            .entries
+            .values()
+            .map(|s| {
+                let state = if s.root.exists() {
+                    "present"
+                } else if s.synth.is_some() {
+                    "generated on first use"
+                } else {
+                    "missing"
+                };
+                vec![
+                    s.name.clone(),
+                    s.classes.join("/"),
+                    s.root.display().to_string(),
+                    state.into(),
+                    s.description.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::text(&["name", "classes", "root", "state", "description"], &rows)
+        );
+        return Ok(EXIT_OK);
+    };
+    let spec = reg.get(name).ok_or_else(|| {
+        Error::Usage(format!(
+            "dataset `{name}` is not registered in {} (registered: {})",
+            reg.source,
+            reg.names().join(", ")
+        ))
+    })?;
+    let idx = data::open(spec)?;
+    if verify {
+        let bar = crate::progress::bar(idx.samples.len() as u64, "checking images");
+        data::scan::verify(&idx, &bar)?;
+        bar.finish_and_clear();
+        println!(
+            "all {} images and masks decode; masks match their images' sizes",
+            idx.samples.len()
+        );
+    }
+    println!("dataset `{name}` at {}", spec.root.display());
+    println!(
+        "{} images, {} patients, fingerprint {}",
+        idx.samples.len(),
+        idx.patients().len(),
+        &idx.fingerprint[..16]
+    );
+    let assign = match manifest {
+        Some(mp) => {
+            let m = load(mp, &Overrides::default())?;
+            let v = &m.variants[0];
+            Some(data::split::assign(
+                &idx,
+                &v.config.split,
+                &m.source_of(v, "split.method"),
+            )?)
+        }
+        None => None,
+    };
+    let mut rows = Vec::new();
+    for p in idx.patients() {
+        let mut row = vec![p.to_string()];
+        for ci in 0..spec.classes.len() {
+            row.push(
+                idx.samples
+                    .iter()
+                    .filter(|s| s.patient == p && s.class == ci)
+                    .count()
+                    .to_string(),
+            );
+        }
+        if let Some(a) = &assign {
+            row.push(a.get(p).map(|s| s.to_string()).unwrap_or_default());
+        }
+        rows.push(row);
+    }
+    let mut headers: Vec<&str> = vec!["patient"];
+    headers.extend(spec.classes.iter().map(String::as_str));
+    if assign.is_some() {
+        headers.push("split");
+    }
+    print!("{}", table::text(&headers, &rows));
+    let counts = idx.class_counts();
+    println!(
+        "total: {}",
+        counts
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(a) = &assign {
+        for split in [
+            data::Split::Train,
+            data::Split::Valid,
+            data::Split::Test,
+            data::Split::Excluded,
+        ] {
+            let n: Vec<String> = spec
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(ci, c)| {
+                    format!(
+                        "{c} {}",
+                        idx.samples
+                            .iter()
+                            .filter(|s| s.class == ci && a.get(&s.patient) == Some(&split))
+                            .count()
+                    )
+                })
+                .collect();
+            let pats = a.values().filter(|s| **s == split).count();
+            if pats > 0 {
+                println!("{split}: {pats} patient(s); images {}", n.join(", "));
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn synth(out: &Path, p: &SynthParams) -> Result<i32> {
+    if out.exists() {
+        return Err(Error::Usage(format!(
+            "{} already exists: choose a new folder",
+            out.display()
+        )));
+    }
+    if p.patients_per_class < 2 || p.images_per_patient < 1 || p.size < 32 {
+        return Err(Error::Usage(
+            "need --patients-per-class ≥ 2, --images-per-patient ≥ 1 and --size ≥ 32".into(),
+        ));
+    }
+    let classes = vec!["normal".to_string(), "malignant".to_string()];
+    data::synth::ensure(out, &classes, p)?;
+    println!(
+        "wrote {} images ({} patients per class) to {}",
+        2 * p.patients_per_class * p.images_per_patient,
+        p.patients_per_class,
+        out.display()
+    );
+    println!("register it in datasets.toml with layout = \"folder\", masks_dir = \"masks\", classes = [\"normal\", \"malignant\"]");
+    Ok(EXIT_OK)
+}
+
+/// The manifest reference: every key, its type and default.
+pub fn schema_text() -> String {
+    let mut d = config::ExperimentConfig::default();
+    d.name = "<required>".into();
+    let v = toml::Value::try_from(&d).unwrap_or(toml::Value::Table(Default::default()));
+    let rows: Vec<Vec<String>> = schema::FIELDS
+        .iter()
+        .map(|f| {
+            let mut cur = Some(&v);
+            for part in f.key.split('.') {
+                cur = cur.and_then(|c| c.get(part));
+            }
+            let def = cur
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "(unset)".into());
+            vec![f.key.to_string(), f.kind.describe(), def, f.doc.to_string()]
+        })
+        .collect();
+    table::text(&["key", "allowed", "default", "meaning"], &rows)
+}

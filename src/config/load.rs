@@ -1,0 +1,761 @@
+//! Loading a manifest: read and syntax-check every file of the `extends` chain, gather the
+//! environment and `--set` overrides, check each source against the schema (collecting every
+//! problem), merge them with figment, expand the sweep and check each variant as a whole.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use sha2::{Digest, Sha256};
+use toml::{Table, Value};
+
+use super::schema::{self, field, is_section, suggest, DeviceSpec};
+use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
+use super::{ConfigError, ConfigErrors, ExperimentConfig, SplitMethod};
+
+/// Environment variables with the `WSSS_` prefix that are settings of the program rather than
+/// manifest keys.
+pub const PROGRAM_ENV: &[&str] = &[
+    "WSSS_SHARED_DATA",
+    "WSSS_LOG",
+    "WSSS_WORK_DIR",
+    "WSSS_DATASETS",
+    "WSSS_CRASH_AT",
+];
+
+/// Overrides applied on top of the manifest files.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `key=value` strings from `--set`, lowest priority first.
+    pub sets: Vec<String>,
+    /// Environment variables to consider (normally the process environment).
+    pub env: Vec<(String, String)>,
+}
+
+impl LoadOptions {
+    /// Options with the process environment and the given `--set` strings.
+    pub fn from_env(sets: Vec<String>) -> Self {
+        Self {
+            sets,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+/// One layer of configuration: a name for messages and its table.
+#[derive(Debug, Clone)]
+struct Source {
+    name: String,
+    table: Table,
+}
+
+/// A figment provider over one [`Source`], so figment can tell which source set a key.
+struct Named<'a>(&'a str, &'a Table);
+
+impl Provider for Named<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.0.to_string())
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        figment::providers::Serialized::defaults(self.1).data()
+    }
+}
+
+/// One resolved variant of a manifest.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    /// Readable id, e.g. `cam.threshold=0.6,loss.variant=focal` (`default` without a sweep).
+    pub id: String,
+    /// Short content hash of the resolved config (name and description excluded).
+    pub hash: String,
+    /// The swept keys and their values in this variant.
+    pub assignments: Vec<(String, Value)>,
+    /// What runs.
+    pub config: ExperimentConfig,
+}
+
+/// A loaded, validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// Every file of the `extends` chain, base first.
+    pub files: Vec<PathBuf>,
+    /// The merged sweep.
+    pub sweep: Sweep,
+    /// The source that defined the sweep (for messages).
+    pub sweep_source: String,
+    /// All variants (one when nothing is swept).
+    pub variants: Vec<Variant>,
+    /// Which source set each schema key (absent = built-in default).
+    pub key_sources: std::collections::BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Experiment name (equal across variants).
+    pub fn name(&self) -> &str {
+        &self.variants[0].config.name
+    }
+
+    /// The source to blame for `key` in `variant`: the sweep if the variant sweeps it, else
+    /// the file (or variable, or `--set`) that set it, else the manifest itself.
+    pub fn source_of(&self, variant: &Variant, key: &str) -> String {
+        if variant.assignments.iter().any(|(k, _)| k == key) {
+            return format!("{} [sweep variant {}]", self.sweep_source, variant.id);
+        }
+        self.key_sources
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
+/// Load, check and expand a manifest. Returns every problem found, not only the first.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Manifest, ConfigErrors> {
+    let mut errs = Vec::new();
+    let mut files = Vec::new();
+    let mut sources = Vec::new();
+    read_chain(path, None, &mut files, &mut sources, &mut errs);
+    sources.extend(env_sources(&opts.env));
+    sources.extend(set_sources(&opts.sets, &mut errs));
+    for s in &sources {
+        check_table(&s.name, "", &s.table, &mut errs);
+    }
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
+
+    let sweep = merge_sweep(&sources, &mut errs);
+    let manifest_name = path.display().to_string();
+    let sweep_source = sources
+        .iter()
+        .rev()
+        .find(|s| s.table.contains_key("sweep"))
+        .map_or_else(|| manifest_name.clone(), |s| s.name.clone());
+    let mut fig = Figment::new();
+    for s in &sources {
+        let mut t = s.table.clone();
+        t.remove("extends");
+        t.remove("sweep");
+        fig = fig.merge(Named(&s.name, &t));
+    }
+    let base: ExperimentConfig = match fig.extract() {
+        Ok(c) => c,
+        Err(e) => {
+            errs.extend(figment_errors(e, &manifest_name));
+            return Err(ConfigErrors(errs));
+        }
+    };
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let attribute = |key: &str| -> String {
+        fig.find_metadata(key)
+            .map(|m| m.name.to_string())
+            .unwrap_or_else(|| manifest_name.clone())
+    };
+    semantic(&base, base_dir, &attribute, &mut errs);
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
+    if sweep.count() > MAX_VARIANTS {
+        errs.push(ConfigError::key(
+            &sweep_source,
+            "sweep",
+            format!(
+                "expands to {} variants; at most {MAX_VARIANTS} are allowed",
+                sweep.count()
+            ),
+        ));
+        return Err(ConfigErrors(errs));
+    }
+
+    let mut variants = Vec::new();
+    for assign in sweep.assignments() {
+        let id = variant_id(&assign);
+        let config = if assign.is_empty() {
+            base.clone()
+        } else {
+            let src = format!("{sweep_source} [sweep variant {id}]");
+            let table = nested(&assign);
+            let vfig = fig.clone().merge(Named(&src, &table));
+            match vfig.extract::<ExperimentConfig>() {
+                Ok(c) => {
+                    let swept: BTreeSet<&str> = assign.iter().map(|(k, _)| k.as_str()).collect();
+                    let attr = |key: &str| -> String {
+                        if swept.contains(key) {
+                            src.clone()
+                        } else {
+                            attribute(key)
+                        }
+                    };
+                    semantic(&c, base_dir, &attr, &mut errs);
+                    c
+                }
+                Err(e) => {
+                    errs.extend(figment_errors(e, &src));
+                    continue;
+                }
+            }
+        };
+        variants.push(Variant {
+            hash: config_hash(&config),
+            id,
+            assignments: assign,
+            config,
+        });
+    }
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
+    let key_sources = schema::FIELDS
+        .iter()
+        .filter_map(|f| {
+            fig.find_metadata(f.key)
+                .map(|m| (f.key.to_string(), m.name.to_string()))
+        })
+        .collect();
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        files,
+        sweep_source,
+        sweep,
+        variants,
+        key_sources,
+    })
+}
+
+/// Short content hash of a resolved config; name and description do not count.
+pub fn config_hash(c: &ExperimentConfig) -> String {
+    let mut c = c.clone();
+    c.name.clear();
+    c.description.clear();
+    let json = serde_json::to_string(&c).unwrap_or_default();
+    let d = Sha256::digest(json.as_bytes());
+    d.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_chain(
+    path: &Path,
+    from: Option<&str>,
+    files: &mut Vec<PathBuf>,
+    out: &mut Vec<Source>,
+    errs: &mut Vec<ConfigError>,
+) {
+    let name = path.display().to_string();
+    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if files
+        .iter()
+        .any(|f| f.canonicalize().ok().as_ref() == Some(&canon))
+    {
+        let chain: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        errs.push(ConfigError::key(
+            from.unwrap_or(&name),
+            "extends",
+            format!("`extends` forms a cycle: {} → {name}", chain.join(" → ")),
+        ));
+        return;
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            match from {
+                Some(parent) => errs.push(ConfigError::key(
+                    parent,
+                    "extends",
+                    format!("cannot read `{name}`: {e}"),
+                )),
+                None => errs.push(ConfigError::source(
+                    &name,
+                    format!("cannot read manifest: {e}"),
+                )),
+            }
+            return;
+        }
+    };
+    files.push(path.to_path_buf());
+    let table: Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            let e: toml::de::Error = e;
+            let line_col = e.span().map(|s| line_col(&text, s.start));
+            errs.push(ConfigError {
+                source: name,
+                key: None,
+                line_col,
+                message: format!("TOML syntax error: {}", e.message()),
+            });
+            return;
+        }
+    };
+    if let Some(ext) = table.get("extends") {
+        match ext {
+            Value::String(rel) => {
+                let base = path.parent().unwrap_or(Path::new(".")).join(rel);
+                read_chain(&base, Some(&name), files, out, errs);
+            }
+            other => errs.push(ConfigError::key(
+                &name,
+                "extends",
+                format!("expected a path (string) relative to this file, got `{other}`"),
+            )),
+        }
+    }
+    out.push(Source { name, table });
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// A `--set`/environment value: a TOML literal if it parses as one, else a bare string.
+fn parse_literal(s: &str) -> Value {
+    match format!("v = {s}").parse::<Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(s.into())),
+        Err(_) => Value::String(s.into()),
+    }
+}
+
+fn nested(assign: &[(String, Value)]) -> Table {
+    let mut root = Table::new();
+    for (k, v) in assign {
+        insert_dotted(&mut root, k, v.clone());
+    }
+    root
+}
+
+fn insert_dotted(root: &mut Table, key: &str, v: Value) {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = root;
+    for p in &parts[..parts.len() - 1] {
+        let e = cur
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !e.is_table() {
+            *e = Value::Table(Table::new());
+        }
+        cur = match e {
+            Value::Table(t) => t,
+            _ => unreachable!("just made a table"),
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), v);
+}
+
+fn env_sources(env: &[(String, String)]) -> Vec<Source> {
+    let tops = schema::children("");
+    let mut out = Vec::new();
+    let mut vars: Vec<&(String, String)> =
+        env.iter().filter(|(k, _)| k.starts_with("WSSS_")).collect();
+    vars.sort();
+    for (k, v) in vars {
+        if PROGRAM_ENV.contains(&k.as_str()) {
+            continue;
+        }
+        let key = k["WSSS_".len()..].to_lowercase().replace("__", ".");
+        let head = key.split('.').next().unwrap_or("");
+        let name = format!("environment variable {k}");
+        if !tops.contains(&head) || schema::LOADER_KEYS.contains(&head) {
+            // Not a manifest section: some other tool's variable. Say so once, don't fail.
+            tracing::warn!(
+                "ignoring {k}: not a manifest key (manifest overrides look like WSSS_CAM__THRESHOLD=0.6)"
+            );
+            continue;
+        }
+        let mut table = Table::new();
+        insert_dotted(&mut table, &key, parse_literal(v));
+        out.push(Source { name, table });
+    }
+    out
+}
+
+fn set_sources(sets: &[String], errs: &mut Vec<ConfigError>) -> Vec<Source> {
+    let mut out = Vec::new();
+    for s in sets {
+        let name = format!("--set {s}");
+        let Some((k, v)) = s.split_once('=') else {
+            errs.push(ConfigError::source(
+                name,
+                "expected KEY=VALUE, e.g. --set cam.threshold=0.6",
+            ));
+            continue;
+        };
+        let k = k.trim();
+        if k.is_empty() || k.split('.').any(str::is_empty) {
+            errs.push(ConfigError::source(
+                name,
+                "the key is empty or has an empty section",
+            ));
+            continue;
+        }
+        if k == "sweep" || k.starts_with("sweep.") || k == "extends" {
+            errs.push(ConfigError::key(
+                name,
+                k,
+                "sweeps and `extends` can only be set in a manifest file",
+            ));
+            continue;
+        }
+        let mut table = Table::new();
+        insert_dotted(&mut table, k, parse_literal(v.trim()));
+        out.push(Source { name, table });
+    }
+    out
+}
+
+fn check_table(src: &str, prefix: &str, t: &Table, errs: &mut Vec<ConfigError>) {
+    for (k, v) in t {
+        let full = schema::join(prefix, k);
+        if prefix.is_empty() && k == "extends" {
+            continue; // checked while reading the chain
+        }
+        if prefix.is_empty() && k == "sweep" {
+            check_sweep(src, v, errs);
+            continue;
+        }
+        if let Some(f) = field(&full) {
+            if let Err(m) = f.kind.check(v) {
+                errs.push(ConfigError::key(src, &full, m));
+            }
+        } else if is_section(&full) {
+            match v {
+                Value::Table(sub) => check_table(src, &full, sub, errs),
+                _ => errs.push(ConfigError::key(
+                    src,
+                    &full,
+                    format!(
+                        "`{full}` is a section: expected a table with keys {}",
+                        allowed(&full)
+                    ),
+                )),
+            }
+        } else {
+            let hint = suggest(prefix, k)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            let place = if prefix.is_empty() {
+                "at the top level".to_string()
+            } else {
+                format!("in [{prefix}]")
+            };
+            errs.push(ConfigError::key(
+                src,
+                &full,
+                format!("unknown key{hint}; allowed {place}: {}", allowed(prefix)),
+            ));
+        }
+    }
+}
+
+fn allowed(prefix: &str) -> String {
+    schema::children(prefix).join(", ")
+}
+
+fn check_sweep(src: &str, v: &Value, errs: &mut Vec<ConfigError>) {
+    let Value::Table(t) = v else {
+        errs.push(ConfigError::key(
+            src,
+            "sweep",
+            "expected a table with `grid` and/or `zip` sub-tables",
+        ));
+        return;
+    };
+    for (mode, body) in t {
+        let key = format!("sweep.{mode}");
+        if mode != "grid" && mode != "zip" {
+            let hint = schema::suggest_choice(&["grid", "zip"], mode)
+                .map(|s| format!(" (did you mean `sweep.{s}`?)"))
+                .unwrap_or_default();
+            errs.push(ConfigError::key(
+                src,
+                key,
+                format!("unknown sweep mode{hint}; allowed: grid, zip"),
+            ));
+            continue;
+        }
+        let Value::Table(entries) = body else {
+            errs.push(ConfigError::key(
+                src,
+                key,
+                "expected a table of `\"section.key\" = [values…]`",
+            ));
+            continue;
+        };
+        let mut zip_len: Option<(String, usize)> = None;
+        for (k, vals) in entries {
+            let ekey = format!("{key}.\"{k}\"");
+            let Some(f) = field(k) else {
+                let hint = best_field(k)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                errs.push(ConfigError::key(
+                    src,
+                    ekey,
+                    format!("cannot sweep `{k}`: not a manifest key{hint}"),
+                ));
+                continue;
+            };
+            if k == "name" {
+                errs.push(ConfigError::key(
+                    src,
+                    ekey,
+                    "the experiment name cannot be swept",
+                ));
+                continue;
+            }
+            let Value::Array(list) = vals else {
+                errs.push(ConfigError::key(
+                    src,
+                    ekey,
+                    format!("expected a list of values, each {}", f.kind.describe()),
+                ));
+                continue;
+            };
+            if list.is_empty() {
+                errs.push(ConfigError::key(
+                    src,
+                    ekey,
+                    "empty sweep list: give at least one value",
+                ));
+                continue;
+            }
+            for (i, x) in list.iter().enumerate() {
+                if let Err(m) = f.kind.check(x) {
+                    errs.push(ConfigError::key(src, format!("{ekey}[{i}]"), m));
+                }
+            }
+            if mode == "zip" {
+                match &zip_len {
+                    None => zip_len = Some((k.clone(), list.len())),
+                    Some((k0, n0)) if *n0 != list.len() => errs.push(ConfigError::key(
+                        src,
+                        ekey,
+                        format!(
+                            "zip lists must have equal lengths: `{k0}` has {n0}, `{k}` has {}",
+                            list.len()
+                        ),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let (Some(Value::Table(g)), Some(Value::Table(z))) = (t.get("grid"), t.get("zip")) {
+        for k in g.keys().filter(|k| z.contains_key(*k)) {
+            errs.push(ConfigError::key(
+                src,
+                format!("sweep.zip.\"{k}\""),
+                "key is swept in both `grid` and `zip`",
+            ));
+        }
+    }
+}
+
+fn best_field(k: &str) -> Option<String> {
+    schema::FIELDS
+        .iter()
+        .map(|f| (strsim::jaro_winkler(f.key, k), f.key))
+        .filter(|(s, _)| *s > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.to_string())
+}
+
+fn merge_sweep(sources: &[Source], errs: &mut Vec<ConfigError>) -> Sweep {
+    let mut grid: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut zip: Vec<(String, Vec<Value>)> = Vec::new();
+    for s in sources {
+        let Some(Value::Table(t)) = s.table.get("sweep") else {
+            continue;
+        };
+        for (mode, dst) in [("grid", &mut grid), ("zip", &mut zip)] {
+            if let Some(Value::Table(entries)) = t.get(mode) {
+                for (k, v) in entries {
+                    if let Value::Array(list) = v {
+                        dst.retain(|(x, _)| x != k);
+                        dst.push((k.clone(), list.clone()));
+                    }
+                }
+            }
+        }
+    }
+    grid.sort_by(|a, b| a.0.cmp(&b.0));
+    zip.sort_by(|a, b| a.0.cmp(&b.0));
+    let lens: BTreeSet<usize> = zip.iter().map(|(_, v)| v.len()).collect();
+    if lens.len() > 1 {
+        errs.push(ConfigError::key(
+            "the merged manifest chain",
+            "sweep.zip",
+            "after `extends` merging, zip lists have different lengths",
+        ));
+    }
+    Sweep { grid, zip }
+}
+
+fn figment_errors(e: figment::Error, fallback: &str) -> Vec<ConfigError> {
+    e.into_iter()
+        .map(|e| {
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_else(|| fallback.to_string());
+            let key = if e.path.is_empty() {
+                None
+            } else {
+                Some(e.path.join("."))
+            };
+            ConfigError {
+                source,
+                key,
+                line_col: None,
+                message: e.kind.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Checks that involve more than one key, on a merged config.
+fn semantic(
+    c: &ExperimentConfig,
+    base_dir: &Path,
+    attr: &dyn Fn(&str) -> String,
+    errs: &mut Vec<ConfigError>,
+) {
+    let mut push = |key: &str, msg: String| errs.push(ConfigError::key(attr(key), key, msg));
+    if c.name.trim().is_empty() {
+        push(
+            "name",
+            "missing required key `name` (the experiment's name)".into(),
+        );
+    } else if !c
+        .name
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        || c.name.starts_with('.')
+    {
+        push(
+            "name",
+            format!(
+                "`{}` must use only letters, digits, `-`, `_` and `.` (it names a folder)",
+                c.name
+            ),
+        );
+    }
+    if let Some(bg) = c.cam.background_threshold {
+        if bg > c.cam.threshold {
+            push(
+                "cam.background_threshold",
+                format!("{bg} is above cam.threshold = {}: the background threshold must be ≤ the foreground threshold", c.cam.threshold),
+            );
+        }
+    }
+    let s = &c.split;
+    match s.method {
+        SplitMethod::Kfold => {
+            if s.fold >= s.folds {
+                push(
+                    "split.fold",
+                    format!(
+                        "fold {} does not exist: with split.folds = {} it must be in [0, {}]",
+                        s.fold,
+                        s.folds,
+                        s.folds - 1
+                    ),
+                );
+            }
+        }
+        SplitMethod::Fraction => {
+            if s.valid_fraction <= 0.0 {
+                push(
+                    "split.valid_fraction",
+                    "must be > 0: every run needs validation patients".into(),
+                );
+            }
+            if s.valid_fraction + s.test_fraction >= 1.0 {
+                push(
+                    "split.test_fraction",
+                    format!("valid_fraction + test_fraction = {} leaves no training patients: their sum must be < 1", s.valid_fraction + s.test_fraction),
+                );
+            }
+        }
+        SplitMethod::Patients => {
+            if s.train_patients.is_empty() {
+                push(
+                    "split.train_patients",
+                    "split.method = \"patients\" needs a non-empty list of training patients"
+                        .into(),
+                );
+            }
+            if s.valid_patients.is_empty() {
+                push(
+                    "split.valid_patients",
+                    "split.method = \"patients\" needs a non-empty list of validation patients"
+                        .into(),
+                );
+            }
+            let lists = [
+                ("train_patients", &s.train_patients),
+                ("valid_patients", &s.valid_patients),
+                ("test_patients", &s.test_patients),
+            ];
+            for (i, (ni, li)) in lists.iter().enumerate() {
+                for (nj, lj) in &lists[i + 1..] {
+                    for p in li.iter().filter(|p| lj.contains(p)) {
+                        push(
+                            &format!("split.{nj}"),
+                            format!("patient `{p}` is also in split.{ni}: a patient may be in one split only (leakage)"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if let Some(DeviceSpec::Cuda(_)) = schema::parse_device(&c.device) {
+        if !cfg!(feature = "cuda") {
+            push(
+                "device",
+                format!(
+                    "`{}` needs wsss built with `--features cuda`; use `cpu` or `auto`",
+                    c.device
+                ),
+            );
+        }
+    }
+    if let Some(p) = &c.backbone.pretrained {
+        let full = base_dir.join(p);
+        if !full.is_file() {
+            push(
+                "backbone.pretrained",
+                format!(
+                    "weights file not found: {} (paths are relative to the manifest)",
+                    full.display()
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_parsing() {
+        assert_eq!(parse_literal("0.6"), Value::Float(0.6));
+        assert_eq!(parse_literal("3"), Value::Integer(3));
+        assert_eq!(parse_literal("focal"), Value::String("focal".into()));
+        assert_eq!(parse_literal("\"x y\""), Value::String("x y".into()));
+        assert_eq!(
+            parse_literal("[1, 2]"),
+            Value::Array(vec![Value::Integer(1), Value::Integer(2)])
+        );
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+        assert_eq!(line_col("abc", 0), (1, 1));
+    }
+}

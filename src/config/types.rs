@@ -1,0 +1,410 @@
+//! The resolved experiment configuration: what a variant runs with, is saved as, and is hashed.
+//!
+//! These types are produced only by [`crate::config::load`] after every source has passed the
+//! schema checks, so code downstream never re-validates. They serialise back to a manifest that
+//! `wsss` accepts as-is (the `config.toml` in every run directory reproduces the run).
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One fully resolved experiment variant (no `sweep`, no `extends`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Experiment name; names the folder under the work directory.
+    pub name: String,
+    /// Free text shown in plans and reports.
+    pub description: String,
+    /// Dataset name, looked up in `datasets.toml`.
+    pub dataset: String,
+    /// `cpu`, `cuda:N` or `auto`.
+    pub device: String,
+    /// Patient-level split.
+    pub split: SplitConfig,
+    /// Classifier backbone.
+    pub backbone: BackboneConfig,
+    /// CAM method and pseudo-label rule.
+    pub cam: CamConfig,
+    /// Classification loss variant.
+    pub loss: LossConfig,
+    /// Segmentation network and its training.
+    pub segmentation: SegmentationConfig,
+    /// Classifier training.
+    pub train: TrainConfig,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            description: String::new(),
+            dataset: "synthetic".into(),
+            device: "cpu".into(),
+            split: SplitConfig::default(),
+            backbone: BackboneConfig::default(),
+            cam: CamConfig::default(),
+            loss: LossConfig::default(),
+            segmentation: SegmentationConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// How patients are assigned to train / valid / test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitMethod {
+    /// Explicit patient lists.
+    Patients,
+    /// K-fold over patients, stratified by each patient's majority class.
+    Kfold,
+    /// A seeded fraction of the patients of each class.
+    Fraction,
+}
+
+/// Patient-level split settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Which strategy assigns patients to splits.
+    pub method: SplitMethod,
+    /// Seed of the patient shuffle (independent of `train.seed`, so seeds can be swept on a
+    /// fixed split).
+    pub seed: u64,
+    /// `fraction`: share of each class's patients that go to `valid`.
+    pub valid_fraction: f64,
+    /// `fraction`: share of each class's patients that go to `test`.
+    pub test_fraction: f64,
+    /// `kfold`: number of folds.
+    pub folds: u32,
+    /// `kfold`: which fold is the validation fold (0-based).
+    pub fold: u32,
+    /// `patients`: training patients.
+    #[serde(deserialize_with = "patient_ids")]
+    pub train_patients: Vec<String>,
+    /// `patients`: validation patients.
+    #[serde(deserialize_with = "patient_ids")]
+    pub valid_patients: Vec<String>,
+    /// `patients`: test patients.
+    #[serde(deserialize_with = "patient_ids")]
+    pub test_patients: Vec<String>,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            method: SplitMethod::Fraction,
+            seed: 0,
+            valid_fraction: 0.25,
+            test_fraction: 0.0,
+            folds: 5,
+            fold: 0,
+            train_patients: vec![],
+            valid_patients: vec![],
+            test_patients: vec![],
+        }
+    }
+}
+
+/// Patient ids are written as strings or integers in manifests; both mean the same id.
+fn patient_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        I(i64),
+    }
+    let v = Vec::<Id>::deserialize(d)?;
+    Ok(v.into_iter()
+        .map(|x| match x {
+            Id::S(s) => s,
+            Id::I(i) => i.to_string(),
+        })
+        .collect())
+}
+
+/// Classifier architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// VGG-16 as in torchvision (13 conv, 5 max-pools).
+    Vgg16,
+    /// ResNet-18.
+    Resnet18,
+    /// ResNet-50.
+    Resnet50,
+}
+
+/// Classifier backbone settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackboneConfig {
+    /// Architecture.
+    pub arch: Arch,
+    /// Batch norm after every conv (VGG-16-BN).
+    pub batch_norm: bool,
+    /// Channel width multiplier (1.0 = torchvision's widths).
+    pub width: f64,
+    /// Optional local safetensors file with torchvision parameter names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
+    /// Number of leading conv blocks kept frozen.
+    pub freeze_blocks: u32,
+    /// Which block the CAM reads (`last` or a block index).
+    pub cam_layer: String,
+}
+
+impl Default for BackboneConfig {
+    fn default() -> Self {
+        Self {
+            arch: Arch::Vgg16,
+            batch_norm: false,
+            width: 1.0,
+            pretrained: None,
+            freeze_blocks: 0,
+            cam_layer: "last".into(),
+        }
+    }
+}
+
+/// CAM methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CamMethod {
+    /// Class Activation Map from the head's class weights.
+    Cam,
+    /// Gradient-weighted CAM.
+    Gradcam,
+    /// Grad-CAM++.
+    #[serde(rename = "gradcam++")]
+    GradcamPlusPlus,
+    /// LayerCAM.
+    Layercam,
+}
+
+/// CAM refinement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refine {
+    /// No refinement.
+    None,
+    /// Dense CRF.
+    Crf,
+    /// SLIC superpixel voting.
+    Slic,
+}
+
+/// CAM normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CamNorm {
+    /// Per-image min-max to [0, 1].
+    Minmax,
+    /// Divide by the per-image maximum.
+    Max,
+}
+
+/// CAM and pseudo-label settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CamConfig {
+    /// CAM method.
+    pub method: CamMethod,
+    /// Confidence threshold: normalised CAM ≥ threshold is foreground (0.70 in the talk).
+    pub threshold: f64,
+    /// Below this the pixel is background; between it and `threshold` it is ignored (255).
+    /// Absent = equal to `threshold` (no ignore band).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_threshold: Option<f64>,
+    /// Normalisation before thresholding.
+    pub normalize: CamNorm,
+    /// Refinement of the CAM before thresholding.
+    pub refine: Refine,
+    /// Average CAMs over flips and scales.
+    pub tta: bool,
+}
+
+impl Default for CamConfig {
+    fn default() -> Self {
+        Self {
+            method: CamMethod::Cam,
+            threshold: 0.7,
+            background_threshold: None,
+            normalize: CamNorm::Minmax,
+            refine: Refine::None,
+            tta: false,
+        }
+    }
+}
+
+/// Classification loss variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossVariant {
+    /// Softmax cross-entropy.
+    Ce,
+    /// Binary cross-entropy (sigmoid per class).
+    Bce,
+    /// Focal loss.
+    Focal,
+    /// Cross-entropy with label smoothing.
+    LabelSmoothing,
+    /// Cross-entropy plus a CAM equivariance term (SEAM-style).
+    Equivariance,
+    /// Cross-entropy plus a CAM area / sparsity regulariser.
+    CamArea,
+}
+
+/// Loss settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// Which loss.
+    pub variant: LossVariant,
+    /// Focal γ.
+    pub focal_gamma: f64,
+    /// Focal α (weight of the positive class).
+    pub focal_alpha: f64,
+    /// Label smoothing ε.
+    pub label_smoothing: f64,
+    /// Weight of the evidence (CAM) term of the evidence-aware variants.
+    pub evidence_weight: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            variant: LossVariant::Ce,
+            focal_gamma: 2.0,
+            focal_alpha: 0.25,
+            label_smoothing: 0.1,
+            evidence_weight: 0.1,
+        }
+    }
+}
+
+/// What the segmenter learns from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Supervision {
+    /// CAM pseudo labels (weak supervision).
+    Pseudo,
+    /// Ground-truth masks (the fully supervised upper bound).
+    Full,
+}
+
+/// Segmentation losses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SegLoss {
+    /// Per-pixel cross-entropy with ignore index 255.
+    Ce,
+    /// Online easy-example mining weighting (OEEM).
+    Oeem,
+}
+
+/// Segmentation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentationConfig {
+    /// Encoder architecture.
+    pub encoder: Arch,
+    /// Output stride (8 or 16).
+    pub output_stride: u32,
+    /// Pseudo labels or ground truth.
+    pub supervision: Supervision,
+    /// Loss.
+    pub loss: SegLoss,
+    /// Epochs.
+    pub epochs: u32,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Learning rate.
+    pub lr: f64,
+    /// Training crop size in pixels.
+    pub crop_size: u32,
+}
+
+impl Default for SegmentationConfig {
+    fn default() -> Self {
+        Self {
+            encoder: Arch::Resnet18,
+            output_stride: 16,
+            supervision: Supervision::Pseudo,
+            loss: SegLoss::Ce,
+            epochs: 20,
+            batch_size: 8,
+            lr: 0.01,
+            crop_size: 256,
+        }
+    }
+}
+
+/// Optimisers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    /// AdamW.
+    Adamw,
+    /// SGD with momentum.
+    Sgd,
+}
+
+/// Learning-rate schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Constant.
+    Constant,
+    /// Step decay.
+    Step,
+    /// Cosine annealing.
+    Cosine,
+    /// Polynomial decay.
+    Poly,
+}
+
+/// Classifier training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Epochs.
+    pub epochs: u32,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Learning rate.
+    pub lr: f64,
+    /// Optimiser.
+    pub optimizer: Optimizer,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Linear warm-up epochs.
+    pub warmup_epochs: u32,
+    /// Square input size in pixels.
+    pub image_size: u32,
+    /// Seed of initialisation, sampling and augmentation.
+    pub seed: u64,
+    /// Sample classes with equal probability.
+    pub balanced_sampling: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 8,
+            lr: 1e-3,
+            optimizer: Optimizer::Adamw,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 0,
+            image_size: 224,
+            seed: 0,
+            balanced_sampling: false,
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The built-in synthetic dataset: small, seeded, H&E-like tiles with ground-truth masks.
+//!
+//! *Normal* tiles hold regular round glands (white lumen, pink epithelium, an even ring of
+//! small nuclei) in eosin stroma. *Malignant* tiles hold the same plus one or two irregular,
+//! dense regions of large, dark, crowded nuclei; those regions are the mask. Each patient gets
+//! its own stain (haematoxylin and eosin colours, brightness), so a patient-level split
+//! matters. Every tile is a pure function of (seed, patient, index), so generation is parallel
+//! and reproducible, and the dataset is written atomically (temp folder, then rename).
+
+use std::f32::consts::TAU;
+use std::path::Path;
+
+use image::{GrayImage, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::registry::SynthParams;
+use crate::error::{Error, Result};
+use crate::util::fs::{self as ufs, Lock};
+
+/// Bumped whenever the generator's output changes, so old folders are not mistaken for new.
+pub const GENERATOR_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Stamp {
+    generator_version: u32,
+    params: SynthParams,
+    classes: Vec<String>,
+}
+
+/// Generate the dataset at `root` unless it is already there with the same parameters.
+/// Returns whether anything was generated.
+pub fn ensure(root: &Path, classes: &[String], params: &SynthParams) -> Result<bool> {
+    let stamp = Stamp {
+        generator_version: GENERATOR_VERSION,
+        params: params.clone(),
+        classes: classes.to_vec(),
+    };
+    let lock_path = root.with_extension("lock");
+    let _lock = Lock::acquire(&lock_path)?;
+    let stamp_path = root.join("synth.json");
+    if root.exists() {
+        let found: Option<Stamp> = std::fs::read(&stamp_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        return match found {
+            Some(s) if s == stamp => Ok(false),
+            _ => Err(Error::dataset(format!(
+                "{} exists but was not generated with these synthetic parameters ({}); delete it or point the registry's `root` elsewhere",
+                root.display(),
+                serde_json::to_string(params).unwrap_or_default()
+            ))),
+        };
+    }
+    let parent = root
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    ufs::mkdirs(parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".synth-partial-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    tracing::info!("generating synthetic dataset at {}", root.display());
+    write_all(tmp.path(), classes, params)?;
+    ufs::write_json(&tmp.path().join("synth.json"), &stamp)?;
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, root).map_err(|e| Error::io(root, e))?;
+    Ok(true)
+}
+
+/// Patient ids of the generated dataset for a class index.
+pub fn patient_ids(params: &SynthParams, class: usize) -> Vec<String> {
+    (0..params.patients_per_class)
+        .map(|p| format!("P{:02}", class as u32 * params.patients_per_class + p + 1))
+        .collect()
+}
+
+fn write_all(dir: &Path, classes: &[String], params: &SynthParams) -> Result<()> {
+    let mut jobs = Vec::new();
+    for (ci, class) in classes.iter().enumerate() {
+        for patient in patient_ids(params, ci) {
+            for i in 0..params.images_per_patient {
+                jobs.push((ci, class.clone(), patient.clone(), i));
+            }
+        }
+    }
+    jobs.par_iter().try_for_each(|(ci, class, patient, i)| {
+        let (img, mask) = tile(params, *ci == 1, patient, *i);
+        let id = format!("{patient}_{i:02}");
+        let ip = dir
+            .join("images")
+            .join(class)
+            .join(patient)
+            .join(format!("{id}.png"));
+        let mp = dir
+            .join("masks")
+            .join(class)
+            .join(patient)
+            .join(format!("{id}.png"));
+        ufs::write_png(&ip, &image::DynamicImage::ImageRgb8(img))?;
+        ufs::write_png(&mp, &image::DynamicImage::ImageLuma8(mask))
+    })
+}
+
+struct Stain {
+    h: [f32; 3],
+    e: [f32; 3],
+    cyto: [f32; 3],
+    lumen: [f32; 3],
+    bright: f32,
+}
+
+fn stain(params: &SynthParams, patient: &str) -> Stain {
+    let mut rng = ChaCha8Rng::seed_from_u64(params.seed ^ seed_of(patient) ^ 0x5eed);
+    let mut jitter =
+        |c: [f32; 3], s: f32| c.map(|x| (x * rng.random_range(1.0 - s..1.0 + s)).clamp(0.0, 1.0));
+    let h = jitter([0.30, 0.17, 0.47], 0.15);
+    let e = jitter([0.93, 0.63, 0.78], 0.06);
+    let cyto = jitter([0.82, 0.55, 0.76], 0.06);
+    Stain {
+        h,
+        e,
+        cyto,
+        lumen: [0.96, 0.93, 0.96],
+        bright: rng.random_range(0.93..1.05),
+    }
+}
+
+fn seed_of(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+struct Canvas {
+    n: usize,
+    px: Vec<[f32; 3]>,
+    mask: Vec<u8>,
+}
+
+impl Canvas {
+    fn blend(&mut self, x: usize, y: usize, c: [f32; 3], a: f32) {
+        let p = &mut self.px[y * self.n + x];
+        for k in 0..3 {
+            p[k] = p[k] * (1.0 - a) + c[k] * a;
+        }
+    }
+
+    /// Paint a soft-edged ellipse.
+    fn ellipse(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, rot: f32, c: [f32; 3], a: f32) {
+        let r = rx.max(ry) + 1.5;
+        let (s, co) = rot.sin_cos();
+        for y in bounds(cy, r, self.n) {
+            for x in bounds(cx, r, self.n) {
+                let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                let (u, v) = (dx * co + dy * s, -dx * s + dy * co);
+                let d = ((u / rx).powi(2) + (v / ry).powi(2)).sqrt();
+                let edge = ((1.0 - d) * rx.min(ry) + 0.5).clamp(0.0, 1.0);
+                if edge > 0.0 {
+                    self.blend(x, y, c, a * edge);
+                }
+            }
+        }
+    }
+}
+
+fn bounds(c: f32, r: f32, n: usize) -> std::ops::Range<usize> {
+    let lo = (c - r).floor().max(0.0) as usize;
+    let hi = ((c + r).ceil().max(0.0) as usize).min(n);
+    lo..hi.max(lo)
+}
+
+/// One tile and its mask (255 = malignant region).
+pub fn tile(
+    params: &SynthParams,
+    malignant: bool,
+    patient: &str,
+    index: u32,
+) -> (RgbImage, GrayImage) {
+    let n = params.size as usize;
+    let sc = n as f32 / 128.0;
+    let st = stain(params, patient);
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        params.seed
+            ^ seed_of(patient).rotate_left(17)
+            ^ (index as u64 + 1).wrapping_mul(0x9e3779b97f4a7c15),
+    );
+    let waves: Vec<(f32, f32, f32, f32)> = (0..4)
+        .map(|_| {
+            (
+                rng.random_range(0.02..0.12),
+                rng.random_range(0.0..TAU),
+                rng.random_range(0.0..TAU),
+                rng.random_range(0.02..0.06),
+            )
+        })
+        .collect();
+    let mut cv = Canvas {
+        n,
+        px: vec![st.e; n * n],
+        mask: vec![0; n * n],
+    };
+    for y in 0..n {
+        for x in 0..n {
+            let w: f32 = waves
+                .iter()
+                .map(|(f, a, p, amp)| {
+                    amp * ((x as f32 * a.cos() + y as f32 * a.sin()) * f / sc + p).sin()
+                })
+                .sum();
+            let p = &mut cv.px[y * n + x];
+            for c in p.iter_mut() {
+                *c *= 1.0 + w;
+            }
+        }
+    }
+    // Stromal nuclei: small, elongated, scattered.
+    for _ in 0..(18.0 * sc * sc) as usize {
+        let (x, y) = (
+            rng.random_range(0.0..n as f32),
+            rng.random_range(0.0..n as f32),
+        );
+        cv.ellipse(
+            x,
+            y,
+            1.8 * sc,
+            0.8 * sc,
+            rng.random_range(0.0..TAU),
+            st.h,
+            0.7,
+        );
+    }
+    let mut placed: Vec<(f32, f32, f32)> = Vec::new();
+    let free_spot = |rng: &mut ChaCha8Rng, r: f32, placed: &mut Vec<(f32, f32, f32)>| {
+        for _ in 0..60 {
+            let (x, y) = (
+                rng.random_range(r * 0.6..n as f32 - r * 0.6),
+                rng.random_range(r * 0.6..n as f32 - r * 0.6),
+            );
+            if placed
+                .iter()
+                .all(|(px, py, pr)| ((x - px).powi(2) + (y - py).powi(2)).sqrt() > (r + pr) * 0.95)
+            {
+                placed.push((x, y, r));
+                return Some((x, y));
+            }
+        }
+        None
+    };
+    if malignant {
+        for _ in 0..rng.random_range(1..=2) {
+            let r0 = rng.random_range(17.0..30.0) * sc;
+            if let Some((cx, cy)) = free_spot(&mut rng, r0 * 1.2, &mut placed) {
+                dense_region(&mut cv, &mut rng, &st, cx, cy, r0, sc);
+            }
+        }
+    }
+    let glands = if malignant {
+        rng.random_range(1..=2)
+    } else {
+        rng.random_range(3..=5)
+    };
+    for _ in 0..glands {
+        let r = rng.random_range(11.0..17.0) * sc;
+        if let Some((cx, cy)) = free_spot(&mut rng, r, &mut placed) {
+            gland(&mut cv, &mut rng, &st, cx, cy, r, sc);
+        }
+    }
+    let mut img = RgbImage::new(n as u32, n as u32);
+    for (i, p) in img.pixels_mut().enumerate() {
+        let c = cv.px[i];
+        p.0 = [0, 1, 2].map(|k| {
+            ((c[k] * st.bright + rng.random_range(-0.025..0.025)).clamp(0.0, 1.0) * 255.0).round()
+                as u8
+        });
+    }
+    let mask = GrayImage::from_raw(n as u32, n as u32, cv.mask)
+        .unwrap_or_else(|| GrayImage::new(n as u32, n as u32));
+    (img, mask)
+}
+
+/// A regular gland: epithelial ring, white lumen, an even ring of small basal nuclei.
+fn gland(cv: &mut Canvas, rng: &mut ChaCha8Rng, st: &Stain, cx: f32, cy: f32, r: f32, sc: f32) {
+    let (ex, rot) = (rng.random_range(0.85..1.15), rng.random_range(0.0..TAU));
+    cv.ellipse(cx, cy, r * ex, r / ex, rot, st.cyto, 0.95);
+    cv.ellipse(cx, cy, r * 0.55 * ex, r * 0.55 / ex, rot, st.lumen, 1.0);
+    let k = ((TAU * r * 0.82) / (4.2 * sc)).round().max(6.0) as usize;
+    for j in 0..k {
+        let t = j as f32 / k as f32 * TAU;
+        let (u, v) = (r * 0.82 * ex * t.cos(), r * 0.82 / ex * t.sin());
+        let (s, c) = rot.sin_cos();
+        cv.ellipse(
+            cx + u * c - v * s,
+            cy + u * s + v * c,
+            1.3 * sc,
+            1.0 * sc,
+            t,
+            st.h,
+            0.85,
+        );
+    }
+}
+
+/// An irregular region crowded with large, dark, pleomorphic nuclei; marked in the mask.
+fn dense_region(
+    cv: &mut Canvas,
+    rng: &mut ChaCha8Rng,
+    st: &Stain,
+    cx: f32,
+    cy: f32,
+    r0: f32,
+    sc: f32,
+) {
+    let harmonics: Vec<(f32, f32)> = (2..6)
+        .map(|_| (rng.random_range(0.0..0.16), rng.random_range(0.0..TAU)))
+        .collect();
+    let radius = |t: f32| {
+        r0 * (1.0
+            + harmonics
+                .iter()
+                .enumerate()
+                .map(|(k, (a, p))| a * ((k as f32 + 2.0) * t + p).sin())
+                .sum::<f32>())
+    };
+    let dark = [0, 1, 2].map(|k| st.h[k] * 0.55 + st.cyto[k] * 0.45);
+    let n = cv.n;
+    let rmax = r0 * 1.7;
+    for y in bounds(cy, rmax, n) {
+        for x in bounds(cx, rmax, n) {
+            let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+            if (dx * dx + dy * dy).sqrt() <= radius(dy.atan2(dx)) {
+                cv.blend(x, y, dark, 0.9);
+                cv.mask[y * n + x] = 255;
+            }
+        }
+    }
+    let area = TAU / 2.0 * r0 * r0;
+    for _ in 0..(area / (14.0 * sc * sc)) as usize {
+        let (t, rr) = (
+            rng.random_range(0.0..TAU),
+            rng.random_range(0.0f32..1.0).sqrt(),
+        );
+        let rad = radius(t) * rr * 0.95;
+        let (x, y) = (cx + rad * t.cos(), cy + rad * t.sin());
+        let (a, b) = (
+            rng.random_range(1.6..2.8) * sc,
+            rng.random_range(1.2..2.2) * sc,
+        );
+        let h = st.h.map(|c| c * rng.random_range(0.6..0.9));
+        cv.ellipse(x, y, a, b, rng.random_range(0.0..TAU), h, 0.9);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_are_deterministic_and_masks_follow_class() {
+        let p = SynthParams::default();
+        let (a, ma) = tile(&p, true, "P07", 3);
+        let (b, mb) = tile(&p, true, "P07", 3);
+        assert_eq!(a, b);
+        assert_eq!(ma, mb);
+        let fg = ma.pixels().filter(|x| x.0[0] > 0).count() as f64 / (128.0 * 128.0);
+        assert!(fg > 0.05 && fg < 0.7, "malignant foreground fraction {fg}");
+        let (_, mn) = tile(&p, false, "P01", 0);
+        assert!(mn.pixels().all(|x| x.0[0] == 0));
+        let (c, _) = tile(&p, true, "P07", 4);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn malignant_regions_are_darker() {
+        let p = SynthParams::default();
+        let (img, mask) = tile(&p, true, "P08", 1);
+        let (mut fg, mut bg, mut nf, mut nb) = (0f64, 0f64, 0, 0);
+        for (px, m) in img.pixels().zip(mask.pixels()) {
+            let v = px.0.iter().map(|&c| c as f64).sum::<f64>();
+            if m.0[0] > 0 {
+                fg += v;
+                nf += 1;
+            } else {
+                bg += v;
+                nb += 1;
+            }
+        }
+        assert!(fg / nf as f64 + 60.0 < bg / nb as f64);
+    }
+}

@@ -1,0 +1,23 @@
+//! The `wsss` binary: parse arguments, set up logging, dispatch, map errors to exit codes.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = wsss::cli::Cli::parse();
+    let default = if cli.quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("WSSS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let code = match wsss::cli::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

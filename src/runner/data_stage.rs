@@ -1,0 +1,155 @@
+//! The `data` stage: decode and check every image and mask, assign patients to splits, check
+//! for leakage, and write the split table and a dataset summary.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::stage::{Stage, StageInput};
+use crate::data::{scan, split};
+use crate::error::{Error, Result};
+use crate::table::{self, TableBuilder};
+use crate::util::fs::write_json;
+
+/// File names the data stage writes.
+pub const SPLIT_TABLE: &str = "split";
+/// Summary file of the data stage.
+pub const SUMMARY: &str = "data_summary.json";
+
+/// Counts that describe a scanned, split dataset.
+#[derive(Debug, Serialize)]
+pub struct DataSummary {
+    /// Registry name.
+    pub dataset: String,
+    /// Fingerprint of paths, sizes and labels.
+    pub fingerprint: String,
+    /// Number of images.
+    pub images: usize,
+    /// Number of patients.
+    pub patients: usize,
+    /// Images per split and class.
+    pub images_per_split: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Patients per split.
+    pub patients_per_split: BTreeMap<String, Vec<String>>,
+    /// Smallest and largest image size seen.
+    pub min_size: (u32, u32),
+    /// Largest image size seen.
+    pub max_size: (u32, u32),
+}
+
+/// See the module docs.
+pub struct DataStage;
+
+impl Stage for DataStage {
+    fn name(&self) -> &'static str {
+        "data"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
+        let spec = &input.dataset.spec;
+        serde_json::json!({
+            "dataset": spec.name,
+            "fingerprint": input.dataset.fingerprint,
+            "classes": spec.classes,
+            "positive": spec.positive,
+            "mask_encoding": spec.mask_encoding,
+            "negative_masks": spec.negative_masks,
+            "split": input.variant.config.split,
+        })
+    }
+
+    fn run(&self, input: &StageInput, out: &Path) -> Result<()> {
+        let idx = input.dataset;
+        let bar = crate::progress::bar(idx.samples.len() as u64, "checking images");
+        let infos = scan::verify(idx, &bar)?;
+        bar.finish_and_clear();
+        let source = (input.source_of)("split.method");
+        let assign = split::assign(idx, &input.variant.config.split, &source)?;
+        let rows = split::rows(idx, &assign);
+        split::check_no_leakage(&rows).map_err(|m| Error::stage("data", m))?;
+        let sizes: BTreeMap<&str, (u32, u32)> = infos
+            .iter()
+            .map(|i| (i.id.as_str(), (i.width, i.height)))
+            .collect();
+        let rel = |p: &Path| idx.rel(p).to_string_lossy().into_owned();
+        let mut df = TableBuilder::new()
+            .str("id", rows.iter().map(|r| r.id.clone()).collect())
+            .str("patient", rows.iter().map(|r| r.patient.clone()).collect())
+            .str("class", rows.iter().map(|r| r.class.clone()).collect())
+            .str("split", rows.iter().map(|r| r.split.to_string()).collect())
+            .str("image", idx.samples.iter().map(|s| rel(&s.image)).collect())
+            .opt_str(
+                "mask",
+                idx.samples
+                    .iter()
+                    .map(|s| s.mask.as_deref().map(rel))
+                    .collect(),
+            )
+            .u32(
+                "width",
+                rows.iter()
+                    .map(|r| sizes.get(r.id.as_str()).map_or(0, |s| s.0))
+                    .collect(),
+            )
+            .u32(
+                "height",
+                rows.iter()
+                    .map(|r| sizes.get(r.id.as_str()).map_or(0, |s| s.1))
+                    .collect(),
+            )
+            .build()?;
+        table::write(&mut df, out, SPLIT_TABLE)?;
+
+        let mut per_split: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        let mut pats: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in &rows {
+            *per_split
+                .entry(r.split.to_string())
+                .or_default()
+                .entry(r.class.clone())
+                .or_default() += 1;
+            let v = pats.entry(r.split.to_string()).or_default();
+            if !v.contains(&r.patient) {
+                v.push(r.patient.clone());
+            }
+        }
+        let summary = DataSummary {
+            dataset: idx.spec.name.clone(),
+            fingerprint: idx.fingerprint.clone(),
+            images: rows.len(),
+            patients: idx.patients().len(),
+            images_per_split: per_split,
+            patients_per_split: pats,
+            min_size: infos
+                .iter()
+                .map(|i| (i.width, i.height))
+                .min()
+                .unwrap_or((0, 0)),
+            max_size: infos
+                .iter()
+                .map(|i| (i.width, i.height))
+                .max()
+                .unwrap_or((0, 0)),
+        };
+        write_json(&out.join(SUMMARY), &summary)
+    }
+
+    fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
+        for f in [
+            format!("{SPLIT_TABLE}.parquet"),
+            format!("{SPLIT_TABLE}.csv"),
+            SUMMARY.to_string(),
+        ] {
+            let src = entry.join(&f);
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            crate::util::fs::atomic_write(&run_dir.join(&f), &bytes)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,422 @@
+//! Running manifests: the plan (variants × stages with their cache keys), the stage chain,
+//! the cache, and run directories.
+//!
+//! `work_dir/` layout:
+//! ```text
+//! .cache/<stage>/<key>/          one complete stage output (shared by every variant with that key)
+//! <experiment>/experiment.json   variants, their run directories and last outcome
+//! <experiment>/<variant>-<hash>/ one run directory per resolved config: config.toml, run.json,
+//!                                and the user-facing outputs of each stage
+//! ```
+//! A run directory is named by the variant id and the hash of its resolved config, so a changed
+//! config gets a new directory and nothing is overwritten; re-running the same config resumes
+//! in the same directory from the cache. `--fresh` recomputes every stage and moves the old run
+//! directory aside (`…​.replaced-<time>`) instead of deleting it.
+
+mod cache;
+mod data_stage;
+pub mod device;
+mod rundir;
+mod stage;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use cache::{Cache, Outcome};
+pub use data_stage::{DataStage, DataSummary};
+pub use rundir::{run_dir_name, RunInfo, Versions};
+pub use stage::{Stage, StageInput};
+
+use crate::config::{ConfigError, ConfigErrors, Manifest, Variant};
+use crate::data::{self, DatasetIndex, Registry};
+use crate::error::{Error, Result};
+use crate::util::fs::{write_json, Lock};
+
+/// The stage chain, in order. Later stages (classify, cam, pseudo, segment, evaluate) append
+/// here and declare their upstream stages and config slices.
+pub fn stages() -> Vec<Box<dyn Stage>> {
+    vec![Box::new(DataStage)]
+}
+
+/// Settings of a runner that do not come from the manifest.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Where caches and run directories go.
+    pub work_dir: PathBuf,
+    /// Recompute every stage and move existing run directories aside.
+    pub fresh: bool,
+    /// Testing hook: abort the process just before the named stage commits its output.
+    pub crash_at: Option<String>,
+}
+
+/// Runs manifests against a dataset registry.
+pub struct Runner {
+    opts: RunnerOptions,
+    registry: Registry,
+    cache: Cache,
+    stages: Vec<Box<dyn Stage>>,
+}
+
+/// The state of one stage of one variant in a plan or a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageState {
+    /// Stage name.
+    pub stage: String,
+    /// Cache key, when it can be known (not before a synthetic dataset is generated).
+    pub key: Option<String>,
+    /// `cached`, `ran`, `to run` or `pending`.
+    pub state: String,
+    /// Seconds spent (runs only).
+    pub seconds: f64,
+}
+
+/// One variant of a plan or a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantReport {
+    /// Variant id.
+    pub id: String,
+    /// Config hash.
+    pub hash: String,
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// Stages in order.
+    pub stages: Vec<StageState>,
+    /// Error message if the variant failed.
+    pub error: Option<String>,
+}
+
+/// What a plan or a run found or did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Experiment name.
+    pub experiment: String,
+    /// Per-variant details.
+    pub variants: Vec<VariantReport>,
+    /// Notes for the user (e.g. a dataset that will be generated).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// How many distinct computations each stage needs, and how many variants share them.
+    pub fn sharing(&self) -> Vec<(String, usize, usize)> {
+        let mut out: Vec<(String, usize, usize)> = Vec::new();
+        let names: Vec<String> = self
+            .variants
+            .first()
+            .map(|v| v.stages.iter().map(|s| s.stage.clone()).collect())
+            .unwrap_or_default();
+        for (i, name) in names.iter().enumerate() {
+            let keys: BTreeSet<Option<&String>> = self
+                .variants
+                .iter()
+                .filter_map(|v| v.stages.get(i))
+                .map(|s| s.key.as_ref())
+                .collect();
+            out.push((name.clone(), keys.len(), self.variants.len()));
+        }
+        out
+    }
+
+    /// Count of stage executions that ran (not cached).
+    pub fn ran(&self) -> usize {
+        self.variants
+            .iter()
+            .flat_map(|v| &v.stages)
+            .filter(|s| s.state == "ran")
+            .count()
+    }
+
+    /// Whether any variant failed.
+    pub fn failed(&self) -> bool {
+        self.variants.iter().any(|v| v.error.is_some())
+    }
+}
+
+impl Runner {
+    /// A runner over a registry.
+    pub fn new(opts: RunnerOptions, registry: Registry) -> Self {
+        let cache = Cache::new(&opts.work_dir);
+        Self {
+            opts,
+            registry,
+            cache,
+            stages: stages(),
+        }
+    }
+
+    /// The registry in use.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Check what needs data: every variant's dataset is registered and, where the dataset is
+    /// on disk, its split leaves every class patients in every split. Returns all problems.
+    pub fn check(&self, m: &Manifest) -> Result<Vec<String>> {
+        let mut errs = Vec::new();
+        let mut notes = Vec::new();
+        let mut seen = BTreeSet::new();
+        for v in &m.variants {
+            let Some(spec) = self.registry.get(&v.config.dataset) else {
+                errs.push(ConfigError::key(
+                    m.source_of(v, "dataset"),
+                    "dataset",
+                    format!(
+                        "`{}` is not registered in {} (registered: {})",
+                        v.config.dataset,
+                        self.registry.source,
+                        self.registry.names().join(", ")
+                    ),
+                ));
+                continue;
+            };
+            let sig =
+                serde_json::to_string(&(&v.config.dataset, &v.config.split)).unwrap_or_default();
+            if !seen.insert(sig) {
+                continue;
+            }
+            if spec.synth.is_some() && !spec.root.exists() {
+                notes.push(format!(
+                    "dataset `{}` is generated on first run at {}; its split is checked then",
+                    spec.name,
+                    spec.root.display()
+                ));
+                continue;
+            }
+            match data::scan::index(spec) {
+                Ok(idx) => {
+                    if let Err(ConfigErrors(e)) =
+                        data::split::assign(&idx, &v.config.split, &m.source_of(v, "split.method"))
+                    {
+                        errs.extend(e);
+                    }
+                }
+                Err(Error::Dataset(d)) => notes.extend(
+                    d.into_iter()
+                        .map(|x| format!("dataset `{}`: {x}", spec.name)),
+                ),
+                Err(e) => return Err(e),
+            }
+        }
+        if errs.is_empty() {
+            Ok(notes)
+        } else {
+            Err(ConfigErrors(errs).into())
+        }
+    }
+
+    fn dataset_for(&self, m: &Manifest, v: &Variant) -> Result<&data::DatasetSpec> {
+        self.registry.get(&v.config.dataset).ok_or_else(|| {
+            ConfigErrors(vec![ConfigError::key(
+                m.source_of(v, "dataset"),
+                "dataset",
+                format!(
+                    "`{}` is not registered (registered: {})",
+                    v.config.dataset,
+                    self.registry.names().join(", ")
+                ),
+            )])
+            .into()
+        })
+    }
+
+    fn exp_dir(&self, m: &Manifest) -> PathBuf {
+        self.opts.work_dir.join(m.name())
+    }
+
+    /// A dry run: every variant, every stage's key, and whether it is cached.
+    pub fn plan(&self, m: &Manifest) -> Result<Report> {
+        self.check(m)?;
+        let mut notes = Vec::new();
+        let mut indexes: BTreeMap<String, Option<DatasetIndex>> = BTreeMap::new();
+        let mut variants = Vec::new();
+        for v in &m.variants {
+            let spec = self.dataset_for(m, v)?;
+            if !indexes.contains_key(&spec.name) {
+                let idx = if spec.synth.is_some() && !spec.root.exists() {
+                    notes.push(format!(
+                        "dataset `{}` will be generated at {}: stage keys are known after that",
+                        spec.name,
+                        spec.root.display()
+                    ));
+                    None
+                } else {
+                    Some(data::scan::index(spec)?)
+                };
+                indexes.insert(spec.name.clone(), idx);
+            }
+            let idx = indexes.get(&spec.name).and_then(Option::as_ref);
+            let run_dir = self.exp_dir(m).join(run_dir_name(v));
+            let mut states = Vec::new();
+            let mut keys: BTreeMap<&'static str, String> = BTreeMap::new();
+            let upstream = BTreeMap::new();
+            let src = |k: &str| m.source_of(v, k);
+            for s in &self.stages {
+                let key = idx.map(|d| {
+                    let input = StageInput {
+                        variant: v,
+                        dataset: d,
+                        source_of: &src,
+                        upstream: &upstream,
+                    };
+                    stage::key(s.as_ref(), &input, &keys)
+                });
+                let state = match &key {
+                    Some(k) if self.cache.has(s.name(), k) && !self.opts.fresh => "cached",
+                    Some(_) => "to run",
+                    None => "pending",
+                };
+                if let Some(k) = &key {
+                    keys.insert(s.name(), k.clone());
+                }
+                states.push(StageState {
+                    stage: s.name().into(),
+                    key,
+                    state: state.into(),
+                    seconds: 0.0,
+                });
+            }
+            variants.push(VariantReport {
+                id: v.id.clone(),
+                hash: v.hash.clone(),
+                run_dir,
+                stages: states,
+                error: None,
+            });
+        }
+        Ok(Report {
+            experiment: m.name().into(),
+            variants,
+            notes,
+        })
+    }
+
+    /// Run every variant through the stage chain. Bad input stops the run (exit code 2); a
+    /// variant that fails while running is reported and the others still run (exit code 1).
+    pub fn run(&self, m: &Manifest) -> Result<Report> {
+        let notes = self.check(m)?;
+        let exp_dir = self.exp_dir(m);
+        let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
+        let versions = Versions::current();
+        let mut datasets: BTreeMap<String, DatasetIndex> = BTreeMap::new();
+        let mut computed_now: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut variants = Vec::new();
+        let total = m.variants.len();
+        for (vi, v) in m.variants.iter().enumerate() {
+            tracing::info!("variant {}/{total}: {}", vi + 1, v.id);
+            let spec = self.dataset_for(m, v)?;
+            if !datasets.contains_key(&spec.name) {
+                datasets.insert(spec.name.clone(), data::open(spec)?);
+            }
+            let idx = &datasets[&spec.name];
+            let run_dir = exp_dir.join(run_dir_name(v));
+            match self.run_variant(m, v, idx, &run_dir, &versions, &mut computed_now) {
+                Ok(stages) => variants.push(VariantReport {
+                    id: v.id.clone(),
+                    hash: v.hash.clone(),
+                    run_dir,
+                    stages,
+                    error: None,
+                }),
+                Err(e) if e.exit_code() == crate::error::EXIT_BAD_INPUT => return Err(e),
+                Err(e) => {
+                    tracing::error!("variant {} failed: {e}", v.id);
+                    variants.push(VariantReport {
+                        id: v.id.clone(),
+                        hash: v.hash.clone(),
+                        run_dir,
+                        stages: vec![],
+                        error: Some(e.to_string()),
+                    })
+                }
+            }
+        }
+        let report = Report {
+            experiment: m.name().into(),
+            variants,
+            notes,
+        };
+        write_json(&exp_dir.join("experiment.json"), &report)?;
+        Ok(report)
+    }
+
+    fn run_variant(
+        &self,
+        m: &Manifest,
+        v: &Variant,
+        idx: &DatasetIndex,
+        run_dir: &Path,
+        versions: &Versions,
+        computed_now: &mut BTreeSet<(String, String)>,
+    ) -> Result<Vec<StageState>> {
+        let (_device, device_desc) = device::resolve(&v.config.device)?;
+        let mut info = rundir::open(run_dir, m, v, idx, versions, &device_desc, self.opts.fresh)?;
+        let src = |k: &str| m.source_of(v, k);
+        let mut keys: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut upstream: BTreeMap<&'static str, PathBuf> = BTreeMap::new();
+        let mut states = Vec::new();
+        for s in &self.stages {
+            let t0 = Instant::now();
+            let input = StageInput {
+                variant: v,
+                dataset: idx,
+                source_of: &src,
+                upstream: &upstream,
+            };
+            let key = stage::key(s.as_ref(), &input, &keys);
+            let force =
+                self.opts.fresh && !computed_now.contains(&(s.name().to_string(), key.clone()));
+            let crash = self.opts.crash_at.as_deref() == Some(s.name());
+            let result = self.cache.get_or_compute(
+                s.name(),
+                &key,
+                force,
+                |out| {
+                    tracing::info!("stage {}: running ({})", s.name(), &key[..12]);
+                    s.run(&input, out)
+                },
+                || {
+                    if crash {
+                        eprintln!(
+                            "WSSS_CRASH_AT={}: aborting before the stage output is committed",
+                            s.name()
+                        );
+                        std::process::abort();
+                    }
+                },
+            );
+            let (entry, outcome) = match result {
+                Ok(x) => x,
+                Err(e) => {
+                    info.fail(run_dir, s.name(), &e.to_string())?;
+                    return Err(e);
+                }
+            };
+            computed_now.insert((s.name().to_string(), key.clone()));
+            s.publish(&entry, run_dir)?;
+            let state = StageState {
+                stage: s.name().into(),
+                key: Some(key.clone()),
+                state: match outcome {
+                    Outcome::Cached => "cached".into(),
+                    Outcome::Ran => "ran".into(),
+                },
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            tracing::info!(
+                "stage {}: {} in {:.2}s",
+                s.name(),
+                state.state,
+                state.seconds
+            );
+            info.record_stage(run_dir, &state, &entry)?;
+            keys.insert(s.name(), key);
+            upstream.insert(s.name(), entry);
+            states.push(state);
+        }
+        info.complete(run_dir)?;
+        Ok(states)
+    }
+}

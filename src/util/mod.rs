@@ -1,0 +1,7 @@
+//! Small shared helpers: atomic file writes, advisory locks and hashing.
+//!
+//! Everything `wsss` writes goes through [`fs::atomic_write`] (temp file in the same folder,
+//! then rename), so an interrupted run never leaves a half-written file under a final name.
+
+pub mod fs;
+pub mod hash;

@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: a sandbox with its own work dir and registry.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// Repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A temp folder with a registry whose `synthetic` entry is tiny and lives inside it.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = r#"
+[synthetic]
+layout = "synthetic"
+root = "data/synthetic"
+classes = ["normal", "malignant"]
+positive_class = "malignant"
+synth = { patients_per_class = 3, images_per_patient = 3, size = 64, seed = 7 }
+"#;
+        std::fs::write(dir.path().join("datasets.toml"), reg).unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.path().join("runs")
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// `wsss` with this sandbox's work dir and registry, run in the sandbox.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("wsss").unwrap();
+        c.current_dir(self.path())
+            .env("WSSS_WORK_DIR", self.work())
+            .env("WSSS_DATASETS", self.path().join("datasets.toml"))
+            .env_remove("WSSS_CRASH_AT")
+            .env("WSSS_LOG", "warn");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `../shared/data` (or `WSSS_SHARED_DATA`), if present.
+pub fn shared_data() -> Option<PathBuf> {
+    let p = std::env::var_os("WSSS_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"));
+    p.join("glas/labels.csv").is_file().then_some(p)
+}
+
+/// A minimal valid manifest for the sandbox's synthetic data.
+pub const MINIMAL: &str = r#"
+name = "t"
+dataset = "synthetic"
+[split]
+valid_fraction = 0.34
+"#;

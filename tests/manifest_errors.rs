@@ -1,0 +1,148 @@
+//! `wsss validate` rejects bad manifests with the file and the key in the message, exit code
+//! 2, every problem listed, and no panic.
+
+mod common;
+use common::*;
+
+/// (case name, manifest text, [--set …], substrings the error must contain)
+fn cases() -> Vec<(&'static str, String, Vec<&'static str>, Vec<&'static str>)> {
+    // `m` appends a section; `top` puts top-level keys before the manifest's first table.
+    let m = |extra: &str| format!("{MINIMAL}\n{extra}");
+    let top = |extra: &str| format!("{extra}\n{MINIMAL}");
+    vec![
+        ("syntax error", "name = \"t\"\ndataset = \n".into(), vec![], vec!["bad.toml:2:", "TOML syntax error"]),
+        ("unknown top-level key", top("datset = \"x\""), vec![], vec!["key `datset`", "did you mean `dataset`"]),
+        ("unknown nested key", m("[cam]\ntreshold = 0.5"), vec![], vec!["key `cam.treshold`", "did you mean `cam.threshold`"]),
+        ("key in the wrong section", top("threshold = 0.5"), vec![], vec!["key `threshold`", "did you mean `cam.threshold`"]),
+        ("wrong type", m("[train]\nepochs = \"ten\""), vec![], vec!["key `train.epochs`", "expected an integer"]),
+        ("threshold out of range", m("[cam]\nthreshold = 1.5"), vec![], vec!["key `cam.threshold`", "out of range", "[0, 1]"]),
+        ("negative learning rate", m("[train]\nlr = -0.1"), vec![], vec!["key `train.lr`", "a number > 0"]),
+        ("unknown choice", m("[loss]\nvariant = \"focl\""), vec![], vec!["key `loss.variant`", "did you mean `focal`", "label-smoothing"]),
+        ("section given a value", top("cam = 3"), vec![], vec!["key `cam`", "is a section"]),
+        ("empty sweep list", m("[sweep.grid]\n\"cam.threshold\" = []"), vec![], vec!["key `sweep.grid.\"cam.threshold\"`", "empty sweep list"]),
+        ("sweep of an unknown key", m("[sweep.grid]\n\"cam.treshold\" = [0.5]"), vec![], vec!["sweep.grid.\"cam.treshold\"", "did you mean `cam.threshold`"]),
+        ("sweep value out of range", m("[sweep.grid]\n\"cam.threshold\" = [0.5, 1.2]"), vec![], vec!["key `sweep.grid.\"cam.threshold\"[1]`", "out of range"]),
+        ("zip lengths differ", m("[sweep.zip]\n\"train.seed\" = [1, 2]\n\"split.seed\" = [1, 2, 3]"), vec![], vec!["sweep.zip", "equal lengths"]),
+        ("unknown sweep mode", m("[sweep.grdi]\n\"cam.threshold\" = [0.5]"), vec![], vec!["key `sweep.grdi`", "did you mean `sweep.grid`"]),
+        ("background above threshold", m("[cam]\nthreshold = 0.5\nbackground_threshold = 0.6"), vec![], vec!["key `cam.background_threshold`", "≤ the foreground threshold"]),
+        ("fold out of range", m("[split]\nmethod = \"kfold\"\nfolds = 3\nfold = 3").replace("[split]\nvalid_fraction = 0.34\n", ""), vec![], vec!["key `split.fold`", "[0, 2]"]),
+        ("patient in two splits", "name = \"t\"\n[split]\nmethod = \"patients\"\ntrain_patients = [\"P01\", \"P04\"]\nvalid_patients = [\"P01\", \"P05\"]\n".into(), vec![], vec!["key `split.valid_patients`", "patient `P01`", "leakage"]),
+        ("patients split without valid", "name = \"t\"\n[split]\nmethod = \"patients\"\ntrain_patients = [1, 2]\n".into(), vec![], vec!["key `split.valid_patients`", "non-empty"]),
+        ("fractions leave no training", "name = \"t\"\n[split]\nvalid_fraction = 0.6\ntest_fraction = 0.5\n".into(), vec![], vec!["key `split.test_fraction`", "sum must be < 1"]),
+        ("missing name", "dataset = \"synthetic\"\n".into(), vec![], vec!["key `name`", "missing required key"]),
+        ("unregistered dataset", m("").replace("\"synthetic\"", "\"glsa\""), vec![], vec!["key `dataset`", "`glsa` is not registered", "synthetic"]),
+        ("bad device", top("device = \"gpu0\""), vec![], vec!["key `device`", "`cpu`, `auto` or `cuda:N`"]),
+        ("output stride not allowed", m("[segmentation]\noutput_stride = 12"), vec![], vec!["key `segmentation.output_stride`", "one of 8, 16"]),
+        ("bad --set key", MINIMAL.into(), vec!["--set", "cam.threshhold=0.5"], vec!["--set cam.threshhold=0.5", "key `cam.threshhold`", "did you mean `cam.threshold`"]),
+        ("bad --set value", MINIMAL.into(), vec!["--set", "train.batch_size=0"], vec!["--set train.batch_size=0", "key `train.batch_size`", "out of range"]),
+        ("missing extends file", top("extends = \"nope.toml\""), vec![], vec!["bad.toml", "key `extends`", "nope.toml"]),
+        ("missing pretrained weights", m("[backbone]\npretrained = \"w.safetensors\""), vec![], vec!["key `backbone.pretrained`", "not found"]),
+        ("key swept in grid and zip", m("[sweep.grid]\n\"train.seed\" = [1]\n[sweep.zip]\n\"train.seed\" = [2]"), vec![], vec!["sweep.zip.\"train.seed\"", "both"]),
+    ]
+}
+
+#[test]
+fn every_bad_manifest_is_rejected_with_file_and_key() {
+    let sb = Sandbox::new();
+    let mut failures = vec![];
+    for (name, text, extra, needles) in cases() {
+        let p = sb.write("bad.toml", &text);
+        let mut args = vec!["validate", p.to_str().unwrap()];
+        args.extend(extra.iter());
+        let o = sb.run(&args);
+        let err = stderr(&o);
+        let ok = o.status.code() == Some(2)
+            && needles.iter().all(|n| err.contains(n))
+            && !err.contains("panicked")
+            && !err.contains("RUST_BACKTRACE");
+        if !ok {
+            failures.push(format!("[{name}] exit {:?}\n{err}", o.status.code()));
+        }
+    }
+    assert!(cases().len() >= 15);
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn all_problems_are_reported_not_just_the_first() {
+    let sb = Sandbox::new();
+    let p = sb.write("many.toml", "name = \"t\"\ndatset = 1\n[cam]\nthreshold = 2.0\n[train]\nlr = -1\noptimizer = \"adma\"\n");
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("4 manifest errors"), "{err}");
+    for k in [
+        "`datset`",
+        "`cam.threshold`",
+        "`train.lr`",
+        "`train.optimizer`",
+    ] {
+        assert!(err.contains(k), "missing {k} in {err}");
+    }
+}
+
+#[test]
+fn errors_name_the_file_of_the_extends_chain_that_set_the_key() {
+    let sb = Sandbox::new();
+    sb.write("base/b.toml", "[cam]\nthreshold = 7\n");
+    let p = sb.write("child.toml", "name = \"t\"\nextends = \"base/b.toml\"\n");
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("b.toml: key `cam.threshold`"), "{err}");
+
+    let p2 = sb.write("cyc1.toml", "name = \"t\"\nextends = \"cyc2.toml\"\n");
+    sb.write("cyc2.toml", "extends = \"cyc1.toml\"\n");
+    let o = sb.run(&["validate", p2.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cycle"), "{}", stderr(&o));
+}
+
+#[test]
+fn environment_overrides_are_checked_and_named() {
+    let sb = Sandbox::new();
+    let p = sb.write("ok.toml", MINIMAL);
+    let o = sb
+        .cmd()
+        .args(["validate", p.to_str().unwrap()])
+        .env("WSSS_CAM__THRESHOLD", "abc")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("environment variable WSSS_CAM__THRESHOLD: key `cam.threshold`"),
+        "{err}"
+    );
+    let o = sb
+        .cmd()
+        .args(["validate", p.to_str().unwrap()])
+        .env("WSSS_CAM__THRESHOLD", "0.4")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn shipped_manifests_validate() {
+    let sb = Sandbox::new();
+    let ex = repo().join("experiments");
+    for name in [
+        "quickstart.toml",
+        "ablation-threshold-loss.toml",
+        "seed-vgg16.toml",
+    ] {
+        let o = sb
+            .cmd()
+            .env_remove("WSSS_DATASETS")
+            .args(["validate", ex.join(name).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+    }
+}

@@ -1,0 +1,338 @@
+//! The runner end to end on tiny synthetic data: plans, caching, resume after a crash,
+//! never-overwritten run directories.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+fn ablation() -> String {
+    repo()
+        .join("experiments/ablation-threshold-loss.toml")
+        .display()
+        .to_string()
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
+    let sb = Sandbox::new();
+    let o = sb.run(&["plan", &ablation()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("20 variant(s)"), "{out}");
+    for t in ["0.5", "0.6", "0.7", "0.8", "0.9"] {
+        for l in ["ce", "focal", "equivariance", "cam-area"] {
+            assert!(
+                out.contains(&format!("cam.threshold={t},loss.variant={l}")),
+                "missing {t}/{l}"
+            );
+        }
+    }
+    assert!(out.contains("will be generated"), "{out}");
+
+    let o = sb.run(&["run", &ablation()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("stage data: 1 distinct computation(s) for 20 variant(s)"),
+        "{out}"
+    );
+    assert!(out.contains("1 stage run(s), 19 cached"), "{out}");
+
+    let o = sb.run(&["plan", &ablation()]);
+    let out = stdout(&o);
+    assert!(!out.contains("to run"), "{out}");
+    assert_eq!(out.matches("cached").count(), 20, "{out}");
+
+    let entry = std::fs::read_dir(sb.work().join(".cache/data"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    let before = std::fs::metadata(entry.join("split.parquet"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let o = sb.run(&["run", &ablation()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("0 stage run(s), 20 cached"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        std::fs::metadata(entry.join("split.parquet"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+
+    let exp = json(&sb.work().join("ablation-threshold-loss/experiment.json"));
+    assert_eq!(exp["variants"].as_array().unwrap().len(), 20);
+}
+
+#[test]
+fn run_directory_records_config_seed_versions_device_and_fingerprint() {
+    let sb = Sandbox::new();
+    let m = sb.write("m.toml", MINIMAL);
+    let o = sb.run(&["run", m.to_str().unwrap(), "--set", "train.seed=42"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let exp = sb.work().join("t");
+    let dirs: Vec<_> = std::fs::read_dir(&exp)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1);
+    let rd = dirs[0].path();
+    assert!(dirs[0]
+        .file_name()
+        .to_string_lossy()
+        .starts_with("default-"));
+    let info = json(&rd.join("run.json"));
+    assert_eq!(info["status"], "complete");
+    assert_eq!(info["seed"], 42);
+    assert_eq!(info["device"], "cpu");
+    assert_eq!(
+        info["versions"]["candle"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .count(),
+        3
+    );
+    assert_eq!(info["dataset"]["fingerprint"].as_str().unwrap().len(), 64);
+    assert_eq!(info["dataset"]["images"], 18);
+    let cfg = std::fs::read_to_string(rd.join("config.toml")).unwrap();
+    assert!(cfg.contains("seed = 42"), "{cfg}");
+    // The saved config is itself a valid manifest that resolves to the same hash.
+    let o = sb.run(&["plan", rd.join("config.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(info["config_hash"].as_str().unwrap()),
+        "{}",
+        stdout(&o)
+    );
+    // The split table: every image once, no patient in two splits.
+    let csv = std::fs::read_to_string(rd.join("split.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "id,patient,class,split,image,mask,width,height"
+    );
+    let mut by_patient =
+        std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    let mut n = 0;
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        by_patient
+            .entry(f[1].into())
+            .or_default()
+            .insert(f[3].into());
+        assert_eq!(f[6], "64");
+        n += 1;
+    }
+    assert_eq!(n, 18);
+    assert!(by_patient.values().all(|s| s.len() == 1));
+    assert!(by_patient.values().any(|s| s.contains("valid")));
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_outputs() {
+    let clean = Sandbox::new();
+    let m = clean.write("m.toml", MINIMAL);
+    assert_eq!(
+        clean.run(&["run", m.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+
+    let sb = Sandbox::new();
+    let m = sb.write("m.toml", MINIMAL);
+    // The process dies (SIGABRT: no destructors, no clean-up) just before the stage commits.
+    let o = sb
+        .cmd()
+        .args(["run", m.to_str().unwrap()])
+        .env("WSSS_CRASH_AT", "data")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let cache = sb.work().join(".cache/data");
+    let names: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with(".partial-")),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.len() == 64),
+        "no committed entry after the crash: {names:?}"
+    );
+    let rd = std::fs::read_dir(sb.work().join("t"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    assert_eq!(json(&rd.join("run.json"))["status"], "running");
+
+    let o = sb.run(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&rd.join("run.json"))["status"], "complete");
+    let names: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(".partial-")),
+        "leftovers removed: {names:?}"
+    );
+
+    let crd = std::fs::read_dir(clean.work().join("t"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    assert_eq!(rd.file_name(), crd.file_name());
+    for f in ["split.csv", "split.parquet", "data_summary.json"] {
+        assert_eq!(
+            std::fs::read(rd.join(f)).unwrap(),
+            std::fs::read(crd.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}
+
+#[test]
+fn fresh_moves_the_old_run_aside_and_changed_data_is_refused() {
+    let sb = Sandbox::new();
+    let m = sb.write("m.toml", MINIMAL);
+    assert_eq!(sb.run(&["run", m.to_str().unwrap()]).status.code(), Some(0));
+    let o = sb.run(&["run", m.to_str().unwrap(), "--fresh"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("1 stage run(s), 0 cached"),
+        "{}",
+        stdout(&o)
+    );
+    let names: Vec<String> = std::fs::read_dir(sb.work().join("t"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.contains(".replaced-")), "{names:?}");
+
+    // A different config never lands in the same run directory.
+    assert_eq!(
+        sb.run(&["run", m.to_str().unwrap(), "--set", "cam.threshold=0.6"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let dirs = std::fs::read_dir(sb.work().join("t"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().contains("replaced"))
+        .count();
+    assert_eq!(dirs, 2);
+
+    // Same config, changed data: refused rather than silently overwritten.
+    let img = walkdir::WalkDir::new(sb.path().join("data/synthetic/images"))
+        .into_iter()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "png"))
+        .unwrap();
+    let mut bytes = std::fs::read(img.path()).unwrap();
+    bytes.extend_from_slice(b"trailing");
+    std::fs::write(img.path(), bytes).unwrap();
+    let o = sb.run(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the data changed"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_images_are_reported_with_their_paths() {
+    let sb = Sandbox::new();
+    let root = sb.path().join("ds");
+    let o = sb.run(&[
+        "synth",
+        root.to_str().unwrap(),
+        "--patients-per-class",
+        "2",
+        "--images-per-patient",
+        "2",
+        "--size",
+        "48",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    sb.write("reg.toml", "[ds]\nlayout = \"folder\"\nroot = \"ds\"\nmasks_dir = \"masks\"\nclasses = [\"normal\", \"malignant\"]\n");
+    let m = sb.write(
+        "m.toml",
+        "name = \"b\"\ndataset = \"ds\"\n[split]\nvalid_fraction = 0.5\n",
+    );
+    let reg = sb.path().join("reg.toml");
+    let o = sb
+        .cmd()
+        .env("WSSS_DATASETS", &reg)
+        .args(["run", m.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Truncate one image, resize one mask.
+    let img = root.join("images/normal/P01/P01_00.png");
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &bytes[..bytes.len() / 2]).unwrap();
+    let mask = root.join("masks/malignant/P03/P03_01.png");
+    image::GrayImage::new(10, 10).save(&mask).unwrap();
+    let o = sb
+        .cmd()
+        .env("WSSS_DATASETS", &reg)
+        .args(["run", m.to_str().unwrap(), "--fresh"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("P01_00.png: cannot decode"), "{err}");
+    assert!(err.contains("P03_01.png is 10×10 but its image"), "{err}");
+
+    // A class folder with no images, and a duplicate id.
+    std::fs::remove_dir_all(root.join("images/malignant")).unwrap();
+    std::fs::create_dir_all(root.join("images/malignant/P09")).unwrap();
+    std::fs::copy(
+        root.join("images/normal/P02/P02_00.png"),
+        root.join("images/normal/P01/P02_00.png"),
+    )
+    .unwrap();
+    let o = sb
+        .cmd()
+        .env("WSSS_DATASETS", &reg)
+        .args(["datasets", "ds"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("class `malignant` has no images"), "{err}");
+    assert!(err.contains("duplicate image id `P02_00`"), "{err}");
+}
+
+#[test]
+fn split_that_leaves_a_class_without_patients_is_bad_input() {
+    let sb = Sandbox::new();
+    let m = sb.write("m.toml", "name = \"t\"\n[split]\nmethod = \"patients\"\ntrain_patients = [\"P01\", \"P02\", \"P04\"]\nvalid_patients = [\"P03\"]\n");
+    let o = sb.run(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("m.toml: key `split.valid_patients`"), "{err}");
+    assert!(err.contains("without images in `valid`"), "{err}");
+}
