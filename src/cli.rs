@@ -432,8 +432,10 @@ fn synth(out: &Path, p: &SynthParams) -> Result<i32> {
 
 /// The manifest reference: every key, its type and default.
 pub fn schema_text() -> String {
-    let mut d = config::ExperimentConfig::default();
-    d.name = "<required>".into();
+    let d = config::ExperimentConfig {
+        name: "<required>".into(),
+        ..Default::default()
+    };
     let v = toml::Value::try_from(&d).unwrap_or(toml::Value::Table(Default::default()));
     let rows: Vec<Vec<String>> = schema::FIELDS
         .iter()

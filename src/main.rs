@@ -1,5 +1,7 @@
 //! The `wsss` binary: parse arguments, set up logging, dispatch, map errors to exit codes.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +13,7 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let code = match wsss::cli::dispatch(cli) {
         Ok(code) => code,

@@ -630,8 +630,10 @@ mod tests {
 
     #[test]
     fn defaults_pass_their_own_schema() {
-        let mut cfg = ExperimentConfig::default();
-        cfg.name = "x".into();
+        let cfg = ExperimentConfig {
+            name: "x".into(),
+            ..Default::default()
+        };
         let v = toml::Value::try_from(&cfg).unwrap();
         for f in FIELDS {
             let mut cur = &v;

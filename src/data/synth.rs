@@ -135,6 +135,26 @@ fn seed_of(s: &str) -> u64 {
     })
 }
 
+/// Centre, radii and rotation of an ellipse.
+#[derive(Clone, Copy)]
+struct Ellipse {
+    cx: f32,
+    cy: f32,
+    rx: f32,
+    ry: f32,
+    rot: f32,
+}
+
+fn el(cx: f32, cy: f32, rx: f32, ry: f32, rot: f32) -> Ellipse {
+    Ellipse {
+        cx,
+        cy,
+        rx,
+        ry,
+        rot,
+    }
+}
+
 struct Canvas {
     n: usize,
     px: Vec<[f32; 3]>,
@@ -150,7 +170,14 @@ impl Canvas {
     }
 
     /// Paint a soft-edged ellipse.
-    fn ellipse(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, rot: f32, c: [f32; 3], a: f32) {
+    fn ellipse(&mut self, e: Ellipse, c: [f32; 3], a: f32) {
+        let Ellipse {
+            cx,
+            cy,
+            rx,
+            ry,
+            rot,
+        } = e;
         let r = rx.max(ry) + 1.5;
         let (s, co) = rot.sin_cos();
         for y in bounds(cy, r, self.n) {
@@ -224,11 +251,7 @@ pub fn tile(
             rng.random_range(0.0..n as f32),
         );
         cv.ellipse(
-            x,
-            y,
-            1.8 * sc,
-            0.8 * sc,
-            rng.random_range(0.0..TAU),
+            el(x, y, 1.8 * sc, 0.8 * sc, rng.random_range(0.0..TAU)),
             st.h,
             0.7,
         );
@@ -285,19 +308,21 @@ pub fn tile(
 /// A regular gland: epithelial ring, white lumen, an even ring of small basal nuclei.
 fn gland(cv: &mut Canvas, rng: &mut ChaCha8Rng, st: &Stain, cx: f32, cy: f32, r: f32, sc: f32) {
     let (ex, rot) = (rng.random_range(0.85..1.15), rng.random_range(0.0..TAU));
-    cv.ellipse(cx, cy, r * ex, r / ex, rot, st.cyto, 0.95);
-    cv.ellipse(cx, cy, r * 0.55 * ex, r * 0.55 / ex, rot, st.lumen, 1.0);
+    cv.ellipse(el(cx, cy, r * ex, r / ex, rot), st.cyto, 0.95);
+    cv.ellipse(el(cx, cy, r * 0.55 * ex, r * 0.55 / ex, rot), st.lumen, 1.0);
     let k = ((TAU * r * 0.82) / (4.2 * sc)).round().max(6.0) as usize;
     for j in 0..k {
         let t = j as f32 / k as f32 * TAU;
         let (u, v) = (r * 0.82 * ex * t.cos(), r * 0.82 / ex * t.sin());
         let (s, c) = rot.sin_cos();
         cv.ellipse(
-            cx + u * c - v * s,
-            cy + u * s + v * c,
-            1.3 * sc,
-            1.0 * sc,
-            t,
+            el(
+                cx + u * c - v * s,
+                cy + u * s + v * c,
+                1.3 * sc,
+                1.0 * sc,
+                t,
+            ),
             st.h,
             0.85,
         );
@@ -350,7 +375,7 @@ fn dense_region(
             rng.random_range(1.2..2.2) * sc,
         );
         let h = st.h.map(|c| c * rng.random_range(0.6..0.9));
-        cv.ellipse(x, y, a, b, rng.random_range(0.0..TAU), h, 0.9);
+        cv.ellipse(el(x, y, a, b, rng.random_range(0.0..TAU)), h, 0.9);
     }
 }
 
