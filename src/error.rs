@@ -25,6 +25,14 @@ pub enum Error {
     /// A problem in `datasets.toml` or in a dataset's files.
     #[error("{}", format_list("dataset", .0))]
     Dataset(Vec<String>),
+    /// A weights file that does not fit the model (missing keys, wrong shapes).
+    #[error("weights {}: {}", path.display(), problems.join("; "))]
+    Weights {
+        /// The safetensors file.
+        path: PathBuf,
+        /// Every mismatch found, each naming its key.
+        problems: Vec<String>,
+    },
     /// A bad command-line value that is not part of a manifest.
     #[error("{0}")]
     Usage(String),
@@ -70,7 +78,9 @@ impl Error {
     /// The documented process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::Dataset(_) | Error::Usage(_) => EXIT_BAD_INPUT,
+            Error::Config(_) | Error::Dataset(_) | Error::Usage(_) | Error::Weights { .. } => {
+                EXIT_BAD_INPUT
+            }
             Error::Io { .. } | Error::Stage { .. } | Error::Candle(_) | Error::Polars(_) => {
                 EXIT_RUN_FAILED
             }

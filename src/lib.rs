@@ -19,9 +19,12 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod metrics;
+pub mod model;
 pub mod progress;
 pub mod runner;
 pub mod table;
+pub mod train;
 pub mod util;
 
 pub use error::{Error, Result};

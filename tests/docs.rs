@@ -4,8 +4,13 @@ use wsss::config::schema::FIELDS;
 
 #[test]
 fn readme_documents_every_manifest_key() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let missing: Vec<&str> = FIELDS.iter().map(|f| f.key).filter(|k| !readme.contains(&format!("| `{k}` |"))).collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let missing: Vec<&str> = FIELDS
+        .iter()
+        .map(|f| f.key)
+        .filter(|k| !readme.contains(&format!("| `{k}` |")))
+        .collect();
     assert!(missing.is_empty(), "README.md lacks rows for: {missing:?}");
 }
 

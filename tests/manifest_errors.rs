@@ -4,11 +4,14 @@
 mod common;
 use common::*;
 
+/// A valid manifest with no sections but `[split]`, so cases can append their own tables.
+const BASE: &str = "name = \"t\"\ndataset = \"synthetic\"\n[split]\nvalid_fraction = 0.34\n";
+
 /// (case name, manifest text, [--set …], substrings the error must contain)
 fn cases() -> Vec<(&'static str, String, Vec<&'static str>, Vec<&'static str>)> {
     // `m` appends a section; `top` puts top-level keys before the manifest's first table.
-    let m = |extra: &str| format!("{MINIMAL}\n{extra}");
-    let top = |extra: &str| format!("{extra}\n{MINIMAL}");
+    let m = |extra: &str| format!("{BASE}\n{extra}");
+    let top = |extra: &str| format!("{extra}\n{BASE}");
     vec![
         ("syntax error", "name = \"t\"\ndataset = \n".into(), vec![], vec!["bad.toml:2:", "TOML syntax error"]),
         ("unknown top-level key", top("datset = \"x\""), vec![], vec!["key `datset`", "did you mean `dataset`"]),
@@ -33,8 +36,8 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, Vec<&'static str>)> 
         ("unregistered dataset", m("").replace("\"synthetic\"", "\"glsa\""), vec![], vec!["key `dataset`", "`glsa` is not registered", "synthetic"]),
         ("bad device", top("device = \"gpu0\""), vec![], vec!["key `device`", "`cpu`, `auto` or `cuda:N`"]),
         ("output stride not allowed", m("[segmentation]\noutput_stride = 12"), vec![], vec!["key `segmentation.output_stride`", "one of 8, 16"]),
-        ("bad --set key", MINIMAL.into(), vec!["--set", "cam.threshhold=0.5"], vec!["--set cam.threshhold=0.5", "key `cam.threshhold`", "did you mean `cam.threshold`"]),
-        ("bad --set value", MINIMAL.into(), vec!["--set", "train.batch_size=0"], vec!["--set train.batch_size=0", "key `train.batch_size`", "out of range"]),
+        ("bad --set key", BASE.into(), vec!["--set", "cam.threshhold=0.5"], vec!["--set cam.threshhold=0.5", "key `cam.threshhold`", "did you mean `cam.threshold`"]),
+        ("bad --set value", BASE.into(), vec!["--set", "train.batch_size=0"], vec!["--set train.batch_size=0", "key `train.batch_size`", "out of range"]),
         ("missing extends file", top("extends = \"nope.toml\""), vec![], vec!["bad.toml", "key `extends`", "nope.toml"]),
         ("missing pretrained weights", m("[backbone]\npretrained = \"w.safetensors\""), vec![], vec!["key `backbone.pretrained`", "not found"]),
         ("key swept in grid and zip", m("[sweep.grid]\n\"train.seed\" = [1]\n[sweep.zip]\n\"train.seed\" = [2]"), vec![], vec!["sweep.zip.\"train.seed\"", "both"]),
@@ -106,7 +109,7 @@ fn errors_name_the_file_of_the_extends_chain_that_set_the_key() {
 #[test]
 fn environment_overrides_are_checked_and_named() {
     let sb = Sandbox::new();
-    let p = sb.write("ok.toml", MINIMAL);
+    let p = sb.write("ok.toml", BASE);
     let o = sb
         .cmd()
         .args(["validate", p.to_str().unwrap()])

@@ -334,6 +334,14 @@ pub static FIELDS: &[Field] = &[
         Kind::Bool,
         "sample classes with equal probability",
     ),
+    f(
+        "train.patience",
+        Kind::Int {
+            min: 0,
+            max: 100_000,
+        },
+        "early stopping: epochs without improvement (0 = off)",
+    ),
 ];
 
 /// Top-level keys handled by the loader rather than the schema.

@@ -389,6 +389,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Sample classes with equal probability.
     pub balanced_sampling: bool,
+    /// Stop after this many epochs without a better validation score (0 = never).
+    pub patience: u32,
 }
 
 impl Default for TrainConfig {
@@ -405,6 +407,7 @@ impl Default for TrainConfig {
             image_size: 224,
             seed: 0,
             balanced_sampling: false,
+            patience: 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Data: the dataset registry, scanning and checking, masks, patient-level splits and the
 //! built-in synthetic generator.
 
+pub mod loader;
 pub mod mask;
 pub mod registry;
 pub mod scan;

@@ -50,7 +50,7 @@ impl Cache {
         stage: &str,
         key: &str,
         force: bool,
-        compute: impl FnOnce(&Path) -> Result<()>,
+        compute: impl FnOnce(&Path, &Path) -> Result<()>,
         before_commit: impl FnOnce(),
     ) -> Result<(PathBuf, Outcome)> {
         let dir = self.root.join(stage);
@@ -78,7 +78,9 @@ impl Cache {
             .prefix(&prefix)
             .tempdir_in(&dir)
             .map_err(|e| Error::io(&dir, e))?;
-        compute(tmp.path())?;
+        let scratch = dir.join(format!(".work-{key}"));
+        mkdirs(&scratch)?;
+        compute(tmp.path(), &scratch)?;
         before_commit();
         let tmp = tmp.keep();
         if entry.exists() {
@@ -89,6 +91,7 @@ impl Cache {
         } else {
             std::fs::rename(&tmp, &entry).map_err(|e| Error::io(&entry, e))?;
         }
+        let _ = std::fs::remove_dir_all(&scratch);
         Ok((entry, Outcome::Ran))
     }
 }
@@ -106,17 +109,23 @@ mod tests {
                 "s",
                 "k",
                 false,
-                |out| crate::util::fs::atomic_write(&out.join("x"), b"1"),
+                |out, _| crate::util::fs::atomic_write(&out.join("x"), b"1"),
                 || {},
             )
             .unwrap();
         assert_eq!(o, Outcome::Ran);
         assert_eq!(std::fs::read(p.join("x")).unwrap(), b"1");
         let (_, o) = c
-            .get_or_compute("s", "k", false, |_| panic!("must not run"), || {})
+            .get_or_compute("s", "k", false, |_, _| panic!("must not run"), || {})
             .unwrap();
         assert_eq!(o, Outcome::Cached);
-        let r = c.get_or_compute("s", "k2", false, |_| Err(Error::stage("s", "boom")), || {});
+        let r = c.get_or_compute(
+            "s",
+            "k2",
+            false,
+            |_, _| Err(Error::stage("s", "boom")),
+            || {},
+        );
         assert!(r.is_err());
         assert!(!c.has("s", "k2"));
         let (_, o) = c
@@ -124,7 +133,7 @@ mod tests {
                 "s",
                 "k",
                 true,
-                |out| crate::util::fs::atomic_write(&out.join("x"), b"2"),
+                |out, _| crate::util::fs::atomic_write(&out.join("x"), b"2"),
                 || {},
             )
             .unwrap();

@@ -64,7 +64,7 @@ impl Stage for DataStage {
         })
     }
 
-    fn run(&self, input: &StageInput, out: &Path) -> Result<()> {
+    fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
         let idx = input.dataset;
         let bar = crate::progress::bar(idx.samples.len() as u64, "checking images");
         let infos = scan::verify(idx, &bar)?;

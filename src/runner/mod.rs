@@ -14,6 +14,7 @@
 //! directory aside (`…​.replaced-<time>`) instead of deleting it.
 
 mod cache;
+mod classify_stage;
 mod data_stage;
 pub mod device;
 mod rundir;
@@ -26,6 +27,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use cache::{Cache, Outcome};
+pub use classify_stage::ClassifyStage;
 pub use data_stage::{DataStage, DataSummary};
 pub use rundir::{run_dir_name, RunInfo, Versions};
 pub use stage::{Stage, StageInput};
@@ -38,7 +40,15 @@ use crate::util::fs::{write_json, Lock};
 /// The stage chain, in order. Later stages (classify, cam, pseudo, segment, evaluate) append
 /// here and declare their upstream stages and config slices.
 pub fn stages() -> Vec<Box<dyn Stage>> {
-    vec![Box::new(DataStage)]
+    vec![Box::new(DataStage), Box::new(ClassifyStage)]
+}
+
+fn manifest_dir(m: &Manifest) -> PathBuf {
+    m.path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
 }
 
 /// Settings of a runner that do not come from the manifest.
@@ -253,6 +263,8 @@ impl Runner {
             let mut keys: BTreeMap<&'static str, String> = BTreeMap::new();
             let upstream = BTreeMap::new();
             let src = |k: &str| m.source_of(v, k);
+            let mdir = manifest_dir(m);
+            let cpu = candle_core::Device::Cpu;
             for s in &self.stages {
                 let key = idx.map(|d| {
                     let input = StageInput {
@@ -260,6 +272,8 @@ impl Runner {
                         dataset: d,
                         source_of: &src,
                         upstream: &upstream,
+                        device: &cpu,
+                        manifest_dir: &mdir,
                     };
                     stage::key(s.as_ref(), &input, &keys)
                 });
@@ -351,7 +365,8 @@ impl Runner {
         versions: &Versions,
         computed_now: &mut BTreeSet<(String, String)>,
     ) -> Result<Vec<StageState>> {
-        let (_device, device_desc) = device::resolve(&v.config.device)?;
+        let (dev, device_desc) = device::resolve(&v.config.device)?;
+        let mdir = manifest_dir(m);
         let mut info = rundir::open(run_dir, m, v, idx, versions, &device_desc, self.opts.fresh)?;
         let src = |k: &str| m.source_of(v, k);
         let mut keys: BTreeMap<&'static str, String> = BTreeMap::new();
@@ -364,6 +379,8 @@ impl Runner {
                 dataset: idx,
                 source_of: &src,
                 upstream: &upstream,
+                device: &dev,
+                manifest_dir: &mdir,
             };
             let key = stage::key(s.as_ref(), &input, &keys);
             let force =
@@ -373,9 +390,9 @@ impl Runner {
                 s.name(),
                 &key,
                 force,
-                |out| {
+                |out, scratch| {
                     tracing::info!("stage {}: running ({})", s.name(), &key[..12]);
-                    s.run(&input, out)
+                    s.run(&input, out, scratch)
                 },
                 || {
                     if crash {

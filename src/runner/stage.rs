@@ -23,6 +23,20 @@ pub struct StageInput<'a> {
     pub source_of: &'a dyn Fn(&str) -> String,
     /// Output folders of the upstream stages, by stage name.
     pub upstream: &'a BTreeMap<&'static str, PathBuf>,
+    /// Compute device of this variant.
+    pub device: &'a candle_core::Device,
+    /// Folder of the manifest (relative paths in it resolve here).
+    pub manifest_dir: &'a Path,
+}
+
+impl StageInput<'_> {
+    /// The output folder of an upstream stage.
+    pub fn upstream_dir(&self, stage: &str) -> Result<&Path> {
+        self.upstream
+            .get(stage)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| crate::error::Error::stage(stage, "upstream output missing"))
+    }
 }
 
 /// One step of the pipeline.
@@ -36,7 +50,9 @@ pub trait Stage: Sync {
     /// The part of the configuration (and data identity) this stage's output depends on.
     fn config_slice(&self, input: &StageInput) -> serde_json::Value;
     /// Compute the outputs into `out` (an empty folder that becomes the cache entry).
-    fn run(&self, input: &StageInput, out: &Path) -> Result<()>;
+    /// `scratch` survives an interrupted run (checkpoints go there) and is removed once the
+    /// entry is committed.
+    fn run(&self, input: &StageInput, out: &Path, scratch: &Path) -> Result<()>;
     /// Copy the outputs a user reads from the cache entry into the run directory.
     fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()>;
 }

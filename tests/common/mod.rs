@@ -80,10 +80,28 @@ pub fn shared_data() -> Option<PathBuf> {
     p.join("glas/labels.csv").is_file().then_some(p)
 }
 
-/// A minimal valid manifest for the sandbox's synthetic data.
+/// A minimal valid manifest for the sandbox's synthetic data, with a classifier small enough
+/// to train in seconds.
 pub const MINIMAL: &str = r#"
 name = "t"
 dataset = "synthetic"
 [split]
 valid_fraction = 0.34
+[backbone]
+width = 0.0625
+batch_norm = true
+[train]
+image_size = 32
+epochs = 2
+batch_size = 8
 "#;
+
+/// `--set` overrides that shrink any manifest's classifier to test size.
+pub const TINY: &[&str] = &[
+    "--set",
+    "backbone.width=0.0625",
+    "--set",
+    "train.image_size=32",
+    "--set",
+    "train.epochs=1",
+];

@@ -1,0 +1,217 @@
+//! Batches for training and inference: decode, augment and normalise images in parallel
+//! (rayon), each item with its own seeded generator so batches are identical whatever the
+//! thread count.
+//!
+//! Decoded images are kept in memory when the whole dataset fits in [`CACHE_BUDGET`] bytes
+//! (the synthetic data, GlaS); larger datasets are decoded again for every batch.
+
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use image::{imageops, imageops::FilterType, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::scan::Sample;
+use crate::error::{Error, Result};
+
+/// ImageNet channel means (inputs are normalised as torchvision's pretrained models expect).
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Keep decoded images in memory when they take at most this many bytes.
+pub const CACHE_BUDGET: u64 = 2 << 30;
+
+/// Augmentations suited to H&E tiles.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Augment {
+    /// Random resized crop: smallest kept fraction of the image area.
+    pub min_crop_area: f64,
+    /// Random horizontal and vertical flips and 90° rotations.
+    pub flips: bool,
+    /// Brightness / contrast / saturation jitter amplitude.
+    pub color: f32,
+    /// Per-channel (stain) scale jitter amplitude.
+    pub stain: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Self {
+            min_crop_area: 0.5,
+            flips: true,
+            color: 0.1,
+            stain: 0.05,
+        }
+    }
+}
+
+/// Image source over a dataset's samples, with an optional in-memory cache.
+pub struct Images<'a> {
+    samples: &'a [Sample],
+    cache: Option<Vec<OnceLock<RgbImage>>>,
+}
+
+impl<'a> Images<'a> {
+    /// Cache decoded images if their total size (from width × height × 3) fits the budget;
+    /// `sizes` are the decoded sizes from the data stage (0 = unknown → estimate from bytes).
+    pub fn new(samples: &'a [Sample], approx_bytes: u64) -> Self {
+        let cache = (approx_bytes <= CACHE_BUDGET)
+            .then(|| samples.iter().map(|_| OnceLock::new()).collect());
+        Self { samples, cache }
+    }
+
+    /// The decoded image of sample `i`.
+    pub fn get(&self, i: usize) -> Result<std::borrow::Cow<'_, RgbImage>> {
+        let decode = || -> Result<RgbImage> {
+            let p = &self.samples[i].image;
+            Ok(image::open(p)
+                .map_err(|e| Error::dataset(format!("image {}: cannot decode: {e}", p.display())))?
+                .into_rgb8())
+        };
+        match &self.cache {
+            Some(c) => {
+                if let Some(img) = c[i].get() {
+                    return Ok(std::borrow::Cow::Borrowed(img));
+                }
+                let img = decode()?;
+                Ok(std::borrow::Cow::Borrowed(c[i].get_or_init(|| img)))
+            }
+            None => Ok(std::borrow::Cow::Owned(decode()?)),
+        }
+    }
+}
+
+/// One training view of an image: random resized crop, flips, rotations, colour and stain
+/// jitter, resized to `size`×`size`.
+pub fn augment(img: &RgbImage, size: u32, a: &Augment, rng: &mut ChaCha8Rng) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let area = (w as f64) * (h as f64) * rng.random_range(a.min_crop_area.min(1.0)..=1.0);
+    let ratio = (rng.random_range((0.75f64).ln()..=(4.0f64 / 3.0).ln())).exp();
+    let cw = ((area * ratio).sqrt().round() as u32).clamp(1, w);
+    let ch = ((area / ratio).sqrt().round() as u32).clamp(1, h);
+    let x0 = rng.random_range(0..=w - cw);
+    let y0 = rng.random_range(0..=h - ch);
+    let crop = imageops::crop_imm(img, x0, y0, cw, ch).to_image();
+    let mut out = imageops::resize(&crop, size, size, FilterType::Triangle);
+    if a.flips {
+        if rng.random_bool(0.5) {
+            imageops::flip_horizontal_in_place(&mut out);
+        }
+        if rng.random_bool(0.5) {
+            imageops::flip_vertical_in_place(&mut out);
+        }
+        out = match rng.random_range(0..4) {
+            1 => imageops::rotate90(&out),
+            2 => imageops::rotate180(&out),
+            3 => imageops::rotate270(&out),
+            _ => out,
+        };
+    }
+    if a.color > 0.0 || a.stain > 0.0 {
+        let j = |rng: &mut ChaCha8Rng, amp: f32| {
+            if amp > 0.0 {
+                rng.random_range(1.0 - amp..=1.0 + amp)
+            } else {
+                1.0
+            }
+        };
+        let (b, c, s) = (j(rng, a.color), j(rng, a.color), j(rng, a.color));
+        let st = [j(rng, a.stain), j(rng, a.stain), j(rng, a.stain)];
+        let n = (out.width() * out.height()) as f32;
+        let mean = out
+            .pixels()
+            .map(|p| p.0.iter().map(|&v| v as f32).sum::<f32>() / 3.0)
+            .sum::<f32>()
+            / n;
+        for p in out.pixels_mut() {
+            let g = p.0.iter().map(|&v| v as f32).sum::<f32>() / 3.0;
+            for (ch, stain) in p.0.iter_mut().zip(st) {
+                let v = *ch as f32;
+                let v = g + (v - g) * s; // saturation
+                let v = mean + (v - mean) * c; // contrast
+                *ch = (v * b * stain).clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Normalised CHW floats of an image.
+pub fn to_chw(img: &RgbImage) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let n = (w * h) as usize;
+    let mut out = vec![0f32; 3 * n];
+    for (i, p) in img.pixels().enumerate() {
+        for k in 0..3 {
+            out[k * n + i] = (p.0[k] as f32 / 255.0 - MEAN[k]) / STD[k];
+        }
+    }
+    out
+}
+
+/// A batch `(B, 3, size, size)` of the samples `items`; augmented views when `aug` is set,
+/// each item's generator keyed by (`seed`, item position in the epoch).
+pub fn batch(
+    images: &Images,
+    items: &[usize],
+    size: u32,
+    aug: Option<&Augment>,
+    seed: u64,
+    dev: &Device,
+) -> Result<Tensor> {
+    let views: Vec<Result<Vec<f32>>> = items
+        .par_iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            let img = images.get(i)?;
+            let view = match aug {
+                Some(a) => {
+                    let mut rng = ChaCha8Rng::seed_from_u64(
+                        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                            .wrapping_add(j as u64),
+                    );
+                    augment(&img, size, a, &mut rng)
+                }
+                None => imageops::resize(img.as_ref(), size, size, FilterType::Triangle),
+            };
+            Ok(to_chw(&view))
+        })
+        .collect();
+    let mut data = Vec::with_capacity(items.len() * 3 * (size * size) as usize);
+    for v in views {
+        data.extend(v?);
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (items.len(), 3, size as usize, size as usize),
+        &Device::Cpu,
+    )?
+    .to_device(dev)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augment_is_seeded_and_sized() {
+        let img = RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 100]));
+        let a = Augment::default();
+        let v1 = augment(&img, 16, &a, &mut ChaCha8Rng::seed_from_u64(1));
+        let v2 = augment(&img, 16, &a, &mut ChaCha8Rng::seed_from_u64(1));
+        let v3 = augment(&img, 16, &a, &mut ChaCha8Rng::seed_from_u64(2));
+        assert_eq!(v1.dimensions(), (16, 16));
+        assert_eq!(v1, v2);
+        assert_ne!(v1, v3);
+    }
+
+    #[test]
+    fn normalisation() {
+        let img = RgbImage::from_pixel(1, 1, image::Rgb([255, 0, 128]));
+        let v = to_chw(&img);
+        assert!((v[0] - (1.0 - MEAN[0]) / STD[0]).abs() < 1e-6);
+        assert!((v[1] + MEAN[1] / STD[1]).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,177 @@
+//! Weights on disk: loading pretrained backbones from local safetensors files with torchvision
+//! parameter names (no download, ever), and saving / restoring checkpoints.
+//!
+//! A user converts torchvision's ImageNet VGG-16 once, e.g. in Python:
+//! `safetensors.torch.save_file(torchvision.models.vgg16(weights="DEFAULT").state_dict(), "vgg16.safetensors")`,
+//! and points `backbone.pretrained` at the file.
+
+use std::path::Path;
+
+use candle_core::Device;
+use candle_nn::VarMap;
+
+use crate::error::{Error, Result};
+
+/// Copy every model parameter whose name starts with `prefix` from a safetensors file.
+/// Keys in the file that the model does not have (torchvision's `classifier.*`,
+/// `num_batches_tracked`) are ignored; a model key missing from the file, or of another shape,
+/// is an error naming the key. Returns how many tensors were loaded.
+pub fn load_pretrained(vm: &VarMap, path: &Path, prefix: &str) -> Result<usize> {
+    let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Weights {
+        path: path.to_path_buf(),
+        problems: vec![format!("cannot read as safetensors: {e}")],
+    })?;
+    let vars = vm
+        .data()
+        .lock()
+        .map_err(|_| Error::stage("weights", "variable map lock poisoned"))?;
+    let mut names: Vec<&String> = vars.keys().filter(|k| k.starts_with(prefix)).collect();
+    names.sort();
+    let mut problems = Vec::new();
+    let mut plan = Vec::new();
+    for name in names {
+        let var = &vars[name];
+        match file.get(name.as_str()) {
+            None => problems.push(format!("missing key `{name}` (model expects shape {:?})", var.dims())),
+            Some(t) if t.dims() != var.dims() => problems.push(format!(
+                "key `{name}`: file has shape {:?}, model expects {:?} (torchvision weights need backbone.width = 1.0)",
+                t.dims(),
+                var.dims()
+            )),
+            Some(t) => plan.push((var, t)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Weights {
+            path: path.to_path_buf(),
+            problems,
+        });
+    }
+    for (var, t) in &plan {
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    Ok(plan.len())
+}
+
+/// Restore every parameter of a model from a checkpoint written by [`save`].
+pub fn load_all(vm: &VarMap, path: &Path) -> Result<()> {
+    let n = vm.data().lock().map(|d| d.len()).unwrap_or(0);
+    let loaded = load_pretrained(vm, path, "")?;
+    debug_assert_eq!(loaded, n);
+    Ok(())
+}
+
+/// Save all parameters of a model (atomically).
+pub fn save(vm: &VarMap, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    vm.save(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Vgg, VggConfig};
+    use candle_core::{DType, Tensor};
+    use candle_nn::VarBuilder;
+    use std::collections::HashMap;
+
+    /// torchvision's `vgg16().features` parameters, written out by hand from its definition
+    /// (cfg "D": 64 64 M 128 128 M 256 256 256 M 512 512 512 M 512 512 512 M).
+    fn torchvision_vgg16_features() -> Vec<(String, Vec<usize>)> {
+        let convs = [
+            (0, 3, 64),
+            (2, 64, 64),
+            (5, 64, 128),
+            (7, 128, 128),
+            (10, 128, 256),
+            (12, 256, 256),
+            (14, 256, 256),
+            (17, 256, 512),
+            (19, 512, 512),
+            (21, 512, 512),
+            (24, 512, 512),
+            (26, 512, 512),
+            (28, 512, 512),
+        ];
+        let mut out = vec![];
+        for (i, cin, cout) in convs {
+            out.push((format!("features.{i}.weight"), vec![cout, cin, 3, 3]));
+            out.push((format!("features.{i}.bias"), vec![cout]));
+        }
+        out
+    }
+
+    #[test]
+    fn torchvision_named_file_loads_without_remapping() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("vgg16.safetensors");
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (i, (name, shape)) in torchvision_vgg16_features().into_iter().enumerate() {
+            tensors.insert(name, Tensor::full(i as f32, shape, &Device::Cpu).unwrap());
+        }
+        tensors.insert(
+            "classifier.6.bias".into(),
+            Tensor::zeros(1000, DType::F32, &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        Vgg::new(VggConfig::default(), vb).unwrap();
+        assert_eq!(load_pretrained(&vm, &path, "features.").unwrap(), 26);
+        let w = vm.data().lock().unwrap()["features.28.weight"]
+            .as_tensor()
+            .clone();
+        assert_eq!(w.dims(), [512, 512, 3, 3]);
+        assert_eq!(
+            w.flatten_all()
+                .unwrap()
+                .min(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            24.0
+        );
+
+        // A narrow model cannot take full-width weights: every mismatch names its key.
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        Vgg::new(
+            VggConfig {
+                width: 0.5,
+                ..Default::default()
+            },
+            vb,
+        )
+        .unwrap();
+        let e = load_pretrained(&vm, &path, "features.")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `features.0.weight`: file has shape [64, 3, 3, 3], model expects [32, 3, 3, 3]"), "{e}");
+        assert_eq!(
+            Error::Weights {
+                path: path.clone(),
+                problems: vec![]
+            }
+            .exit_code(),
+            2
+        );
+
+        // A BN model needs BN keys the plain file lacks.
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        Vgg::new(
+            VggConfig {
+                batch_norm: true,
+                ..Default::default()
+            },
+            vb,
+        )
+        .unwrap();
+        let e = load_pretrained(&vm, &path, "features.")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing key `features.1.running_mean`"), "{e}");
+    }
+}
