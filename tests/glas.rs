@@ -121,12 +121,7 @@ fn glas_data_stage_runs_through_the_cli() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let rd = std::fs::read_dir(sb.work().join("g"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
+    let rd = first_dir(sb.work().join("g"));
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(rd.join("data_summary.json")).unwrap()).unwrap();
     assert_eq!(summary["images"], 129);

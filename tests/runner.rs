@@ -62,12 +62,7 @@ fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
     assert!(!out.contains("to run"), "{out}");
     assert_eq!(out.matches("cached").count(), 40, "{out}");
 
-    let entry = std::fs::read_dir(sb.work().join(".cache/data"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
+    let entry = first_dir(sb.work().join(".cache/data"));
     let before = std::fs::metadata(entry.join("split.parquet"))
         .unwrap()
         .modified()
@@ -190,12 +185,7 @@ fn killed_run_resumes_to_the_same_outputs() {
         !names.iter().any(|n| n.len() == 64),
         "no committed entry after the crash: {names:?}"
     );
-    let rd = std::fs::read_dir(sb.work().join("t"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
+    let rd = first_dir(sb.work().join("t"));
     assert_eq!(json(&rd.join("run.json"))["status"], "running");
 
     let o = sb.run(&["run", m.to_str().unwrap()]);
@@ -211,14 +201,15 @@ fn killed_run_resumes_to_the_same_outputs() {
         "leftovers removed: {names:?}"
     );
 
-    let crd = std::fs::read_dir(clean.work().join("t"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
+    let crd = first_dir(clean.work().join("t"));
     assert_eq!(rd.file_name(), crd.file_name());
-    for f in ["split.csv", "split.parquet", "data_summary.json"] {
+    for f in [
+        "split.csv",
+        "split.parquet",
+        "data_summary.json",
+        "predictions.csv",
+        "classify_metrics.csv",
+    ] {
         assert_eq!(
             std::fs::read(rd.join(f)).unwrap(),
             std::fs::read(crd.join(f)).unwrap(),
@@ -260,18 +251,8 @@ fn training_killed_before_commit_resumes_from_its_checkpoint_to_identical_output
         !scratch[0].path().exists(),
         "scratch is removed once the entry is committed"
     );
-    let rd = std::fs::read_dir(sb.work().join("t"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
-    let crd = std::fs::read_dir(clean.work().join("t"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
+    let rd = first_dir(sb.work().join("t"));
+    let crd = first_dir(clean.work().join("t"));
     // Same seed, same data → the same weights and predictions, across processes.
     for f in ["predictions.csv", "classify_metrics.csv", "history.csv"] {
         let a = std::fs::read_to_string(rd.join(f)).unwrap();
@@ -298,12 +279,7 @@ fn classify_stage_writes_history_metrics_and_predictions() {
     let sb = Sandbox::new();
     let m = sb.write("m.toml", MINIMAL);
     assert_eq!(sb.run(&["run", m.to_str().unwrap()]).status.code(), Some(0));
-    let rd = std::fs::read_dir(sb.work().join("t"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
+    let rd = first_dir(sb.work().join("t"));
     let hist = std::fs::read_to_string(rd.join("history.csv")).unwrap();
     assert_eq!(hist.lines().count(), 3, "header + 2 epochs:\n{hist}");
     assert!(hist.starts_with("epoch,lr,train_loss,train_accuracy,valid_loss,valid_accuracy,valid_balanced_accuracy,valid_auc,seconds"));

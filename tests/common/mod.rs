@@ -64,6 +64,16 @@ synth = { patients_per_class = 3, images_per_patient = 3, size = 64, seed = 7 }
     }
 }
 
+/// The first sub-folder of `dir` (e.g. the one run directory of an experiment).
+pub fn first_dir(dir: impl AsRef<Path>) -> PathBuf {
+    std::fs::read_dir(dir.as_ref())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap_or_else(|| panic!("no folder in {}", dir.as_ref().display()))
+        .path()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
