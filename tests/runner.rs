@@ -435,3 +435,37 @@ fn split_that_leaves_a_class_without_patients_is_bad_input() {
     assert!(err.contains("m.toml: key `split.valid_patients`"), "{err}");
     assert!(err.contains("without images in `valid`"), "{err}");
 }
+
+#[test]
+fn stage_keys_depend_only_on_what_the_stage_reads() {
+    let sb = Sandbox::new();
+    let m = sb.write("m.toml", MINIMAL);
+    let m = m.to_str().unwrap();
+    assert_eq!(sb.run(&["run", m]).status.code(), Some(0));
+    let states = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["plan", m, "--json"];
+        args.extend_from_slice(extra);
+        let o = sb.run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["variants"][0]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Which layer the CAM reads, or the CAM threshold, does not retrain the classifier.
+    assert_eq!(
+        states(&["--set", "backbone.cam_layer=\"3\""]),
+        ["cached", "cached"]
+    );
+    assert_eq!(
+        states(&["--set", "cam.threshold=0.5"]),
+        ["cached", "cached"]
+    );
+    // The training seed does; the split does not change with it.
+    assert_eq!(states(&["--set", "train.seed=7"]), ["cached", "to run"]);
+    // The split seed changes the data stage and everything downstream.
+    assert_eq!(states(&["--set", "split.seed=3"]), ["to run", "to run"]);
+}

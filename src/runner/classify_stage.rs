@@ -62,8 +62,13 @@ impl Stage for ClassifyStage {
                     .map(|t| format!("{t:?}")),
             )
         });
+        // Which layer the CAM reads does not change the classifier.
+        let mut backbone = serde_json::to_value(&c.backbone).unwrap_or_default();
+        if let Some(o) = backbone.as_object_mut() {
+            o.remove("cam_layer");
+        }
         serde_json::json!({
-            "backbone": c.backbone,
+            "backbone": backbone,
             "pretrained_file": weights,
             "loss": c.loss,
             "train": c.train,
