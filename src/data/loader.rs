@@ -54,8 +54,8 @@ pub struct Images<'a> {
 }
 
 impl<'a> Images<'a> {
-    /// Cache decoded images if their total size (from width × height × 3) fits the budget;
-    /// `sizes` are the decoded sizes from the data stage (0 = unknown → estimate from bytes).
+    /// Cache decoded images when `approx_bytes` (their total width × height × 3, from the
+    /// data stage's split table) fits [`CACHE_BUDGET`]; otherwise decode on every use.
     pub fn new(samples: &'a [Sample], approx_bytes: u64) -> Self {
         let cache = (approx_bytes <= CACHE_BUDGET)
             .then(|| samples.iter().map(|_| OnceLock::new()).collect());

@@ -353,7 +353,6 @@ fn resolve(name: &str, r: RawEntry, base: &Path) -> std::result::Result<DatasetS
             );
         }
     }
-    let _ = name;
     Ok(DatasetSpec {
         name: name.to_string(),
         root,

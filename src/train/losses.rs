@@ -32,8 +32,8 @@ pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 
 /// Focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017):
 /// `L = −α_t (1 − p_t)^γ log p_t`, with `p_t` the softmax probability of the true class and
-/// `α_t = α` for the positive class (index `K−1`… i.e. class 1 of a binary task), `1 − α`
-/// otherwise.
+/// `α_t = α` for the positive class (the last class index, class 1 of a binary task) and
+/// `1 − α` otherwise.
 pub fn focal(logits: &Tensor, target: &Tensor, gamma: f64, alpha: f64) -> Result<Tensor> {
     let logp = log_softmax(logits, D::Minus1)?;
     let logpt = (&logp * target)?.sum(D::Minus1)?;
