@@ -188,16 +188,31 @@ mod tests {
         );
     }
 
+    /// Seeded uniform tensor (candle's CPU `rand` cannot be seeded).
+    fn seeded(seed: u64, lo: f32, hi: f32, shape: &[usize]) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+        t(&v, shape)
+    }
+
     /// Gradient descent on a toy CAM model `cam = w · f + P` (class weights `w` over fixed
-    /// features, plus a free positional map `P`): the area term shrinks the positive CAM, the
-    /// equivariance term makes `P` (the non-equivariant part) symmetric.
+    /// features, plus a free positional map `P`): adding the area term leaves a smaller
+    /// positive CAM than CE alone, adding the equivariance term leaves a smaller equivariance
+    /// error than CE alone. Checked over several seeded starting points.
     #[test]
     fn evidence_losses_move_the_cam_the_intended_way() {
-        let dev = Device::Cpu;
-        let feats = Tensor::rand(0f32, 1.0, (4, 6, 8, 8), &dev).unwrap();
+        for seed in 0..4u64 {
+            evidence_losses_case(seed);
+        }
+    }
+
+    fn evidence_losses_case(seed: u64) {
+        let feats = seeded(seed, 0.0, 1.0, &[4, 6, 8, 8]);
         let y = t(&[0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0], &[4, 2]);
-        let w0 = Tensor::rand(-0.5f32, 0.5, (2, 6), &dev).unwrap();
-        let p0 = Tensor::rand(0f32, 1.0, (1, 2, 8, 8), &dev).unwrap();
+        let w0 = seeded(seed + 100, -0.5, 0.5, &[2, 6]);
+        let p0 = seeded(seed + 200, 0.0, 1.0, &[1, 2, 8, 8]);
         let run = |area_w: f64, eq_w: f64| -> (f64, f64) {
             let w = Var::from_tensor(&w0).unwrap();
             let p = Var::from_tensor(&p0).unwrap();
@@ -243,25 +258,24 @@ mod tests {
             }
             let cam = cam_of(&feats);
             let area = s(cam_area(&cam, &y, 1).unwrap());
-            let pt = p.as_tensor();
-            let asym = s((pt - GridTransform::FlipH.apply(pt).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .mean_all()
-                .unwrap());
-            (area, asym)
+            let tx = GridTransform::FlipH;
+            let eq = s(equivariance(
+                &cam_of(&tx.apply(&feats).unwrap()),
+                &tx.apply(&cam).unwrap(),
+            )
+            .unwrap());
+            (area, eq)
         };
-        let (area_ce, asym_ce) = run(0.0, 0.0);
+        let (area_ce, eq_ce) = run(0.0, 0.0);
         let (area_reg, _) = run(1.0, 0.0);
-        let (_, asym_eq) = run(0.0, 1.0);
+        let (_, eq_eq) = run(0.0, 1.0);
         assert!(
             area_reg < area_ce * 0.8,
-            "area: CE {area_ce:.3} vs CE+area {area_reg:.3}"
+            "seed {seed}: area: CE {area_ce:.3} vs CE+area {area_reg:.3}"
         );
         assert!(
-            asym_eq < asym_ce * 0.8,
-            "asymmetry: CE {asym_ce:.3} vs CE+equivariance {asym_eq:.3}"
+            eq_eq < eq_ce * 0.8,
+            "seed {seed}: equivariance error: CE {eq_ce:.3} vs CE+equivariance {eq_eq:.3}"
         );
     }
 }
