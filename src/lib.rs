@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cam;
 pub mod cli;
 pub mod config;
 pub mod data;

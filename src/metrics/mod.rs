@@ -1,3 +1,5 @@
-//! Metrics, computed from plain numbers (no tensors) so they can be checked by hand.
+//! Metrics: image- and patient-level classification scores, and segmentation scores from a
+//! dataset-level confusion matrix.
 
 pub mod classification;
+pub mod segmentation;

@@ -1,8 +1,13 @@
-//! Models: classifier backbones with a global-average-pool → linear head (so CAMs are exact
-//! and cheap), their torchvision-compatible parameter names, initialisation and weight loading.
+//! Models: classifier backbones (VGG-16, ResNet-18/50) with a global-average-pool → linear head
+//! (so CAMs are exact and cheap), their torchvision-compatible parameter names, initialisation
+//! and weight loading.
 
+pub mod backbone;
 pub mod init;
+pub mod ops;
+pub mod resnet;
 pub mod vgg;
 pub mod weights;
 
+pub use backbone::{Backbone, BackboneSpec, Features};
 pub use vgg::{Vgg, VggConfig};

@@ -1,16 +1,16 @@
-//! VGG-16 as in torchvision (13 conv + ReLU, 5 max-pools; optionally batch norm after every
-//! conv), with a channel-width multiplier, and a GAP → dropout → linear head for CAM.
+//! VGG-16's feature extractor as in torchvision (13 conv + ReLU, 5 max-pools; optionally batch
+//! norm after every conv), with a channel-width multiplier.
 //!
 //! Parameter names follow torchvision's `features.<i>.*` numbering, where `<i>` counts the
 //! modules of its `nn.Sequential` (conv, [bn], relu, …, pool), so a torchvision checkpoint
-//! converted to safetensors loads without remapping. The head is `head.weight` / `head.bias`
-//! (torchvision's three-layer `classifier.*` is not used: a GAP-linear head makes CAM exact).
+//! converted to safetensors loads without remapping (torchvision's three-layer `classifier.*`
+//! is not used: [`super::backbone`] puts a GAP-linear head on top, which makes CAM exact).
 //! The last max-pool is dropped so features keep stride 16, as WSSS methods do for finer CAMs.
 //! Initialisation follows torchvision: Kaiming normal (fan-out, ReLU) for convs with zero
-//! bias, N(0, 0.01) for the linear layer, BN weight 1 and bias 0.
+//! bias, BN weight 1 and bias 0.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
+use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Init, VarBuilder};
 
 /// torchvision's VGG-16 layout ("D"): channel counts, `None` = max-pool.
 pub const VGG16: [Option<usize>; 18] = [
@@ -41,10 +41,6 @@ pub struct VggConfig {
     pub batch_norm: bool,
     /// Channel width multiplier (1.0 = torchvision).
     pub width: f64,
-    /// Number of classes of the head.
-    pub classes: usize,
-    /// Dropout before the head.
-    pub dropout: f32,
 }
 
 impl Default for VggConfig {
@@ -52,8 +48,6 @@ impl Default for VggConfig {
         Self {
             batch_norm: false,
             width: 1.0,
-            classes: 2,
-            dropout: 0.5,
         }
     }
 }
@@ -64,24 +58,21 @@ impl VggConfig {
         ((c as f64 * self.width).round() as usize).max(1)
     }
 
+    /// Channels of the output of block `b` (0-based, 0..5).
+    pub fn block_channels(&self, b: usize) -> usize {
+        self.channels([64, 128, 256, 512, 512][b.min(4)])
+    }
+
     /// Channels of the last conv block (the CAM features).
     pub fn feature_channels(&self) -> usize {
         self.channels(512)
     }
 }
 
-/// One layer of the feature extractor.
-#[derive(Debug, Clone)]
-enum Layer {
-    Conv { conv: Conv2d, bn: Option<BatchNorm> },
-    Pool,
-}
-
-/// VGG-16 backbone with a GAP-linear head.
+/// VGG-16 feature extractor (torchvision's `features`, without the last max-pool).
 #[derive(Debug, Clone)]
 pub struct Vgg {
-    layers: Vec<Layer>,
-    head: Linear,
+    blocks: Vec<Vec<(Conv2d, Option<BatchNorm>)>>,
     cfg: VggConfig,
 }
 
@@ -101,11 +92,34 @@ pub fn conv_indices(batch_norm: bool) -> Vec<usize> {
     out
 }
 
+/// torchvision `features.<i>.` prefixes of the parameters of the first `n` blocks.
+pub fn block_prefixes(batch_norm: bool, n: usize) -> Vec<String> {
+    let idx = conv_indices(batch_norm);
+    let mut out = Vec::new();
+    let (mut conv, mut block) = (0, 0);
+    for l in VGG16 {
+        match l {
+            Some(_) => {
+                if block < n {
+                    out.push(format!("features.{}.", idx[conv]));
+                    if batch_norm {
+                        out.push(format!("features.{}.", idx[conv] + 1));
+                    }
+                }
+                conv += 1;
+            }
+            None => block += 1,
+        }
+    }
+    out
+}
+
 impl Vgg {
-    /// Build (or load, depending on the `VarBuilder`'s backend) a VGG-16.
+    /// Build (or load, depending on the `VarBuilder`'s backend) a VGG-16 feature extractor;
+    /// `vb` is the model root (parameters go under `features.`).
     pub fn new(cfg: VggConfig, vb: VarBuilder) -> Result<Self> {
         let fvb = vb.pp("features");
-        let mut layers = Vec::new();
+        let mut blocks = vec![Vec::new()];
         let mut in_c = 3;
         let mut idx = 0;
         // The final pool is not applied (stride-16 features for CAM).
@@ -142,32 +156,19 @@ impl Vgg {
                     } else {
                         None
                     };
-                    layers.push(Layer::Conv { conv, bn });
+                    if let Some(last) = blocks.last_mut() {
+                        last.push((conv, bn));
+                    }
                     idx += if cfg.batch_norm { 3 } else { 2 };
                     in_c = out_c;
                 }
                 None => {
-                    layers.push(Layer::Pool);
+                    blocks.push(Vec::new());
                     idx += 1;
                 }
             }
         }
-        let hw = vb.pp("head").get_with_hints(
-            (cfg.classes, in_c),
-            "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: 0.01,
-            },
-        )?;
-        let hb = vb
-            .pp("head")
-            .get_with_hints(cfg.classes, "bias", Init::Const(0.0))?;
-        Ok(Self {
-            layers,
-            head: Linear::new(hw, Some(hb)),
-            cfg,
-        })
+        Ok(Self { blocks, cfg })
     }
 
     /// The settings.
@@ -175,73 +176,31 @@ impl Vgg {
         &self.cfg
     }
 
-    /// Outputs of the five conv blocks (after ReLU, before each block's pool); the last is the
-    /// CAM feature map at stride 16.
+    /// Outputs of the five conv blocks (after ReLU, before each block's pool; strides 1, 2,
+    /// 4, 8, 16); the last is the CAM feature map.
     pub fn blocks(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.blocks_from(x, 0, train)
+    }
+
+    /// Run from the output of block `start − 1` (the image when `start` is 0) and return the
+    /// outputs of blocks `start..5`.
+    pub fn blocks_from(&self, x: &Tensor, start: usize, train: bool) -> Result<Vec<Tensor>> {
         let mut outs = Vec::with_capacity(5);
         let mut x = x.clone();
-        for l in &self.layers {
-            match l {
-                Layer::Conv { conv, bn } => {
-                    x = conv.forward(&x)?;
-                    if let Some(bn) = bn {
-                        x = bn.forward_t(&x, train)?;
-                    }
-                    x = x.relu()?;
-                }
-                Layer::Pool => {
-                    outs.push(x.clone());
-                    x = x.max_pool2d(2)?;
-                }
+        for (b, block) in self.blocks.iter().enumerate().skip(start) {
+            if b > 0 {
+                x = x.max_pool2d(2)?;
             }
+            for (conv, bn) in block {
+                x = conv.forward(&x)?;
+                if let Some(bn) = bn {
+                    x = bn.forward_t(&x, train)?;
+                }
+                x = x.relu()?;
+            }
+            outs.push(x.clone());
         }
-        outs.push(x);
         Ok(outs)
-    }
-
-    /// Feature map `(B, C, h, w)` and logits `(B, classes)`. `train` puts batch norm in
-    /// training mode; `dropout_mask` (`(B, C)`, already scaled by `1/(1−p)`) is applied to the
-    /// pooled features — the caller draws it from its seeded generator, as candle's CPU
-    /// generator cannot be seeded.
-    pub fn forward_t(
-        &self,
-        x: &Tensor,
-        train: bool,
-        dropout_mask: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
-        let feats = self
-            .blocks(x, train)?
-            .pop()
-            .ok_or_else(|| candle_core::Error::Msg("no blocks".into()))?;
-        let mut pooled = feats.mean((2, 3))?;
-        if let Some(m) = dropout_mask {
-            pooled = (pooled * m)?;
-        }
-        let logits = self.head.forward(&pooled)?;
-        Ok((feats, logits))
-    }
-
-    /// Logits of a feature map (GAP → linear, no dropout): what [`Vgg::cam`] decomposes.
-    pub fn head_logits(&self, feats: &Tensor) -> Result<Tensor> {
-        self.head.forward(&feats.mean((2, 3))?)
-    }
-
-    /// Class activation maps `(B, classes, h, w)`: the head's class weights applied at every
-    /// position of the feature map (plus bias), so that their spatial mean equals the logits.
-    pub fn cam(&self, feats: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = feats.dims4()?;
-        let flat = feats.reshape((b, c, h * w))?;
-        let wt = self
-            .head
-            .weight()
-            .unsqueeze(0)?
-            .broadcast_as((b, self.cfg.classes, c))?
-            .contiguous()?;
-        let mut cam = wt.matmul(&flat)?;
-        if let Some(bias) = self.head.bias() {
-            cam = cam.broadcast_add(&bias.reshape((1, self.cfg.classes, 1))?)?;
-        }
-        cam.reshape((b, self.cfg.classes, h, w))
     }
 }
 
@@ -264,14 +223,12 @@ mod tests {
     }
 
     #[test]
-    fn shapes_names_and_cam_identity() -> Result<()> {
+    fn shapes_names_and_resumable_blocks() -> Result<()> {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
         let cfg = VggConfig {
             batch_norm: true,
             width: 0.125,
-            classes: 2,
-            dropout: 0.0,
         };
         let m = Vgg::new(cfg, vb)?;
         let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu)?;
@@ -287,16 +244,21 @@ mod tests {
                 vec![2, 64, 4, 4]
             ]
         );
-        let (f, logits) = m.forward_t(&x, false, None)?;
-        assert_eq!(logits.dims(), [2, 2]);
-        // GAP of the CAM equals the logits (eval mode, no dropout).
-        let cam_mean = m.cam(&f)?.mean((2, 3))?;
-        let diff = (cam_mean - &logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-4, "{diff}");
+        // Resuming from block 3's input gives the same last block.
+        let rest = m.blocks_from(&blocks[2], 3, false)?;
+        let diff = (&rest[1] - &blocks[4])?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
         let names: std::collections::BTreeSet<String> =
             vm.data().lock().unwrap().keys().cloned().collect();
         assert!(names.contains("features.40.weight") && names.contains("features.41.running_var"));
-        assert!(names.contains("head.weight"));
+        assert_eq!(names.len(), 13 * 6);
+        assert_eq!(
+            block_prefixes(false, 2),
+            ["features.0.", "features.2.", "features.5.", "features.7."]
+        );
         Ok(())
     }
 }

@@ -16,13 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::{self, GridTransform};
 use super::optim::{lr_at, Optimizer};
-use crate::config::{Arch, ExperimentConfig, LossVariant};
+use crate::config::{ExperimentConfig, LossVariant};
 use crate::data::loader::{self, Augment, Images};
 use crate::data::{DatasetIndex, Split};
 use crate::error::{Error, Result};
 use crate::metrics::classification::Metrics;
-use crate::model::vgg::{conv_indices, VGG16};
-use crate::model::{init, weights, Vgg, VggConfig};
+use crate::model::{init, weights, Backbone, BackboneSpec};
 use crate::util::fs::write_json;
 
 /// One row of the training history.
@@ -85,12 +84,22 @@ pub struct Predictions {
 /// A built classifier and its variables.
 pub struct Classifier {
     /// The network.
-    pub model: Vgg,
+    pub model: Backbone,
     /// Its variables (torchvision names).
     pub vars: VarMap,
 }
 
 impl Classifier {
+    /// The backbone settings of a resolved config.
+    pub fn spec(cfg: &ExperimentConfig) -> BackboneSpec {
+        BackboneSpec {
+            arch: cfg.backbone.arch,
+            batch_norm: cfg.backbone.batch_norm,
+            width: cfg.backbone.width,
+            output_stride_8: false,
+        }
+    }
+
     /// Build the manifest's backbone with seeded initialisation and optional pretrained weights.
     pub fn build(
         cfg: &ExperimentConfig,
@@ -98,52 +107,22 @@ impl Classifier {
         dev: &Device,
         manifest_dir: &Path,
     ) -> Result<Self> {
-        if cfg.backbone.arch != Arch::Vgg16 {
-            return Err(Error::Usage(format!(
-                "backbone.arch = `{}`: the classify stage implements `vgg16` (with or without batch_norm, any width) in this version",
-                serde_json::to_value(cfg.backbone.arch).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-            )));
-        }
         let vars = VarMap::new();
         let vb = init::var_builder(&vars, cfg.train.seed, dev);
-        let vcfg = VggConfig {
-            batch_norm: cfg.backbone.batch_norm,
-            width: cfg.backbone.width,
-            classes,
-            dropout: 0.5,
-        };
-        let model = Vgg::new(vcfg, vb)?;
+        let model = Backbone::new(Self::spec(cfg), classes, vb)?;
         if let Some(p) = &cfg.backbone.pretrained {
-            let n = weights::load_pretrained(&vars, &manifest_dir.join(p), "features.")?;
+            let mut n = 0;
+            for prefix in model.features.pretrained_prefixes() {
+                n += weights::load_pretrained(&vars, &manifest_dir.join(p), prefix)?;
+            }
             tracing::info!("loaded {n} pretrained tensors from {p}");
         }
         Ok(Self { model, vars })
     }
 
     /// Variables the optimiser updates: all but those of the first `freeze_blocks` blocks.
-    pub fn trainable(
-        &self,
-        freeze_blocks: u32,
-        batch_norm: bool,
-    ) -> Vec<(String, candle_core::Var)> {
-        let idx = conv_indices(batch_norm);
-        let mut frozen = Vec::new();
-        let mut conv = 0;
-        let mut block = 0;
-        for l in VGG16 {
-            match l {
-                Some(_) => {
-                    if block < freeze_blocks as usize {
-                        frozen.push(format!("features.{}.", idx[conv]));
-                        if batch_norm {
-                            frozen.push(format!("features.{}.", idx[conv] + 1));
-                        }
-                    }
-                    conv += 1;
-                }
-                None => block += 1,
-            }
-        }
+    pub fn trainable(&self, freeze_blocks: u32) -> Vec<(String, candle_core::Var)> {
+        let frozen = self.model.features.block_prefixes(freeze_blocks as usize);
         let data = self
             .vars
             .data()
@@ -224,7 +203,7 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
     let positive = job.idx.spec.positive;
     let dev = job.device;
     let clf = Classifier::build(cfg, k, dev, job.manifest_dir)?;
-    let trainable = clf.trainable(cfg.backbone.freeze_blocks, cfg.backbone.batch_norm);
+    let trainable = clf.trainable(cfg.backbone.freeze_blocks);
     let mut opt = Optimizer::new(t.optimizer, trainable, t.lr, t.weight_decay, t.momentum)?;
     let train_items = job.items(Split::Train);
     let valid_items = job.items(Split::Valid);
@@ -300,7 +279,7 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
             let x = loader::batch(images, chunk, t.image_size, Some(&aug), rng.random(), dev)?;
             let y: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
             let yt = one_hot(&y, k, dev)?;
-            let c = clf.model.config().feature_channels();
+            let c = clf.model.feature_channels();
             let mask: Vec<f32> = (0..chunk.len() * c)
                 .map(|_| if rng.random_bool(0.5) { 2.0 } else { 0.0 })
                 .collect();
