@@ -1,7 +1,8 @@
-//! Classifier throughput benchmark: VGG-16 (torchvision widths, no batch norm, GAP-linear head)
-//! forward (inference) and one AdamW training step, batch 8, at 128² and 224², on the CPU.
+//! Classifier throughput benchmark: VGG-16 (torchvision widths, no batch norm, GAP-linear head;
+//! or `--arch resnet18|resnet50`) forward (inference) and one AdamW training step, batch 8, at
+//! 128² and 224², on the CPU.
 //!
-//! Run: `cargo run --example bench_classify [-- --reps N]`. Each workload runs in a child
+//! Run: `cargo run --example bench_classify [-- --reps N] [--arch A]`. Each workload runs in a child
 //! process so its peak resident memory (VmHWM) is its own. Prints a Markdown table with the
 //! median and the spread over repetitions, images/s and peak memory. This is a benchmark, not
 //! a test: nothing asserts on time.
@@ -10,8 +11,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use wsss::config::Arch;
 use wsss::config::Optimizer as OptKind;
-use wsss::model::{init, Vgg, VggConfig};
+use wsss::model::{init, Backbone, BackboneSpec};
 use wsss::train::{losses, optim::Optimizer};
 
 const BATCH: usize = 8;
@@ -28,16 +30,25 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn one(size: usize, train: bool, reps: usize) -> candle_core::Result<()> {
+fn arch_of(s: &str) -> Arch {
+    match s {
+        "resnet18" => Arch::Resnet18,
+        "resnet50" => Arch::Resnet50,
+        _ => Arch::Vgg16,
+    }
+}
+
+fn one(arch: Arch, size: usize, train: bool, reps: usize) -> candle_core::Result<()> {
     let dev = Device::Cpu;
     let vm = candle_nn::VarMap::new();
-    let model = Vgg::new(
-        VggConfig {
+    let model = Backbone::new(
+        BackboneSpec {
+            arch,
             batch_norm: false,
             width: 1.0,
-            classes: 2,
-            dropout: 0.5,
+            output_stride_8: false,
         },
+        2,
         init::var_builder(&vm, 0, &dev),
     )?;
     let vars: Vec<_> = vm
@@ -87,8 +98,14 @@ fn main() -> candle_core::Result<()> {
     if args.get(1).map(String::as_str) == Some("--one") {
         let size = args[2].parse().unwrap_or(128);
         let reps = args[4].parse().unwrap_or(3);
-        return one(size, args[3] == "train", reps);
+        return one(arch_of(&args[5]), size, args[3] == "train", reps);
     }
+    let arch = args
+        .iter()
+        .position(|a| a == "--arch")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "vgg16".into());
     let reps = args
         .iter()
         .position(|a| a == "--reps")
@@ -96,13 +113,13 @@ fn main() -> candle_core::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3usize);
     let exe = std::env::current_exe()?;
-    println!("VGG-16 (width 1.0, no BN, GAP-linear head), batch {BATCH}, CPU, {} threads, {reps} timed repetitions after one warm-up\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("{arch} (width 1.0, GAP-linear head), batch {BATCH}, CPU, {} threads, {reps} timed repetitions after one warm-up\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("| workload | median s/batch | min–max s | images/s | peak RSS MiB |");
     println!("|---|---|---|---|---|");
     for size in [128, 224] {
         for mode in ["forward", "train"] {
             let out = Command::new(&exe)
-                .args(["--one", &size.to_string(), mode, &reps.to_string()])
+                .args(["--one", &size.to_string(), mode, &reps.to_string(), &arch])
                 .output()?;
             let line = String::from_utf8_lossy(&out.stdout);
             let f: Vec<&str> = line.split_whitespace().collect();

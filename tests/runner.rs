@@ -55,12 +55,62 @@ fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
         out.contains("stage classify: 4 distinct computation(s) for 20 variant(s)"),
         "{out}"
     );
-    assert!(out.contains("5 stage run(s), 35 cached"), "{out}");
+    // CAMs depend on the classifier, not on the threshold: computed once per classifier.
+    assert!(
+        out.contains("stage cam: 4 distinct computation(s) for 20 variant(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("stage pseudo: 20 distinct computation(s) for 20 variant(s)"),
+        "{out}"
+    );
+    assert!(out.contains("29 stage run(s), 51 cached"), "{out}");
+
+    // One results table with a row per variant: swept values and every stage's numbers.
+    let mut rdr =
+        csv::Reader::from_path(sb.work().join("ablation-threshold-loss/results.csv")).unwrap();
+    let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    for col in [
+        "cam.threshold",
+        "loss.variant",
+        "status",
+        "classify.valid_accuracy",
+        "cam.cam_images_per_s",
+        "pseudo.valid_miou",
+        "pseudo.positive_fg_fraction",
+    ] {
+        assert!(
+            header.iter().any(|h| h == col),
+            "{col} missing from {header:?}"
+        );
+    }
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 20);
+    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    // A higher threshold never labels more foreground (same classifier, same CAMs).
+    for loss in ["ce", "focal", "equivariance", "cam-area"] {
+        let mut by_t: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| &r[col("loss.variant")] == loss)
+            .map(|r| {
+                (
+                    r[col("cam.threshold")].parse().unwrap(),
+                    r[col("pseudo.positive_fg_fraction")].parse().unwrap(),
+                )
+            })
+            .collect();
+        by_t.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert_eq!(by_t.len(), 5);
+        assert!(
+            by_t.windows(2).all(|w| w[1].1 <= w[0].1),
+            "{loss}: {by_t:?}"
+        );
+    }
 
     let o = sb.run(&plan_args);
     let out = stdout(&o);
     assert!(!out.contains("to run"), "{out}");
-    assert_eq!(out.matches("cached").count(), 40, "{out}");
+    assert_eq!(out.matches("cached").count(), 80, "{out}");
 
     let entry = first_dir(sb.work().join(".cache/data"));
     let before = std::fs::metadata(entry.join("split.parquet"))
@@ -70,7 +120,7 @@ fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
     let o = sb.run(&run_args);
     assert_eq!(o.status.code(), Some(0));
     assert!(
-        stdout(&o).contains("0 stage run(s), 40 cached"),
+        stdout(&o).contains("0 stage run(s), 80 cached"),
         "{}",
         stdout(&o)
     );
@@ -320,7 +370,7 @@ fn fresh_moves_the_old_run_aside_and_changed_data_is_refused() {
     let o = sb.run(&["run", m.to_str().unwrap(), "--fresh"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("2 stage run(s), 0 cached"),
+        stdout(&o).contains("4 stage run(s), 0 cached"),
         "{}",
         stdout(&o)
     );
@@ -455,17 +505,33 @@ fn stage_keys_depend_only_on_what_the_stage_reads() {
             .map(|s| s["state"].as_str().unwrap().to_string())
             .collect()
     };
-    // Which layer the CAM reads, or the CAM threshold, does not retrain the classifier.
+    // Which layer or method the CAM uses does not retrain the classifier.
     assert_eq!(
-        states(&["--set", "backbone.cam_layer=\"3\""]),
-        ["cached", "cached"]
+        states(&[
+            "--set",
+            "backbone.cam_layer=\"3\"",
+            "--set",
+            "cam.method=\"gradcam\""
+        ]),
+        ["cached", "cached", "to run", "to run"]
     );
+    // The threshold and refinement only redo the pseudo labels.
     assert_eq!(
         states(&["--set", "cam.threshold=0.5"]),
-        ["cached", "cached"]
+        ["cached", "cached", "cached", "to run"]
     );
-    // The training seed does; the split does not change with it.
-    assert_eq!(states(&["--set", "train.seed=7"]), ["cached", "to run"]);
+    assert_eq!(
+        states(&["--set", "cam.refine=\"slic\""]),
+        ["cached", "cached", "cached", "to run"]
+    );
+    // The training seed retrains; the split does not change with it.
+    assert_eq!(
+        states(&["--set", "train.seed=7"]),
+        ["cached", "to run", "to run", "to run"]
+    );
     // The split seed changes the data stage and everything downstream.
-    assert_eq!(states(&["--set", "split.seed=3"]), ["to run", "to run"]);
+    assert_eq!(
+        states(&["--set", "split.seed=3"]),
+        ["to run", "to run", "to run", "to run"]
+    );
 }

@@ -12,7 +12,7 @@ use toml::{Table, Value};
 
 use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
-use super::{ConfigError, ConfigErrors, ExperimentConfig, SplitMethod};
+use super::{CamMethod, ConfigError, ConfigErrors, ExperimentConfig, SplitMethod};
 
 /// Environment variables with the `WSSS_` prefix that are settings of the program rather than
 /// manifest keys.
@@ -642,6 +642,26 @@ fn semantic(
                 c.name
             ),
         );
+    }
+    if c.backbone.cam_layer != "last" {
+        match c.backbone.cam_layer.parse::<usize>() {
+            Ok(l) if l < crate::model::backbone::BLOCKS => {
+                if c.cam.method == CamMethod::Cam && l != crate::model::backbone::BLOCKS - 1 {
+                    push(
+                        "backbone.cam_layer",
+                        format!("block {l} with cam.method = \"cam\": CAM reads the head's input (the last block, 4); use a gradient method (gradcam, gradcam++, layercam) for other blocks"),
+                    );
+                }
+            }
+            _ => push(
+                "backbone.cam_layer",
+                format!(
+                    "`{}` is not a block: expected `last` or 0 to {}",
+                    c.backbone.cam_layer,
+                    crate::model::backbone::BLOCKS - 1
+                ),
+            ),
+        }
     }
     if let Some(bg) = c.cam.background_threshold {
         if bg > c.cam.threshold {

@@ -3,16 +3,13 @@
 //! metrics of every split (image and patient level) and the per-image predictions that the
 //! misclassification analysis reads.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
-
-use serde::Deserialize;
 
 use super::stage::{Stage, StageInput};
 use crate::data::loader::Images;
 use crate::data::Split;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::classification::{by_patient, Metrics};
 use crate::table::{self, TableBuilder};
 use crate::train::classify::{self, Job};
@@ -31,14 +28,6 @@ const PUBLISHED: &[&str] = &[
     "predictions.csv",
     "classify_summary.json",
 ];
-
-#[derive(Deserialize)]
-struct SplitRow {
-    patient: String,
-    split: Split,
-    width: u32,
-    height: u32,
-}
 
 impl Stage for ClassifyStage {
     fn name(&self) -> &'static str {
@@ -80,17 +69,8 @@ impl Stage for ClassifyStage {
     fn run(&self, input: &StageInput, out: &Path, scratch: &Path) -> Result<()> {
         let t0 = Instant::now();
         let idx = input.dataset;
-        let split_csv = input.upstream_dir("data")?.join("split.csv");
-        let mut rdr = csv::Reader::from_path(&split_csv)
-            .map_err(|e| Error::stage("classify", format!("{}: {e}", split_csv.display())))?;
-        let mut split: BTreeMap<String, Split> = BTreeMap::new();
-        let mut bytes = 0u64;
-        for r in rdr.deserialize::<SplitRow>() {
-            let r =
-                r.map_err(|e| Error::stage("classify", format!("{}: {e}", split_csv.display())))?;
-            bytes += r.width as u64 * r.height as u64 * 3;
-            split.insert(r.patient, r.split);
-        }
+        let (split, bytes) =
+            super::data_stage::load_split(input.upstream_dir("data")?, "classify")?;
         let images = Images::new(&idx.samples, bytes);
         let job = Job {
             cfg: &input.variant.config,
@@ -222,11 +202,6 @@ impl Stage for ClassifyStage {
     }
 
     fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
-        for f in PUBLISHED {
-            let src = entry.join(f);
-            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-            crate::util::fs::atomic_write(&run_dir.join(f), &bytes)?;
-        }
-        Ok(())
+        crate::util::fs::publish_files(entry, run_dir, PUBLISHED)
     }
 }

@@ -153,3 +153,30 @@ impl Stage for DataStage {
         Ok(())
     }
 }
+
+#[derive(serde::Deserialize)]
+struct SplitCsvRow {
+    patient: String,
+    split: crate::data::Split,
+    width: u32,
+    height: u32,
+}
+
+/// Read the data stage's split table back: patient → split, and the approximate decoded size
+/// of all images in bytes (for the loader's cache decision).
+pub(crate) fn load_split(
+    data_dir: &Path,
+    stage: &str,
+) -> Result<(BTreeMap<String, crate::data::Split>, u64)> {
+    let path = data_dir.join(format!("{SPLIT_TABLE}.csv"));
+    let mut rdr = csv::Reader::from_path(&path)
+        .map_err(|e| Error::stage(stage, format!("{}: {e}", path.display())))?;
+    let mut split = BTreeMap::new();
+    let mut bytes = 0u64;
+    for r in rdr.deserialize::<SplitCsvRow>() {
+        let r = r.map_err(|e| Error::stage(stage, format!("{}: {e}", path.display())))?;
+        bytes += r.width as u64 * r.height as u64 * 3;
+        split.insert(r.patient, r.split);
+    }
+    Ok((split, bytes))
+}

@@ -14,9 +14,12 @@
 //! directory aside (`…​.replaced-<time>`) instead of deleting it.
 
 mod cache;
+mod cam_stage;
 mod classify_stage;
 mod data_stage;
 pub mod device;
+mod pseudo_stage;
+mod results;
 mod rundir;
 mod stage;
 
@@ -27,8 +30,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use cache::{Cache, Outcome};
+pub use cam_stage::CamStage;
 pub use classify_stage::ClassifyStage;
 pub use data_stage::{DataStage, DataSummary};
+pub use pseudo_stage::PseudoStage;
 pub use rundir::{run_dir_name, RunInfo, Versions};
 pub use stage::{Stage, StageInput};
 
@@ -37,10 +42,14 @@ use crate::data::{self, DatasetIndex, Registry};
 use crate::error::{Error, Result};
 use crate::util::fs::{write_json, Lock};
 
-/// The stage chain, in order. Later stages (classify, cam, pseudo, segment, evaluate) append
-/// here and declare their upstream stages and config slices.
+/// The stage chain, in order; each declares its upstream stages and config slice.
 pub fn stages() -> Vec<Box<dyn Stage>> {
-    vec![Box::new(DataStage), Box::new(ClassifyStage)]
+    vec![
+        Box::new(DataStage),
+        Box::new(ClassifyStage),
+        Box::new(CamStage),
+        Box::new(PseudoStage),
+    ]
 }
 
 fn manifest_dir(m: &Manifest) -> PathBuf {
@@ -353,6 +362,7 @@ impl Runner {
             notes,
         };
         write_json(&exp_dir.join("experiment.json"), &report)?;
+        results::write(m, &report, &exp_dir)?;
         Ok(report)
     }
 

@@ -120,6 +120,20 @@ impl Classifier {
         Ok(Self { model, vars })
     }
 
+    /// Rebuild a trained classifier from the classify stage's weights file.
+    pub fn load(
+        cfg: &ExperimentConfig,
+        classes: usize,
+        dev: &Device,
+        weights_file: &Path,
+    ) -> Result<Self> {
+        let vars = VarMap::new();
+        let vb = init::var_builder(&vars, cfg.train.seed, dev);
+        let model = Backbone::new(Self::spec(cfg), classes, vb)?;
+        weights::load_all(&vars, weights_file)?;
+        Ok(Self { model, vars })
+    }
+
     /// Variables the optimiser updates: all but those of the first `freeze_blocks` blocks.
     pub fn trainable(&self, freeze_blocks: u32) -> Vec<(String, candle_core::Var)> {
         let frozen = self.model.features.block_prefixes(freeze_blocks as usize);

@@ -46,6 +46,38 @@ pub fn write_png(path: &Path, img: &image::DynamicImage) -> Result<()> {
     atomic_write(path, buf.get_ref())
 }
 
+/// Copy files from a (finished, immutable) cache entry into a run directory, atomically each.
+pub fn publish_files(entry: &Path, run_dir: &Path, names: &[&str]) -> Result<()> {
+    for f in names {
+        let src = entry.join(f);
+        let bytes = fs::read(&src).map_err(|e| Error::io(&src, e))?;
+        atomic_write(&run_dir.join(f), &bytes)?;
+    }
+    Ok(())
+}
+
+/// Publish a folder of a cache entry into a run directory as hard links (copies where the
+/// file system cannot link): built beside the target, then swapped in, so a reader never
+/// sees a half-filled folder. Cache entries are never modified, so sharing inodes is safe.
+pub fn link_dir(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = dst.with_extension("linking");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    mkdirs(&tmp)?;
+    for e in fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let e = e.map_err(|e| Error::io(src, e))?;
+        let to = tmp.join(e.file_name());
+        if fs::hard_link(e.path(), &to).is_err() {
+            fs::copy(e.path(), &to).map_err(|err| Error::io(&e.path(), err))?;
+        }
+    }
+    if dst.exists() {
+        fs::remove_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    }
+    fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))
+}
+
 /// Create a directory and its parents, naming the path on failure.
 pub fn mkdirs(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))

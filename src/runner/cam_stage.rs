@@ -1,0 +1,309 @@
+//! The `cam` stage: the trained classifier's evidence map for the positive class on every
+//! image (all splits), stored as normalised 8-bit PNGs at each image's own size, and the CAM's
+//! quality against ground truth wherever masks exist — independent of any threshold.
+//!
+//! Threshold-free quality: per split, the histogram of CAM values over ground-truth foreground
+//! and background pixels of positive-class images (negative-class images are all background
+//! in every pseudo label) gives the confusion matrix of *every* threshold at once, hence the
+//! mIoU–threshold curve, the best threshold on a 1/255 grid and the area under the curve.
+//! Its key depends on the classifier and the CAM options, not on `cam.threshold`: a threshold
+//! sweep computes CAMs once.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::stage::{Stage, StageInput};
+use crate::cam::{self, CamSettings};
+use crate::data::loader::Images;
+use crate::data::{mask, Split};
+use crate::error::{Error, Result};
+use crate::metrics::segmentation::Confusion;
+use crate::model::backbone::BLOCKS;
+use crate::table::{self, TableBuilder};
+use crate::train::classify::Classifier;
+use crate::util::fs::{link_dir, mkdirs, publish_files, write_json};
+
+/// See the module docs.
+pub struct CamStage;
+
+const PUBLISHED: &[&str] = &[
+    "cam_curve.parquet",
+    "cam_curve.csv",
+    "cam_quality.parquet",
+    "cam_quality.csv",
+    "cam_summary.json",
+];
+
+/// Folder of CAM PNGs inside the entry (and the run directory).
+pub const CAM_DIR: &str = "cams";
+
+/// Block index of `backbone.cam_layer`.
+pub fn cam_layer(s: &str) -> usize {
+    s.parse::<usize>().unwrap_or(BLOCKS - 1)
+}
+
+/// Per-split histograms: CAM value counts over truth-foreground and truth-background pixels
+/// of positive images, and the truth counts of negative images.
+#[derive(Clone)]
+struct Hist {
+    fg: [u64; 256],
+    bg: [u64; 256],
+    neg_fg: u64,
+    neg_bg: u64,
+}
+
+impl Hist {
+    fn new() -> Self {
+        Self {
+            fg: [0; 256],
+            bg: [0; 256],
+            neg_fg: 0,
+            neg_bg: 0,
+        }
+    }
+
+    /// Confusion of the rule "foreground iff stored value ≥ `level`".
+    fn confusion_at(&self, level: usize) -> Confusion {
+        let mut c = Confusion::new(2);
+        let tp: u64 = self.fg[level.min(256)..].iter().sum();
+        let fneg: u64 = self.fg[..level.min(256)].iter().sum::<u64>() + self.neg_fg;
+        let fp: u64 = self.bg[level.min(256)..].iter().sum();
+        let tn: u64 = self.bg[..level.min(256)].iter().sum::<u64>() + self.neg_bg;
+        c.add_count(1, 1, tp);
+        c.add_count(1, 0, fneg);
+        c.add_count(0, 1, fp);
+        c.add_count(0, 0, tn);
+        c
+    }
+}
+
+/// Smallest stored value counted as ≥ `t` (256 = none).
+fn level(t: f64) -> usize {
+    (0..=255u8)
+        .find(|&v| cam::at_least(v, t))
+        .map_or(256, |v| v as usize)
+}
+
+impl Stage for CamStage {
+    fn name(&self) -> &'static str {
+        "cam"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> &'static [&'static str] {
+        &["data", "classify"]
+    }
+    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
+        let c = &input.variant.config;
+        serde_json::json!({
+            "method": c.cam.method,
+            "tta": c.cam.tta,
+            "normalize": c.cam.normalize,
+            "layer": c.backbone.cam_layer,
+        })
+    }
+
+    fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
+        let t0 = Instant::now();
+        let cfg = &input.variant.config;
+        let idx = input.dataset;
+        let (split, bytes) = super::data_stage::load_split(input.upstream_dir("data")?, "cam")?;
+        let classes = idx.spec.classes.len();
+        let clf = Classifier::load(
+            cfg,
+            classes,
+            input.device,
+            &input
+                .upstream_dir("classify")?
+                .join("classifier.safetensors"),
+        )?;
+        let settings = CamSettings {
+            method: cfg.cam.method,
+            layer: cam_layer(&cfg.backbone.cam_layer),
+            tta: cfg.cam.tta,
+            normalize: cfg.cam.normalize,
+            size: cfg.train.image_size,
+            class: idx.spec.positive,
+        };
+        let images = Images::new(&idx.samples, bytes);
+        let dir = out.join(CAM_DIR);
+        mkdirs(&dir)?;
+        let items: Vec<usize> = (0..idx.samples.len())
+            .filter(|&i| split.contains_key(&idx.samples[i].patient))
+            .collect();
+        let bs = (cfg.train.batch_size as usize).max(1);
+        let splits = [Split::Train, Split::Valid, Split::Test];
+        let mut hists = vec![Hist::new(); splits.len()];
+        let mut with_mask = vec![0usize; splits.len()];
+        let mut cam_secs = 0.0;
+        let pb = crate::progress::bar(items.len() as u64, "cam");
+        for chunk in items.chunks(bs) {
+            let t = Instant::now();
+            let decoded: Vec<_> = chunk
+                .iter()
+                .map(|&i| images.get(i))
+                .collect::<Result<_>>()?;
+            let refs: Vec<&image::RgbImage> = decoded.iter().map(|c| c.as_ref()).collect();
+            let maps = cam::cams(&clf.model, &refs, &settings, input.device)?;
+            cam_secs += t.elapsed().as_secs_f64();
+            let per: Vec<Result<Option<(usize, Hist)>>> = chunk
+                .par_iter()
+                .zip(&maps)
+                .map(|(&i, m)| {
+                    let s = &idx.samples[i];
+                    let path = dir.join(format!("{}.png", cam::file_stem(&s.id)));
+                    m.save(&path)
+                        .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
+                    let Some(gt) = mask::ground_truth(&idx.spec, s)? else {
+                        return Ok(None);
+                    };
+                    if gt.dimensions() != m.dimensions() {
+                        return Err(Error::dataset(format!(
+                            "mask of `{}` is {:?}, image is {:?}",
+                            s.id,
+                            gt.dimensions(),
+                            m.dimensions()
+                        )));
+                    }
+                    let si = splits
+                        .iter()
+                        .position(|x| Some(x) == split.get(&s.patient))
+                        .unwrap_or(0);
+                    let mut h = Hist::new();
+                    let positive = s.class == idx.spec.positive;
+                    for (g, v) in gt.as_raw().iter().zip(m.as_raw()) {
+                        match (*g, positive) {
+                            (mask::IGNORE, _) => {}
+                            (0, true) => h.bg[*v as usize] += 1,
+                            (_, true) => h.fg[*v as usize] += 1,
+                            (0, false) => h.neg_bg += 1,
+                            (_, false) => h.neg_fg += 1,
+                        }
+                    }
+                    Ok(Some((si, h)))
+                })
+                .collect();
+            for r in per {
+                if let Some((si, h)) = r? {
+                    let acc = &mut hists[si];
+                    for v in 0..256 {
+                        acc.fg[v] += h.fg[v];
+                        acc.bg[v] += h.bg[v];
+                    }
+                    acc.neg_fg += h.neg_fg;
+                    acc.neg_bg += h.neg_bg;
+                    with_mask[si] += 1;
+                }
+            }
+            pb.inc(chunk.len() as u64);
+        }
+        pb.finish_and_clear();
+
+        // Curves and threshold-free scores.
+        let (mut c_split, mut c_t, mut c_miou, mut c_fg, mut c_prec, mut c_rec) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut q_split, mut q_metric, mut q_value) = (vec![], vec![], vec![]);
+        for (si, s) in splits.iter().enumerate() {
+            if with_mask[si] == 0 {
+                continue;
+            }
+            let h = &hists[si];
+            let mut curve = Vec::new();
+            for k in 0..=100 {
+                let t = k as f64 / 100.0;
+                let sc = h.confusion_at(level(t)).scores();
+                c_split.push(s.to_string());
+                c_t.push(t);
+                c_miou.push(sc.miou);
+                c_fg.push(sc.iou[1]);
+                c_prec.push(sc.precision);
+                c_rec.push(sc.recall);
+                curve.push(sc.miou);
+            }
+            let auc = curve
+                .windows(2)
+                .map(|w| (w[0] + w[1]) / 2.0 * 0.01)
+                .sum::<f64>();
+            let (best_level, best) = (0..=256usize)
+                .map(|l| (l, h.confusion_at(l).scores().miou))
+                .filter(|(_, m)| !m.is_nan())
+                .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+            let at_cfg = h.confusion_at(level(cfg.cam.threshold)).scores().miou;
+            for (name, v) in [
+                ("images_with_masks", with_mask[si] as f64),
+                ("best_threshold", best_level as f64 / 255.0),
+                ("best_miou", best),
+                ("miou_auc", auc),
+                ("miou_at_threshold", at_cfg),
+            ] {
+                q_split.push(s.to_string());
+                q_metric.push(name.to_string());
+                q_value.push(v);
+            }
+        }
+        let mut curve = TableBuilder::new()
+            .str("split", c_split)
+            .f64("threshold", c_t)
+            .f64("miou", c_miou)
+            .f64("iou_foreground", c_fg)
+            .f64("precision", c_prec)
+            .f64("recall", c_rec)
+            .build()?;
+        table::write(&mut curve, out, "cam_curve")?;
+        let mut quality = TableBuilder::new()
+            .str("split", q_split)
+            .str("metric", q_metric)
+            .f64("value", q_value)
+            .build()?;
+        table::write(&mut quality, out, "cam_quality")?;
+        write_json(
+            &out.join("cam_summary.json"),
+            &serde_json::json!({
+                "method": cfg.cam.method,
+                "layer": settings.layer,
+                "tta": cfg.cam.tta,
+                "images": items.len(),
+                "cam_images_per_s": if cam_secs > 0.0 { items.len() as f64 / cam_secs } else { 0.0 },
+                "seconds": t0.elapsed().as_secs_f64(),
+            }),
+        )
+    }
+
+    fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
+        publish_files(entry, run_dir, PUBLISHED)?;
+        link_dir(&entry.join(CAM_DIR), &run_dir.join(CAM_DIR))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_confusion_matches_direct_counting() {
+        // Positive image: truth 1 1 0 0, CAM 200 100 150 10; negative image: truth 1 0.
+        let mut h = Hist::new();
+        for (g, v) in [(1, 200), (1, 100), (0, 150), (0, 10)] {
+            if g == 1 {
+                h.fg[v] += 1
+            } else {
+                h.bg[v] += 1
+            }
+        }
+        h.neg_fg = 1;
+        h.neg_bg = 1;
+        // Threshold at 150: positive-image prediction 1 0 1 0; negative all 0.
+        let direct = {
+            let mut c = Confusion::new(2);
+            c.add(&[1, 1, 0, 0, 1, 0], &[1, 0, 1, 0, 0, 0]);
+            c
+        };
+        assert_eq!(h.confusion_at(150), direct);
+        assert_eq!(level(0.0), 0);
+        assert_eq!(level(1.0), 255);
+        assert_eq!(level(0.7), 179);
+    }
+}

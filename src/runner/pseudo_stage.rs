@@ -1,0 +1,310 @@
+//! The `pseudo` stage: the talk's confidence threshold turns each normalised CAM into a pseudo
+//! segmentation label (optionally refined to boundaries first, optionally with an ignore
+//! band), written as palette PNGs; and the labels' quality on every split with masks, per image
+//! and dataset-level, beside whether the classifier got the image right ("evidence accuracy"
+//! next to classification accuracy).
+//!
+//! Per image: foreground and ignore fractions, foreground IoU and mIoU against the mask, and the
+//! pointing game (is the CAM's maximum inside the true foreground? positive images with
+//! foreground only). Per split: the dataset-level confusion-matrix scores (see
+//! [`crate::metrics::segmentation`] for how background and ignore count), and the mean
+//! foreground IoU and pointing-game accuracy of correctly and wrongly classified images.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::cam_stage::CAM_DIR;
+use super::stage::{Stage, StageInput};
+use crate::cam::{self, refine};
+use crate::config::Refine;
+use crate::data::loader::Images;
+use crate::data::{mask, Split};
+use crate::error::{Error, Result};
+use crate::metrics::segmentation::Confusion;
+use crate::table::{self, TableBuilder};
+use crate::util::fs::{link_dir, mkdirs, publish_files, write_json};
+
+/// See the module docs.
+pub struct PseudoStage;
+
+/// Folder of pseudo-label PNGs inside the entry (and the run directory).
+pub const LABEL_DIR: &str = "pseudo_labels";
+
+const PUBLISHED: &[&str] = &[
+    "pseudo_images.parquet",
+    "pseudo_images.csv",
+    "pseudo_metrics.parquet",
+    "pseudo_metrics.csv",
+    "pseudo_summary.json",
+];
+
+struct Row {
+    id: String,
+    patient: String,
+    class: String,
+    split: Split,
+    predicted: String,
+    correct: Option<bool>,
+    fg_fraction: f64,
+    ignore_fraction: f64,
+    iou_fg: f64,
+    miou: f64,
+    pointing: f64,
+    confusion: Option<Confusion>,
+    pixels: u64,
+}
+
+/// `id → (predicted class, correct)` from the classify stage's predictions table.
+fn predictions(classify_dir: &Path) -> Result<HashMap<String, (String, bool)>> {
+    let path = classify_dir.join("predictions.csv");
+    let bad = |e: csv::Error| Error::stage("pseudo", format!("{}: {e}", path.display()));
+    let mut rdr = csv::Reader::from_path(&path).map_err(bad)?;
+    let h = rdr.headers().map_err(bad)?.clone();
+    let col = |n: &str| {
+        h.iter()
+            .position(|c| c == n)
+            .ok_or_else(|| Error::stage("pseudo", format!("{}: no column `{n}`", path.display())))
+    };
+    let (ci, cp, cc) = (col("id")?, col("predicted")?, col("correct")?);
+    let mut out = HashMap::new();
+    for r in rdr.records() {
+        let r = r.map_err(bad)?;
+        out.insert(r[ci].to_string(), (r[cp].to_string(), &r[cc] == "true"));
+    }
+    Ok(out)
+}
+
+impl Stage for PseudoStage {
+    fn name(&self) -> &'static str {
+        "pseudo"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> &'static [&'static str] {
+        &["data", "classify", "cam"]
+    }
+    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
+        let c = &input.variant.config.cam;
+        serde_json::json!({
+            "threshold": c.threshold,
+            "background_threshold": c.background_threshold.unwrap_or(c.threshold),
+            "refine": c.refine,
+        })
+    }
+
+    fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
+        let t0 = Instant::now();
+        let cfg = &input.variant.config.cam;
+        let (fg_t, bg_t) = (
+            cfg.threshold,
+            cfg.background_threshold.unwrap_or(cfg.threshold),
+        );
+        let idx = input.dataset;
+        let (split, bytes) = super::data_stage::load_split(input.upstream_dir("data")?, "pseudo")?;
+        let preds = predictions(input.upstream_dir("classify")?)?;
+        let cam_dir = input.upstream_dir("cam")?.join(CAM_DIR);
+        let dir = out.join(LABEL_DIR);
+        mkdirs(&dir)?;
+        let images = Images::new(&idx.samples, bytes);
+        let items: Vec<usize> = (0..idx.samples.len())
+            .filter(|&i| split.contains_key(&idx.samples[i].patient))
+            .collect();
+        let pb = crate::progress::bar(items.len() as u64, "pseudo");
+        let rows: Vec<Result<Row>> = items
+            .par_iter()
+            .map(|&i| {
+                let s = &idx.samples[i];
+                let stem = cam::file_stem(&s.id);
+                let cam_path = cam_dir.join(format!("{stem}.png"));
+                let mut c = image::open(&cam_path)
+                    .map_err(|e| Error::stage("pseudo", format!("{}: {e}", cam_path.display())))?
+                    .into_luma8();
+                let positive = s.class == idx.spec.positive;
+                if cfg.refine == Refine::Slic && positive {
+                    c = refine::refine_slic(images.get(i)?.as_ref(), &c);
+                }
+                let label = cam::pseudo_label(&c, fg_t, bg_t, positive);
+                let png = cam::label_png(&label)?;
+                let p = dir.join(format!("{stem}.png"));
+                std::fs::write(&p, png).map_err(|e| Error::io(&p, e))?;
+                let n = label.as_raw().len().max(1) as f64;
+                let fg = label.as_raw().iter().filter(|&&v| v == 1).count() as f64 / n;
+                let ig = label
+                    .as_raw()
+                    .iter()
+                    .filter(|&&v| v == mask::IGNORE)
+                    .count() as f64
+                    / n;
+                let (mut iou_fg, mut miou, mut pointing, mut confusion) =
+                    (f64::NAN, f64::NAN, f64::NAN, None);
+                if let Some(gt) = mask::ground_truth(&idx.spec, s)? {
+                    if gt.dimensions() != label.dimensions() {
+                        return Err(Error::dataset(format!(
+                            "mask of `{}` is {:?}, image is {:?}",
+                            s.id,
+                            gt.dimensions(),
+                            label.dimensions()
+                        )));
+                    }
+                    let mut cm = Confusion::new(2);
+                    cm.add(gt.as_raw(), label.as_raw());
+                    let sc = cm.scores();
+                    iou_fg = sc.iou[1];
+                    miou = sc.miou;
+                    if positive && gt.as_raw().contains(&1) {
+                        // The CAM's (first) maximum, before refinement.
+                        let raw = image::open(&cam_path)
+                            .map_err(|e| {
+                                Error::stage("pseudo", format!("{}: {e}", cam_path.display()))
+                            })?
+                            .into_luma8();
+                        let (arg, _) = raw
+                            .as_raw()
+                            .iter()
+                            .enumerate()
+                            .fold((0usize, 0u8), |a, (j, &v)| if v > a.1 { (j, v) } else { a });
+                        pointing = f64::from(u8::from(gt.as_raw()[arg] == 1));
+                    }
+                    confusion = Some(cm);
+                }
+                let (predicted, correct) = match preds.get(&s.id) {
+                    Some((p, c)) => (p.clone(), Some(*c)),
+                    None => (String::new(), None),
+                };
+                pb.inc(1);
+                Ok(Row {
+                    id: s.id.clone(),
+                    patient: s.patient.clone(),
+                    class: idx.spec.classes[s.class].clone(),
+                    split: split.get(&s.patient).copied().unwrap_or(Split::Train),
+                    predicted,
+                    correct,
+                    fg_fraction: fg,
+                    ignore_fraction: ig,
+                    iou_fg,
+                    miou,
+                    pointing,
+                    confusion,
+                    pixels: label.as_raw().len() as u64,
+                })
+            })
+            .collect();
+        pb.finish_and_clear();
+        let rows: Vec<Row> = rows.into_iter().collect::<Result<_>>()?;
+        let secs = t0.elapsed().as_secs_f64();
+        let megapixels = rows.iter().map(|r| r.pixels).sum::<u64>() as f64 / 1e6;
+
+        let mut images_t = TableBuilder::new()
+            .str("id", rows.iter().map(|r| r.id.clone()).collect())
+            .str("patient", rows.iter().map(|r| r.patient.clone()).collect())
+            .str("class", rows.iter().map(|r| r.class.clone()).collect())
+            .str("split", rows.iter().map(|r| r.split.to_string()).collect())
+            .str(
+                "predicted",
+                rows.iter().map(|r| r.predicted.clone()).collect(),
+            )
+            .str(
+                "correct",
+                rows.iter()
+                    .map(|r| r.correct.map_or(String::new(), |c| c.to_string()))
+                    .collect(),
+            )
+            .f64("fg_fraction", rows.iter().map(|r| r.fg_fraction).collect())
+            .f64(
+                "ignore_fraction",
+                rows.iter().map(|r| r.ignore_fraction).collect(),
+            )
+            .f64("iou_foreground", rows.iter().map(|r| r.iou_fg).collect())
+            .f64("miou", rows.iter().map(|r| r.miou).collect())
+            .f64("pointing_hit", rows.iter().map(|r| r.pointing).collect())
+            .build()?;
+        table::write(&mut images_t, out, "pseudo_images")?;
+
+        let (mut m_split, mut m_metric, mut m_value) = (vec![], vec![], vec![]);
+        let mut summary = serde_json::Map::new();
+        for s in [Split::Train, Split::Valid, Split::Test] {
+            let rs: Vec<&Row> = rows.iter().filter(|r| r.split == s).collect();
+            let mut cm = Confusion::new(2);
+            let mut any = false;
+            for r in &rs {
+                if let Some(c) = &r.confusion {
+                    cm.merge(c);
+                    any = true;
+                }
+            }
+            if !any {
+                continue;
+            }
+            let sc = cm.scores();
+            summary.insert(format!("{s}_miou"), sc.miou.into());
+            let mut pairs = sc.pairs();
+            let mean = |v: Vec<f64>| {
+                let v: Vec<f64> = v.into_iter().filter(|x| !x.is_nan()).collect();
+                if v.is_empty() {
+                    f64::NAN
+                } else {
+                    v.iter().sum::<f64>() / v.len() as f64
+                }
+            };
+            for (label, want) in [("correct", true), ("misclassified", false)] {
+                let sel: Vec<&&Row> = rs
+                    .iter()
+                    .filter(|r| {
+                        r.correct == Some(want) && r.class == idx.spec.classes[idx.spec.positive]
+                    })
+                    .collect();
+                pairs.push((format!("positive_images_{label}"), sel.len() as f64));
+                pairs.push((
+                    format!("mean_iou_foreground_{label}"),
+                    mean(sel.iter().map(|r| r.iou_fg).collect()),
+                ));
+                pairs.push((
+                    format!("pointing_game_{label}"),
+                    mean(sel.iter().map(|r| r.pointing).collect()),
+                ));
+            }
+            for (k, v) in pairs {
+                m_split.push(s.to_string());
+                m_metric.push(k);
+                m_value.push(v);
+            }
+        }
+        let mut metrics = TableBuilder::new()
+            .str("split", m_split)
+            .str("metric", m_metric)
+            .f64("value", m_value)
+            .build()?;
+        table::write(&mut metrics, out, "pseudo_metrics")?;
+        summary.insert("threshold".into(), fg_t.into());
+        summary.insert("background_threshold".into(), bg_t.into());
+        summary.insert(
+            "refine".into(),
+            serde_json::to_value(cfg.refine).unwrap_or_default(),
+        );
+        summary.insert("images".into(), rows.len().into());
+        let pos: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.class == idx.spec.classes[idx.spec.positive])
+            .map(|r| r.fg_fraction)
+            .collect();
+        summary.insert(
+            "positive_fg_fraction".into(),
+            (pos.iter().sum::<f64>() / pos.len().max(1) as f64).into(),
+        );
+        summary.insert(
+            "megapixels_per_s".into(),
+            (megapixels / secs.max(1e-9)).into(),
+        );
+        summary.insert("seconds".into(), secs.into());
+        write_json(&out.join("pseudo_summary.json"), &summary)
+    }
+
+    fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
+        publish_files(entry, run_dir, PUBLISHED)?;
+        link_dir(&entry.join(LABEL_DIR), &run_dir.join(LABEL_DIR))
+    }
+}
