@@ -12,7 +12,7 @@ use toml::{Table, Value};
 
 use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
-use super::{CamMethod, ConfigError, ConfigErrors, ExperimentConfig, SplitMethod};
+use super::{CamMethod, ConfigError, ConfigErrors, ExperimentConfig, SegInit, SplitMethod};
 
 /// Environment variables with the `WSSS_` prefix that are settings of the program rather than
 /// manifest keys.
@@ -662,6 +662,17 @@ fn semantic(
                 ),
             ),
         }
+    }
+    if c.segmentation.init == SegInit::Classifier
+        && (c.segmentation.encoder != c.backbone.arch || c.segmentation.width != c.backbone.width)
+    {
+        push(
+            "segmentation.init",
+            format!(
+                "\"classifier\" reuses the classifier's feature extractor, so segmentation.encoder and segmentation.width must equal backbone.arch and backbone.width (here {:?}/{} vs {:?}/{})",
+                c.segmentation.encoder, c.segmentation.width, c.backbone.arch, c.backbone.width
+            ),
+        );
     }
     if let Some(bg) = c.cam.background_threshold {
         if bg > c.cam.threshold {

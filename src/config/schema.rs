@@ -270,6 +270,25 @@ pub static FIELDS: &[Field] = &[
     ),
     f("segmentation.lr", POS, "segmentation learning rate"),
     f(
+        "segmentation.width",
+        Kind::Float {
+            min: 0.0,
+            max: 4.0,
+            min_open: true,
+        },
+        "encoder channel width multiplier (1.0 = torchvision)",
+    ),
+    f(
+        "segmentation.init",
+        Kind::Choice(&["scratch", "classifier"]),
+        "encoder start: seeded init, or the trained classifier's weights",
+    ),
+    f(
+        "segmentation.tta",
+        Kind::Bool,
+        "average predictions over a horizontal flip at inference",
+    ),
+    f(
         "segmentation.crop_size",
         Kind::Int { min: 16, max: 8192 },
         "training crop size (pixels)",

@@ -320,8 +320,24 @@ pub struct SegmentationConfig {
     pub batch_size: u32,
     /// Learning rate.
     pub lr: f64,
-    /// Training crop size in pixels.
+    /// Training crop size in pixels (also the sliding-window size at inference).
     pub crop_size: u32,
+    /// Encoder channel width multiplier.
+    pub width: f64,
+    /// Where the encoder's weights start.
+    pub init: SegInit,
+    /// Flip test-time augmentation at inference.
+    pub tta: bool,
+}
+
+/// Where the segmenter's encoder starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SegInit {
+    /// Seeded Kaiming initialisation (or `backbone.pretrained` when the architectures match).
+    Scratch,
+    /// The trained classifier's feature extractor (same architecture and width required).
+    Classifier,
 }
 
 impl Default for SegmentationConfig {
@@ -335,6 +351,9 @@ impl Default for SegmentationConfig {
             batch_size: 8,
             lr: 0.01,
             crop_size: 256,
+            width: 1.0,
+            init: SegInit::Scratch,
+            tta: false,
         }
     }
 }

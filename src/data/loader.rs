@@ -109,6 +109,12 @@ pub fn augment(img: &RgbImage, size: u32, a: &Augment, rng: &mut ChaCha8Rng) -> 
             _ => out,
         };
     }
+    color_jitter(&mut out, a, rng);
+    out
+}
+
+/// Brightness / contrast / saturation and per-channel (stain) jitter, in place.
+pub fn color_jitter(out: &mut RgbImage, a: &Augment, rng: &mut ChaCha8Rng) {
     if a.color > 0.0 || a.stain > 0.0 {
         let j = |rng: &mut ChaCha8Rng, amp: f32| {
             if amp > 0.0 {
@@ -135,7 +141,6 @@ pub fn augment(img: &RgbImage, size: u32, a: &Augment, rng: &mut ChaCha8Rng) -> 
             }
         }
     }
-    out
 }
 
 /// Normalised CHW floats of an image.

@@ -47,6 +47,7 @@ impl Features {
                 VggConfig {
                     batch_norm: spec.batch_norm,
                     width: spec.width,
+                    output_stride_8: spec.output_stride_8,
                 },
                 vb,
             )?),

@@ -3,6 +3,7 @@
 //! and weight loading.
 
 pub mod backbone;
+pub mod deeplab;
 pub mod init;
 pub mod ops;
 pub mod resnet;

@@ -41,6 +41,8 @@ pub struct VggConfig {
     pub batch_norm: bool,
     /// Channel width multiplier (1.0 = torchvision).
     pub width: f64,
+    /// Output stride 8: skip the pool before the last block and dilate its convs by 2.
+    pub output_stride_8: bool,
 }
 
 impl Default for VggConfig {
@@ -48,6 +50,7 @@ impl Default for VggConfig {
         Self {
             batch_norm: false,
             width: 1.0,
+            output_stride_8: false,
         }
     }
 }
@@ -126,6 +129,11 @@ impl Vgg {
         for l in &VGG16[..VGG16.len() - 1] {
             match l {
                 Some(c) => {
+                    let dilation = if cfg.output_stride_8 && blocks.len() == 5 {
+                        2
+                    } else {
+                        1
+                    };
                     let out_c = cfg.channels(*c);
                     let fan_out = (out_c * 9) as f64;
                     let w = fvb.pp(idx.to_string()).get_with_hints(
@@ -143,7 +151,8 @@ impl Vgg {
                         w,
                         Some(b),
                         Conv2dConfig {
-                            padding: 1,
+                            padding: dilation,
+                            dilation,
                             ..Default::default()
                         },
                     );
@@ -188,7 +197,7 @@ impl Vgg {
         let mut outs = Vec::with_capacity(5);
         let mut x = x.clone();
         for (b, block) in self.blocks.iter().enumerate().skip(start) {
-            if b > 0 {
+            if b > 0 && !(b == 4 && self.cfg.output_stride_8) {
                 x = x.max_pool2d(2)?;
             }
             for (conv, bn) in block {
@@ -229,6 +238,7 @@ mod tests {
         let cfg = VggConfig {
             batch_norm: true,
             width: 0.125,
+            output_stride_8: false,
         };
         let m = Vgg::new(cfg, vb)?;
         let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu)?;

@@ -17,6 +17,19 @@ use crate::error::{Error, Result};
 /// `num_batches_tracked`) are ignored; a model key missing from the file, or of another shape,
 /// is an error naming the key. Returns how many tensors were loaded.
 pub fn load_pretrained(vm: &VarMap, path: &Path, prefix: &str) -> Result<usize> {
+    load_mapped(vm, path, |name| {
+        name.starts_with(prefix).then(|| name.to_string())
+    })
+}
+
+/// Copy model parameters from a safetensors file under a name mapping: `map(model_name)` gives
+/// the file key to read, or `None` to leave the parameter alone. Same errors as
+/// [`load_pretrained`].
+pub fn load_mapped(
+    vm: &VarMap,
+    path: &Path,
+    map: impl Fn(&str) -> Option<String>,
+) -> Result<usize> {
     let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Weights {
         path: path.to_path_buf(),
         problems: vec![format!("cannot read as safetensors: {e}")],
@@ -25,16 +38,17 @@ pub fn load_pretrained(vm: &VarMap, path: &Path, prefix: &str) -> Result<usize> 
         .data()
         .lock()
         .map_err(|_| Error::stage("weights", "variable map lock poisoned"))?;
-    let mut names: Vec<&String> = vars.keys().filter(|k| k.starts_with(prefix)).collect();
+    let mut names: Vec<(&String, String)> =
+        vars.keys().filter_map(|k| map(k).map(|f| (k, f))).collect();
     names.sort();
     let mut problems = Vec::new();
     let mut plan = Vec::new();
-    for name in names {
+    for (name, key) in names {
         let var = &vars[name];
-        match file.get(name.as_str()) {
-            None => problems.push(format!("missing key `{name}` (model expects shape {:?})", var.dims())),
+        match file.get(key.as_str()) {
+            None => problems.push(format!("missing key `{key}` (model expects shape {:?})", var.dims())),
             Some(t) if t.dims() != var.dims() => problems.push(format!(
-                "key `{name}`: file has shape {:?}, model expects {:?} (torchvision weights need backbone.width = 1.0)",
+                "key `{key}`: file has shape {:?}, model expects {:?} (torchvision weights need width = 1.0)",
                 t.dims(),
                 var.dims()
             )),

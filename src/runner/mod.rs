@@ -18,9 +18,11 @@ mod cam_stage;
 mod classify_stage;
 mod data_stage;
 pub mod device;
+mod evaluate_stage;
 mod pseudo_stage;
 mod results;
 mod rundir;
+mod segment_stage;
 mod stage;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,8 +35,10 @@ pub use cache::{Cache, Outcome};
 pub use cam_stage::CamStage;
 pub use classify_stage::ClassifyStage;
 pub use data_stage::{DataStage, DataSummary};
+pub use evaluate_stage::EvaluateStage;
 pub use pseudo_stage::PseudoStage;
 pub use rundir::{run_dir_name, RunInfo, Versions};
+pub use segment_stage::{SegmentStage, WEIGHTS as SEGMENTER_WEIGHTS};
 pub use stage::{Stage, StageInput};
 
 use crate::config::{ConfigError, ConfigErrors, Manifest, Variant};
@@ -49,6 +53,8 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
         Box::new(ClassifyStage),
         Box::new(CamStage),
         Box::new(PseudoStage),
+        Box::new(SegmentStage),
+        Box::new(EvaluateStage),
     ]
 }
 

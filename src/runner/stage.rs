@@ -47,6 +47,13 @@ pub trait Stage: Sync {
     fn version(&self) -> u32;
     /// Names of the stages whose outputs this one reads.
     fn upstream(&self) -> &'static [&'static str];
+    /// The upstream stages whose keys enter this stage's key (default: all of
+    /// [`Stage::upstream`]); a stage that ignores an upstream output for some configs (the
+    /// fully supervised segmenter ignores pseudo labels) leaves it out so that sweeps over
+    /// what it ignores share one computation.
+    fn key_upstream(&self, _input: &StageInput) -> Vec<&'static str> {
+        self.upstream().to_vec()
+    }
     /// The part of the configuration (and data identity) this stage's output depends on.
     fn config_slice(&self, input: &StageInput) -> serde_json::Value;
     /// Compute the outputs into `out` (an empty folder that becomes the cache entry).
@@ -67,7 +74,7 @@ pub fn key(
     h.field(stage.name())
         .field(stage.version().to_le_bytes())
         .json(&stage.config_slice(input));
-    for up in stage.upstream() {
+    for up in stage.key_upstream(input) {
         h.field(up)
             .field(upstream_keys.get(up).map(String::as_str).unwrap_or(""));
     }

@@ -1,0 +1,242 @@
+//! The `evaluate` stage: the segmenter's predictions on every image (index PNGs and overlays),
+//! and, on every split with masks, the dataset-level scores of the predictions and of the
+//! pseudo labels side by side — how much the segmenter recovers beyond the labels it learnt
+//! from. See [`crate::metrics::segmentation`] for how background and ignore are counted.
+
+use std::path::Path;
+use std::time::Instant;
+
+use image::{GrayImage, RgbImage};
+
+use super::pseudo_stage::LABEL_DIR;
+use super::segment_stage::WEIGHTS;
+use super::stage::{Stage, StageInput};
+use crate::cam;
+use crate::data::loader::Images;
+use crate::data::{mask, Split};
+use crate::error::{Error, Result};
+use crate::metrics::segmentation::Confusion;
+use crate::table::{self, TableBuilder};
+use crate::train::segment::{argmax_labels, Segmenter};
+use crate::util::fs::{link_dir, mkdirs, publish_files, write_json};
+
+/// See the module docs.
+pub struct EvaluateStage;
+
+/// Folder of predicted label PNGs.
+pub const PRED_DIR: &str = "predictions";
+/// Folder of overlay PNGs.
+pub const OVERLAY_DIR: &str = "overlays";
+
+const PUBLISHED: &[&str] = &[
+    "seg_metrics.parquet",
+    "seg_metrics.csv",
+    "seg_images.parquet",
+    "seg_images.csv",
+    "evaluate_summary.json",
+];
+
+/// The image with predicted foreground tinted red.
+pub fn overlay(img: &RgbImage, labels: &GrayImage) -> RgbImage {
+    let mut o = img.clone();
+    for (p, l) in o.pixels_mut().zip(labels.pixels()) {
+        if l.0[0] == 1 {
+            p.0 = [
+                ((p.0[0] as u16 + 2 * 230) / 3) as u8,
+                (p.0[1] as u16 * 2 / 3) as u8,
+                (p.0[2] as u16 * 2 / 3) as u8,
+            ];
+        }
+    }
+    o
+}
+
+impl Stage for EvaluateStage {
+    fn name(&self) -> &'static str {
+        "evaluate"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> &'static [&'static str] {
+        &["data", "pseudo", "segment"]
+    }
+    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
+        let s = &input.variant.config.segmentation;
+        serde_json::json!({ "crop": s.crop_size, "tta": s.tta })
+    }
+
+    fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
+        let t0 = Instant::now();
+        let cfg = &input.variant.config;
+        let idx = input.dataset;
+        let (split, bytes) =
+            super::data_stage::load_split(input.upstream_dir("data")?, "evaluate")?;
+        let seg = Segmenter::load(
+            cfg,
+            input.device,
+            &input.upstream_dir("segment")?.join(WEIGHTS),
+        )?;
+        let pseudo_dir = input.upstream_dir("pseudo")?.join(LABEL_DIR);
+        let (pred_dir, ov_dir) = (out.join(PRED_DIR), out.join(OVERLAY_DIR));
+        mkdirs(&pred_dir)?;
+        mkdirs(&ov_dir)?;
+        let images = Images::new(&idx.samples, bytes);
+        let items: Vec<usize> = (0..idx.samples.len())
+            .filter(|&i| split.contains_key(&idx.samples[i].patient))
+            .collect();
+        let pb = crate::progress::bar(items.len() as u64, "evaluate");
+        let s = &cfg.segmentation;
+        let mut rows = Vec::new();
+        let mut infer_secs = 0.0;
+        for &i in &items {
+            let smp = &idx.samples[i];
+            let img = images.get(i)?;
+            let t = Instant::now();
+            let prob = seg.predict(
+                &img,
+                s.crop_size,
+                s.tta,
+                s.batch_size as usize,
+                input.device,
+            )?;
+            infer_secs += t.elapsed().as_secs_f64();
+            let (w, h) = img.dimensions();
+            let pred = argmax_labels(&prob, w, h);
+            let stem = cam::file_stem(&smp.id);
+            let (pp, op) = (
+                pred_dir.join(format!("{stem}.png")),
+                ov_dir.join(format!("{stem}.png")),
+            );
+            std::fs::write(&pp, cam::label_png(&pred)?).map_err(|e| Error::io(&pp, e))?;
+            overlay(&img, &pred)
+                .save(&op)
+                .map_err(|e| Error::io(&op, std::io::Error::other(e)))?;
+            let gt = mask::ground_truth(&idx.spec, smp)?;
+            let pseudo = cam::read_labels(&pseudo_dir.join(format!("{stem}.png")))?;
+            let (mut cp, mut cs) = (None, None);
+            if let Some(gt) = &gt {
+                if gt.dimensions() != pred.dimensions() {
+                    return Err(Error::dataset(format!(
+                        "mask of `{}` is {:?}, image is {:?}",
+                        smp.id,
+                        gt.dimensions(),
+                        pred.dimensions()
+                    )));
+                }
+                let mut a = Confusion::new(2);
+                a.add(gt.as_raw(), pred.as_raw());
+                let mut b = Confusion::new(2);
+                b.add(gt.as_raw(), pseudo.as_raw());
+                cs = Some(a);
+                cp = Some(b);
+            }
+            let fg = pred.as_raw().iter().filter(|&&v| v == 1).count() as f64
+                / pred.as_raw().len().max(1) as f64;
+            rows.push((
+                i,
+                split.get(&smp.patient).copied().unwrap_or(Split::Train),
+                fg,
+                cs,
+                cp,
+            ));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+
+        let nan = f64::NAN;
+        let mut per = TableBuilder::new()
+            .str(
+                "id",
+                rows.iter().map(|r| idx.samples[r.0].id.clone()).collect(),
+            )
+            .str(
+                "patient",
+                rows.iter()
+                    .map(|r| idx.samples[r.0].patient.clone())
+                    .collect(),
+            )
+            .str(
+                "class",
+                rows.iter()
+                    .map(|r| idx.spec.classes[idx.samples[r.0].class].clone())
+                    .collect(),
+            )
+            .str("split", rows.iter().map(|r| r.1.to_string()).collect())
+            .f64("fg_fraction", rows.iter().map(|r| r.2).collect())
+            .f64(
+                "iou_foreground",
+                rows.iter()
+                    .map(|r| r.3.as_ref().map_or(nan, |c| c.scores().iou[1]))
+                    .collect(),
+            )
+            .f64(
+                "miou",
+                rows.iter()
+                    .map(|r| r.3.as_ref().map_or(nan, |c| c.scores().miou))
+                    .collect(),
+            )
+            .f64(
+                "pseudo_miou",
+                rows.iter()
+                    .map(|r| r.4.as_ref().map_or(nan, |c| c.scores().miou))
+                    .collect(),
+            )
+            .build()?;
+        table::write(&mut per, out, "seg_images")?;
+
+        let (mut m_split, mut m_source, mut m_metric, mut m_value) =
+            (vec![], vec![], vec![], vec![]);
+        let mut summary = serde_json::Map::new();
+        for sp in [Split::Train, Split::Valid, Split::Test] {
+            for (source, pick) in [("segmenter", 3usize), ("pseudo", 4)] {
+                let mut cm = Confusion::new(2);
+                let mut any = false;
+                for r in rows.iter().filter(|r| r.1 == sp) {
+                    if let Some(c) = if pick == 3 { &r.3 } else { &r.4 } {
+                        cm.merge(c);
+                        any = true;
+                    }
+                }
+                if !any {
+                    continue;
+                }
+                let sc = cm.scores();
+                let key = if source == "segmenter" {
+                    format!("{sp}_miou")
+                } else {
+                    format!("{sp}_pseudo_miou")
+                };
+                summary.insert(key, sc.miou.into());
+                if source == "segmenter" {
+                    summary.insert(format!("{sp}_dice_foreground"), sc.dice[1].into());
+                }
+                for (k, v) in sc.pairs() {
+                    m_split.push(sp.to_string());
+                    m_source.push(source.to_string());
+                    m_metric.push(k);
+                    m_value.push(v);
+                }
+            }
+        }
+        let mut metrics = TableBuilder::new()
+            .str("split", m_split)
+            .str("source", m_source)
+            .str("metric", m_metric)
+            .f64("value", m_value)
+            .build()?;
+        table::write(&mut metrics, out, "seg_metrics")?;
+        summary.insert(
+            "inference_images_per_s".into(),
+            (items.len() as f64 / infer_secs.max(1e-9)).into(),
+        );
+        summary.insert("seconds".into(), t0.elapsed().as_secs_f64().into());
+        write_json(&out.join("evaluate_summary.json"), &summary)
+    }
+
+    fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
+        publish_files(entry, run_dir, PUBLISHED)?;
+        link_dir(&entry.join(PRED_DIR), &run_dir.join(PRED_DIR))?;
+        link_dir(&entry.join(OVERLAY_DIR), &run_dir.join(OVERLAY_DIR))
+    }
+}
