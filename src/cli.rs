@@ -95,6 +95,21 @@ pub enum Command {
         #[arg(long, default_value_t = SynthParams::default().seed)]
         seed: u64,
     },
+    /// Segment a folder of new images with the DeepLab V3+ of a finished run.
+    Predict {
+        /// Run directory (`<work_dir>/<experiment>/<variant>-<hash>`).
+        #[arg(long)]
+        run: PathBuf,
+        /// Folder of images (searched recursively: png, jpg, tif, bmp).
+        #[arg(long)]
+        images: PathBuf,
+        /// Output folder (labels/, overlays/, predictions.csv).
+        #[arg(long)]
+        out: PathBuf,
+        /// Device, overriding the run's (`cpu`, `cuda:N`, `auto`).
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Print every manifest key with its type, default and meaning.
     Schema,
 }
@@ -111,6 +126,12 @@ pub struct Overrides {
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Validate { manifests, ov } => validate(&cli, manifests, ov),
+        Command::Predict {
+            run,
+            images,
+            out,
+            device,
+        } => predict(run, images, out, device.as_deref()),
         Command::Plan { manifest, ov, json } => plan(&cli, manifest, ov, *json),
         Command::Run {
             manifest,
@@ -451,4 +472,22 @@ pub fn schema_text() -> String {
         })
         .collect();
     table::text(&["key", "allowed", "default", "meaning"], &rows)
+}
+
+fn predict(run: &Path, images: &Path, out: &Path, device: Option<&str>) -> Result<i32> {
+    let r = crate::runner::predict_folder(run, images, out, device)?;
+    println!(
+        "segmented {} image(s) into {} in {:.1}s",
+        r.images,
+        out.display(),
+        r.seconds
+    );
+    for (p, e) in &r.failed {
+        println!("skipped {}: {e}", p.display());
+    }
+    Ok(if r.failed.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_RUN_FAILED
+    })
 }

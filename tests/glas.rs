@@ -111,7 +111,7 @@ fn glas_data_stage_runs_through_the_cli() {
     let sb = Sandbox::new();
     let m = sb.write(
         "g.toml",
-        "name = \"g\"\ndataset = \"glas\"\n[split]\nvalid_fraction = 0.2\ntest_fraction = 0.2\n[backbone]\nwidth = 0.0625\n[train]\nimage_size = 32\nepochs = 1\nbatch_size = 16\n",
+        "name = \"g\"\ndataset = \"glas\"\n[split]\nvalid_fraction = 0.2\ntest_fraction = 0.2\n[backbone]\nwidth = 0.0625\n[train]\nimage_size = 32\nepochs = 1\nbatch_size = 16\n[segmentation]\nwidth = 0.0625\ncrop_size = 256\nepochs = 1\n",
     );
     let o = sb
         .cmd()

@@ -64,7 +64,11 @@ fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
         out.contains("stage pseudo: 20 distinct computation(s) for 20 variant(s)"),
         "{out}"
     );
-    assert!(out.contains("29 stage run(s), 51 cached"), "{out}");
+    assert!(
+        out.contains("stage segment: 20 distinct computation(s) for 20 variant(s)"),
+        "{out}"
+    );
+    assert!(out.contains("69 stage run(s), 51 cached"), "{out}");
 
     // One results table with a row per variant: swept values and every stage's numbers.
     let mut rdr =
@@ -110,7 +114,7 @@ fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
     let o = sb.run(&plan_args);
     let out = stdout(&o);
     assert!(!out.contains("to run"), "{out}");
-    assert_eq!(out.matches("cached").count(), 80, "{out}");
+    assert_eq!(out.matches("cached").count(), 120, "{out}");
 
     let entry = first_dir(sb.work().join(".cache/data"));
     let before = std::fs::metadata(entry.join("split.parquet"))
@@ -120,7 +124,7 @@ fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
     let o = sb.run(&run_args);
     assert_eq!(o.status.code(), Some(0));
     assert!(
-        stdout(&o).contains("0 stage run(s), 80 cached"),
+        stdout(&o).contains("0 stage run(s), 120 cached"),
         "{}",
         stdout(&o)
     );
@@ -370,7 +374,7 @@ fn fresh_moves_the_old_run_aside_and_changed_data_is_refused() {
     let o = sb.run(&["run", m.to_str().unwrap(), "--fresh"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("4 stage run(s), 0 cached"),
+        stdout(&o).contains("6 stage run(s), 0 cached"),
         "{}",
         stdout(&o)
     );
@@ -427,7 +431,7 @@ fn bad_images_are_reported_with_their_paths() {
     sb.write("reg.toml", "[ds]\nlayout = \"folder\"\nroot = \"ds\"\nmasks_dir = \"masks\"\nclasses = [\"normal\", \"malignant\"]\n");
     let m = sb.write(
         "m.toml",
-        "name = \"b\"\ndataset = \"ds\"\n[split]\nvalid_fraction = 0.5\n[backbone]\nwidth = 0.0625\n[train]\nimage_size = 32\nepochs = 1\n",
+        "name = \"b\"\ndataset = \"ds\"\n[split]\nvalid_fraction = 0.5\n[backbone]\nwidth = 0.0625\n[train]\nimage_size = 32\nepochs = 1\n[segmentation]\nwidth = 0.0625\ncrop_size = 32\nepochs = 1\n",
     );
     let reg = sb.path().join("reg.toml");
     let o = sb
@@ -505,6 +509,8 @@ fn stage_keys_depend_only_on_what_the_stage_reads() {
             .map(|s| s["state"].as_str().unwrap().to_string())
             .collect()
     };
+    const C: &str = "cached";
+    const R: &str = "to run";
     // Which layer or method the CAM uses does not retrain the classifier.
     assert_eq!(
         states(&[
@@ -513,25 +519,133 @@ fn stage_keys_depend_only_on_what_the_stage_reads() {
             "--set",
             "cam.method=\"gradcam\""
         ]),
-        ["cached", "cached", "to run", "to run"]
+        [C, C, R, R, R, R]
     );
-    // The threshold and refinement only redo the pseudo labels.
-    assert_eq!(
-        states(&["--set", "cam.threshold=0.5"]),
-        ["cached", "cached", "cached", "to run"]
-    );
+    // The threshold and refinement redo the pseudo labels and what learns from them.
+    assert_eq!(states(&["--set", "cam.threshold=0.5"]), [C, C, C, R, R, R]);
     assert_eq!(
         states(&["--set", "cam.refine=\"slic\""]),
-        ["cached", "cached", "cached", "to run"]
+        [C, C, C, R, R, R]
     );
-    // The training seed retrains; the split does not change with it.
+    // Segmenter settings leave the CAM side alone; inference settings only re-evaluate.
     assert_eq!(
-        states(&["--set", "train.seed=7"]),
-        ["cached", "to run", "to run", "to run"]
+        states(&["--set", "segmentation.epochs=2"]),
+        [C, C, C, C, R, R]
     );
+    assert_eq!(
+        states(&["--set", "segmentation.tta=true"]),
+        [C, C, C, C, C, R]
+    );
+    // The training seed retrains everything after the data stage.
+    assert_eq!(states(&["--set", "train.seed=7"]), [C, R, R, R, R, R]);
     // The split seed changes the data stage and everything downstream.
+    assert_eq!(states(&["--set", "split.seed=3"]), [R, R, R, R, R, R]);
+    // A fully supervised segmenter does not read pseudo labels: once trained, a threshold
+    // change re-evaluates (pseudo vs truth is reported beside it) but does not retrain it.
+    let full = ["--set", "segmentation.supervision=\"full\""];
+    let mut args = vec!["run", m];
+    args.extend_from_slice(&full);
+    assert_eq!(sb.run(&args).status.code(), Some(0));
     assert_eq!(
-        states(&["--set", "split.seed=3"]),
-        ["to run", "to run", "to run", "to run"]
+        states(&[full[0], full[1], "--set", "cam.threshold=0.5"]),
+        [C, C, C, R, C, R]
     );
+}
+
+#[test]
+fn evaluate_scores_segmenter_beside_pseudo_labels_and_predict_segments_new_images() {
+    let sb = Sandbox::new();
+    let m = sb.write("m.toml", MINIMAL);
+    let o = sb.run(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rd = first_dir(sb.work().join("t"));
+    let metrics = std::fs::read_to_string(rd.join("seg_metrics.csv")).unwrap();
+    for k in [
+        "valid,segmenter,miou,",
+        "valid,pseudo,miou,",
+        "train,segmenter,dice_foreground,",
+        "valid,segmenter,fwiou,",
+    ] {
+        assert!(metrics.contains(k), "{k} missing:\n{metrics}");
+    }
+    let summary = json(&rd.join("evaluate_summary.json"));
+    let miou = summary["valid_miou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&miou), "{summary}");
+    // One prediction and one overlay per image, both viewable PNGs of the image's size.
+    let n = |d: &str| std::fs::read_dir(rd.join(d)).unwrap().count();
+    assert_eq!(n("predictions"), 18);
+    assert_eq!(n("overlays"), 18);
+    assert_eq!(n("pseudo_labels"), 18);
+    assert_eq!(n("cams"), 18);
+    let p = image::open(rd.join("predictions/P01_00.png")).unwrap();
+    assert_eq!((p.width(), p.height()), (64, 64));
+    assert!(rd.join("segmenter.safetensors").is_file());
+
+    // `wsss predict` on a folder of new images (one of them broken: skipped, exit 1).
+    let imgs = sb.path().join("new");
+    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    let src = sb.path().join("data/images/malignant/P04/P04_00.png");
+    let src = if src.is_file() {
+        src
+    } else {
+        first_png(sb.path())
+    };
+    std::fs::copy(&src, imgs.join("a.png")).unwrap();
+    std::fs::copy(&src, imgs.join("sub/b.png")).unwrap();
+    let out = sb.path().join("pred");
+    let o = sb.run(&[
+        "predict",
+        "--run",
+        rd.to_str().unwrap(),
+        "--images",
+        imgs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("segmented 2 image(s)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(out.join("labels/a.png").is_file() && out.join("labels/sub/b.png").is_file());
+    assert!(out.join("overlays/sub/b.png").is_file());
+    let table = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    assert!(table.starts_with("image,fg_fraction\n"), "{table}");
+    std::fs::write(imgs.join("broken.png"), b"not a png").unwrap();
+    let o = sb.run(&[
+        "predict",
+        "--run",
+        rd.to_str().unwrap(),
+        "--images",
+        imgs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("broken.png"), "{}", stdout(&o));
+    // Not a run directory: bad input.
+    let o = sb.run(&[
+        "predict",
+        "--run",
+        sb.path().to_str().unwrap(),
+        "--images",
+        imgs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("config.toml"), "{}", stderr(&o));
+}
+
+fn first_png(root: &std::path::Path) -> std::path::PathBuf {
+    walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+        .map(|e| e.into_path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "png") && p.to_string_lossy().contains("images")
+        })
+        .unwrap()
 }

@@ -59,8 +59,13 @@ impl Stage for SegmentStage {
             && c.segmentation.width == 1.0)
             .then(|| c.backbone.pretrained.clone())
             .flatten();
+        // Flip TTA is an inference setting (the evaluate stage's).
+        let mut seg = serde_json::to_value(&c.segmentation).unwrap_or_default();
+        if let Some(o) = seg.as_object_mut() {
+            o.remove("tta");
+        }
         serde_json::json!({
-            "segmentation": c.segmentation,
+            "segmentation": seg,
             "optimizer": c.train.optimizer,
             "momentum": c.train.momentum,
             "weight_decay": c.train.weight_decay,

@@ -104,9 +104,13 @@ batch_norm = true
 image_size = 32
 epochs = 2
 batch_size = 8
+[segmentation]
+width = 0.0625
+crop_size = 32
+epochs = 1
 "#;
 
-/// `--set` overrides that shrink any manifest's classifier to test size.
+/// `--set` overrides that shrink any manifest's classifier and segmenter to test size.
 pub const TINY: &[&str] = &[
     "--set",
     "backbone.width=0.0625",
@@ -114,4 +118,10 @@ pub const TINY: &[&str] = &[
     "train.image_size=32",
     "--set",
     "train.epochs=1",
+    "--set",
+    "segmentation.width=0.0625",
+    "--set",
+    "segmentation.crop_size=32",
+    "--set",
+    "segmentation.epochs=1",
 ];

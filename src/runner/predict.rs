@@ -1,0 +1,127 @@
+//! `wsss predict`: apply the segmenter of a finished run to a folder of new images — what a
+//! user does after the experiment. Reads the run directory's resolved `config.toml` and
+//! `segmenter.safetensors`, walks the folder (PNG, JPEG, TIFF, BMP; recursively), and writes
+//! for each image an index PNG (0 background, 1 foreground, palette) and an overlay PNG under
+//! the output folder, mirroring the input's sub-folders, plus a `predictions.csv` table of
+//! foreground fractions.
+
+use std::path::{Path, PathBuf};
+
+use crate::cam::label_png;
+use crate::config::ExperimentConfig;
+use crate::error::{Error, Result};
+use crate::table::{self, TableBuilder};
+use crate::train::segment::{argmax_labels, Segmenter};
+use crate::util::fs::mkdirs;
+
+use super::device;
+use super::evaluate_stage::overlay;
+use super::segment_stage::WEIGHTS;
+
+const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "tif", "tiff", "bmp"];
+
+/// What a prediction pass did.
+#[derive(Debug, Clone)]
+pub struct PredictReport {
+    /// Images segmented.
+    pub images: usize,
+    /// Images that could not be decoded (path and reason); they are skipped.
+    pub failed: Vec<(PathBuf, String)>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Segment every image under `images` with the run's segmenter into `out`.
+pub fn predict_folder(
+    run_dir: &Path,
+    images: &Path,
+    out: &Path,
+    device_override: Option<&str>,
+) -> Result<PredictReport> {
+    let t0 = std::time::Instant::now();
+    let cfg_path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+        Error::Usage(format!(
+            "{}: {e} (is `{}` a run directory of `wsss run`?)",
+            cfg_path.display(),
+            run_dir.display()
+        ))
+    })?;
+    let cfg: ExperimentConfig =
+        toml::from_str(&text).map_err(|e| Error::Usage(format!("{}: {e}", cfg_path.display())))?;
+    let weights = run_dir.join(WEIGHTS);
+    if !weights.is_file() {
+        return Err(Error::Usage(format!(
+            "{} not found: the run has not finished its segment stage",
+            weights.display()
+        )));
+    }
+    if !images.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is not a folder",
+            images.display()
+        )));
+    }
+    let (dev, desc) = device::resolve(device_override.unwrap_or(&cfg.device))?;
+    tracing::info!("segmenting images under {} on {desc}", images.display());
+    let seg = Segmenter::load(&cfg, &dev, &weights)?;
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(images)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .filter(|p| {
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    files.sort();
+    let (lab_dir, ov_dir) = (out.join("labels"), out.join("overlays"));
+    let s = &cfg.segmentation;
+    let (mut names, mut fgs) = (vec![], vec![]);
+    let mut failed = Vec::new();
+    let pb = crate::progress::bar(files.len() as u64, "predict");
+    for f in &files {
+        pb.inc(1);
+        let img = match image::open(f) {
+            Ok(i) => i.into_rgb8(),
+            Err(e) => {
+                tracing::warn!("{}: cannot decode: {e}", f.display());
+                failed.push((f.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let rel = f.strip_prefix(images).unwrap_or(f).with_extension("png");
+        let prob = seg.predict(&img, s.crop_size, s.tta, s.batch_size as usize, &dev)?;
+        let (w, h) = img.dimensions();
+        let pred = argmax_labels(&prob, w, h);
+        let (lp, op) = (lab_dir.join(&rel), ov_dir.join(&rel));
+        for p in [&lp, &op] {
+            if let Some(d) = p.parent() {
+                mkdirs(d)?;
+            }
+        }
+        crate::util::fs::atomic_write(&lp, &label_png(&pred)?)?;
+        crate::util::fs::write_png(&op, &image::DynamicImage::ImageRgb8(overlay(&img, &pred)))?;
+        names.push(rel.display().to_string());
+        fgs.push(
+            pred.as_raw().iter().filter(|&&v| v == 1).count() as f64
+                / pred.as_raw().len().max(1) as f64,
+        );
+    }
+    pb.finish_and_clear();
+    let n = names.len();
+    mkdirs(out)?;
+    let mut df = TableBuilder::new()
+        .str("image", names)
+        .f64("fg_fraction", fgs)
+        .build()?;
+    table::write(&mut df, out, "predictions")?;
+    Ok(PredictReport {
+        images: n,
+        failed,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
