@@ -15,9 +15,10 @@
 //! op has no backward pass).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Init, VarBuilder};
+use candle_nn::{BatchNorm, Init, VarBuilder};
 
 use super::backbone::{BackboneSpec, Features};
+use super::conv::Conv2d;
 use super::ops::resize_bilinear;
 use super::resnet::{bn, conv};
 use crate::config::Arch;

@@ -3,6 +3,7 @@
 //! and weight loading.
 
 pub mod backbone;
+pub mod conv;
 pub mod deeplab;
 pub mod init;
 pub mod ops;

@@ -8,7 +8,9 @@
 //! 3×3 convs by 2, so the CAM features have stride 16 like the VGG backbone's.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{BatchNorm, Conv2dConfig, Init, VarBuilder};
+
+use super::conv::Conv2d;
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

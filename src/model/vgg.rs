@@ -10,7 +10,9 @@
 //! bias, BN weight 1 and bias 0.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{BatchNorm, Conv2dConfig, Init, VarBuilder};
+
+use super::conv::Conv2d;
 
 /// torchvision's VGG-16 layout ("D"): channel counts, `None` = max-pool.
 pub const VGG16: [Option<usize>; 18] = [

@@ -1,0 +1,164 @@
+//! Throughput of the CAM → pseudo label → segmenter side, on the CPU:
+//! - CAM generation (CAM and Grad-CAM) with VGG-16 (torchvision widths) at 224², batch 8,
+//!   including upsampling to a 775×522 GlaS tile and 8-bit quantisation: images/s;
+//! - the pseudo-label + metric pass (threshold rule and confusion matrix) over 775×522 maps:
+//!   megapixels/s;
+//! - DeepLab V3+ (ResNet-18 encoder at torchvision widths, OS16): one AdamW training step and
+//!   inference at 256², batch 8: images/s; and sliding-window inference of one 775×522 tile
+//!   with 256² windows: seconds.
+//!
+//! Run: `cargo run --example bench_segment [-- --reps N]`. Medians over N timed repetitions
+//! after one warm-up. A benchmark, not a test: nothing asserts on time.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use image::{GrayImage, RgbImage};
+use wsss::cam::{self, CamSettings};
+use wsss::config::{Arch, CamMethod, CamNorm, Optimizer as OptKind, SegLoss};
+use wsss::metrics::segmentation::Confusion;
+use wsss::model::deeplab::{DeepLab, DeepLabConfig};
+use wsss::model::{init, Backbone, BackboneSpec};
+use wsss::train::optim::Optimizer;
+use wsss::train::segment::{seg_loss, Segmenter};
+
+const BATCH: usize = 8;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {
+    let mut t = Vec::new();
+    for r in 0..=reps {
+        let s = Instant::now();
+        f()?;
+        if r > 0 {
+            t.push(s.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(t))
+}
+
+fn tile() -> RgbImage {
+    RgbImage::from_fn(775, 522, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
+    })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let reps = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3usize);
+    let dev = Device::Cpu;
+    println!(
+        "CPU, {} threads, median of {reps} repetitions after one warm-up\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("| workload | median s | throughput |");
+    println!("|---|---|---|");
+
+    let vm = candle_nn::VarMap::new();
+    let clf = Backbone::new(
+        BackboneSpec {
+            arch: Arch::Vgg16,
+            batch_norm: false,
+            width: 1.0,
+            output_stride_8: false,
+        },
+        2,
+        init::var_builder(&vm, 0, &dev),
+    )?;
+    let img = tile();
+    let imgs: Vec<&RgbImage> = (0..BATCH).map(|_| &img).collect();
+    for method in [CamMethod::Cam, CamMethod::Gradcam] {
+        let s = CamSettings {
+            method,
+            layer: 4,
+            tta: false,
+            normalize: CamNorm::Minmax,
+            size: 224,
+            class: 1,
+        };
+        let t = time(reps, || {
+            cam::cams(&clf, &imgs, &s, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(())
+        })?;
+        println!(
+            "| {method:?} maps, VGG-16 224², batch {BATCH}, to 775×522 | {t:.3} | {:.2} images/s |",
+            BATCH as f64 / t
+        );
+    }
+
+    let cam_map = GrayImage::from_fn(775, 522, |x, y| image::Luma([((x + y) % 256) as u8]));
+    let truth = GrayImage::from_fn(775, 522, |x, _| image::Luma([u8::from(x > 300)]));
+    let n = 20;
+    let t = time(reps, || {
+        for _ in 0..n {
+            let l = cam::pseudo_label(&cam_map, 0.7, 0.3, true);
+            let mut c = Confusion::new(2);
+            c.add(truth.as_raw(), l.as_raw());
+            std::hint::black_box(c.scores());
+        }
+        Ok(())
+    })?;
+    println!(
+        "| pseudo label + confusion, {n} maps of 775×522 | {t:.3} | {:.1} megapixels/s |",
+        n as f64 * 775.0 * 522.0 / 1e6 / t
+    );
+
+    let cfg = DeepLabConfig {
+        encoder: BackboneSpec {
+            arch: Arch::Resnet18,
+            batch_norm: true,
+            width: 1.0,
+            output_stride_8: false,
+        },
+        classes: 2,
+    };
+    let vm = candle_nn::VarMap::new();
+    let model = DeepLab::new(cfg, init::var_builder(&vm, 0, &dev))?;
+    let vars: Vec<_> = vm
+        .data()
+        .lock()
+        .map(|d| d.clone().into_iter().collect())
+        .unwrap_or_default();
+    let mut opt = Optimizer::new(OptKind::Adamw, vars, 1e-4, 1e-4, 0.9)?;
+    let x = Tensor::randn(0f32, 1.0, (BATCH, 3, 256, 256), &dev)?;
+    let y: Vec<u8> = (0..BATCH * 256 * 256).map(|i| u8::from(i % 512 > 200)).collect();
+    let t = time(reps, || {
+        let l = seg_loss(&model.forward_t(&x, true)?, &y, SegLoss::Ce)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        opt.step(&l.backward()?)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(())
+    })?;
+    println!(
+        "| DeepLab V3+ (ResNet-18, OS16) train step 256², batch {BATCH} | {t:.3} | {:.2} images/s |",
+        BATCH as f64 / t
+    );
+    let t = time(reps, || {
+        std::hint::black_box(model.forward_t(&x, false)?);
+        Ok(())
+    })?;
+    println!(
+        "| DeepLab V3+ (ResNet-18, OS16) inference 256², batch {BATCH} | {t:.3} | {:.2} images/s |",
+        BATCH as f64 / t
+    );
+    let seg = Segmenter {
+        model,
+        vars: vm,
+    };
+    let t = time(reps, || {
+        seg.predict(&img, 256, false, BATCH, &dev)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(())
+    })?;
+    println!("| sliding window, one 775×522 tile, 256² windows (15) | {t:.3} | {:.2} tiles/s |", 1.0 / t);
+    Ok(())
+}
