@@ -130,7 +130,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_default();
     let mut opt = Optimizer::new(OptKind::Adamw, vars, 1e-4, 1e-4, 0.9)?;
     let x = Tensor::randn(0f32, 1.0, (BATCH, 3, 256, 256), &dev)?;
-    let y: Vec<u8> = (0..BATCH * 256 * 256).map(|i| u8::from(i % 512 > 200)).collect();
+    let y: Vec<u8> = (0..BATCH * 256 * 256)
+        .map(|i| u8::from(i % 512 > 200))
+        .collect();
     let t = time(reps, || {
         let l = seg_loss(&model.forward_t(&x, true)?, &y, SegLoss::Ce)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -150,15 +152,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| DeepLab V3+ (ResNet-18, OS16) inference 256², batch {BATCH} | {t:.3} | {:.2} images/s |",
         BATCH as f64 / t
     );
-    let seg = Segmenter {
-        model,
-        vars: vm,
-    };
+    let seg = Segmenter { model, vars: vm };
     let t = time(reps, || {
         seg.predict(&img, 256, false, BATCH, &dev)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(())
     })?;
-    println!("| sliding window, one 775×522 tile, 256² windows (15) | {t:.3} | {:.2} tiles/s |", 1.0 / t);
+    println!(
+        "| sliding window, one 775×522 tile, 256² windows (15) | {t:.3} | {:.2} tiles/s |",
+        1.0 / t
+    );
     Ok(())
 }

@@ -28,7 +28,7 @@ fn tiny_deeplab_overfits_a_few_synthetic_tiles() {
         xs.extend(to_chw(img));
         ys.extend(mask.pixels().map(|p| u8::from(p.0[0] > 0)));
     }
-    assert!(ys.iter().any(|&v| v == 1) && ys.iter().any(|&v| v == 0));
+    assert!(ys.contains(&1) && ys.contains(&0));
     let dev = Device::Cpu;
     let x = Tensor::from_vec(xs, (4, 3, 64, 64), &dev).unwrap();
     let vm = candle_nn::VarMap::new();

@@ -115,7 +115,7 @@ pub fn normalize(m: &[f32], how: CamNorm) -> Vec<f32> {
         CamNorm::Max => 0.0,
     };
     let range = max - min;
-    if !(range > 1e-12) {
+    if range.is_nan() || range <= 1e-12 {
         return vec![0.0; m.len()];
     }
     m.iter()

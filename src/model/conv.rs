@@ -100,7 +100,8 @@ impl CustomOp1 for Im2Col {
                                 dst[lo..hi].copy_from_slice(&src[i0..i0 + (hi - lo)]);
                             } else {
                                 for ox in lo..hi {
-                                    dst[ox] = src[(ox as isize * g.stride as isize + xoff) as usize];
+                                    dst[ox] =
+                                        src[(ox as isize * g.stride as isize + xoff) as usize];
                                 }
                             }
                         }
@@ -151,7 +152,8 @@ impl CustomOp1 for Col2Im {
                                 }
                             } else {
                                 for ox in lo..hi {
-                                    dst[(ox as isize * g.stride as isize + xoff) as usize] += src[ox];
+                                    dst[(ox as isize * g.stride as isize + xoff) as usize] +=
+                                        src[ox];
                                 }
                             }
                         }
@@ -194,7 +196,9 @@ pub fn conv2d_gemm(
     } else {
         x.apply_op1_no_bwd(&Im2Col(g))?
     }; // (B, CK, L)
-    let wm = weight.reshape((1, o, g.ck()))?.broadcast_as((b, o, g.ck()))?;
+    let wm = weight
+        .reshape((1, o, g.ck()))?
+        .broadcast_as((b, o, g.ck()))?;
     let mut y = wm.matmul(&cols)?; // (B, O, L): already NCHW
     if let Some(bias) = bias {
         y = y.broadcast_add(&bias.reshape((1, o, 1))?)?;
@@ -240,7 +244,14 @@ impl Module for Conv2d {
             && c.groups == 1
             && cols_bytes <= GEMM_MAX_COLS_BYTES
         {
-            return conv2d_gemm(x, &self.weight, self.bias.as_ref(), c.stride, c.padding, c.dilation);
+            return conv2d_gemm(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                c.stride,
+                c.padding,
+                c.dilation,
+            );
         }
         let y = x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
         match &self.bias {
@@ -263,8 +274,21 @@ mod tests {
     }
 
     fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let m = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         d / m.max(1e-6)
     }
 
@@ -298,10 +322,21 @@ mod tests {
                 let p = rand_t(&mut r, y.dims());
                 (y * p).unwrap().sum_all().unwrap()
             };
-            let ours = conv2d_gemm(x.as_tensor(), wt.as_tensor(), Some(bias.as_tensor()), stride, pad, dil).unwrap();
+            let ours = conv2d_gemm(
+                x.as_tensor(),
+                wt.as_tensor(),
+                Some(bias.as_tensor()),
+                stride,
+                pad,
+                dil,
+            )
+            .unwrap();
             // Reference: candle's stride-1 conv, subsampled (candle's own strided backward
             // fails on some shapes), plus bias.
-            let full = x.as_tensor().conv2d(wt.as_tensor(), pad, 1, dil, 1).unwrap();
+            let full = x
+                .as_tensor()
+                .conv2d(wt.as_tensor(), pad, 1, dil, 1)
+                .unwrap();
             let (_, _, h1, w1) = full.dims4().unwrap();
             let pick = |n: usize| {
                 let idx: Vec<u32> = (0..n).step_by(stride).map(|i| i as u32).collect();
@@ -334,10 +369,23 @@ mod tests {
     #[test]
     fn no_input_gradient_for_constants() {
         let x = Tensor::ones((1, 2, 5, 5), DType::F32, &Device::Cpu).unwrap();
-        let w = Var::from_tensor(&Tensor::ones((3, 2, 3, 3), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::ones((3, 2, 3, 3), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
         let y = conv2d_gemm(&x, w.as_tensor(), None, 1, 1, 1).unwrap();
         // Centre pixel sees 2 channels × 9 ones.
-        assert_eq!(y.get(0).unwrap().get(0).unwrap().get(2).unwrap().get(2).unwrap().to_scalar::<f32>().unwrap(), 18.0);
+        assert_eq!(
+            y.get(0)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .get(2)
+                .unwrap()
+                .get(2)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            18.0
+        );
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&x).is_none());
         assert!(g.get(w.as_tensor()).is_some());

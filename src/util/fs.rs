@@ -69,7 +69,7 @@ pub fn link_dir(src: &Path, dst: &Path) -> Result<()> {
         let e = e.map_err(|e| Error::io(src, e))?;
         let to = tmp.join(e.file_name());
         if fs::hard_link(e.path(), &to).is_err() {
-            fs::copy(e.path(), &to).map_err(|err| Error::io(&e.path(), err))?;
+            fs::copy(e.path(), &to).map_err(|err| Error::io(e.path(), err))?;
         }
     }
     if dst.exists() {
