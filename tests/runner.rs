@@ -296,7 +296,7 @@ fn training_killed_before_commit_resumes_from_its_checkpoint_to_identical_output
         .filter(|e| e.file_name().to_string_lossy().starts_with(".work-"))
         .collect();
     assert_eq!(scratch.len(), 1);
-    let progress = json(&scratch[0].path().join("progress.json"));
+    let progress = json(&scratch[0].path().join("last_progress.json"));
     assert_eq!(progress["epochs_done"], 2);
 
     let o = sb.run(&["run", m.to_str().unwrap()]);
@@ -593,15 +593,18 @@ fn evaluate_scores_segmenter_beside_pseudo_labels_and_predict_segments_new_image
     std::fs::copy(&src, imgs.join("a.png")).unwrap();
     std::fs::copy(&src, imgs.join("sub/b.png")).unwrap();
     let out = sb.path().join("pred");
-    let o = sb.run(&[
-        "predict",
-        "--run",
-        rd.to_str().unwrap(),
-        "--images",
-        imgs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let predict = |run: &Path| {
+        sb.run(&[
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--images",
+            imgs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = predict(&rd);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("segmented 2 image(s)"),
@@ -613,27 +616,11 @@ fn evaluate_scores_segmenter_beside_pseudo_labels_and_predict_segments_new_image
     let table = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     assert!(table.starts_with("image,fg_fraction\n"), "{table}");
     std::fs::write(imgs.join("broken.png"), b"not a png").unwrap();
-    let o = sb.run(&[
-        "predict",
-        "--run",
-        rd.to_str().unwrap(),
-        "--images",
-        imgs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = predict(&rd);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("broken.png"), "{}", stdout(&o));
     // Not a run directory: bad input.
-    let o = sb.run(&[
-        "predict",
-        "--run",
-        sb.path().to_str().unwrap(),
-        "--images",
-        imgs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = predict(sb.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("config.toml"), "{}", stderr(&o));
 }

@@ -41,6 +41,27 @@ pub fn ground_truth(spec: &DatasetSpec, s: &Sample) -> Result<Option<GrayImage>>
     Ok(Some(encode(&raw, spec.mask_encoding)))
 }
 
+/// The ground truth of a sample that must match a map of size `dims` (an image, a CAM, a
+/// prediction); a mask of another size is bad input naming the sample.
+pub fn ground_truth_sized(
+    spec: &DatasetSpec,
+    s: &Sample,
+    dims: (u32, u32),
+) -> Result<Option<GrayImage>> {
+    let gt = ground_truth(spec, s)?;
+    if let Some(g) = &gt {
+        if g.dimensions() != dims {
+            return Err(Error::dataset(format!(
+                "mask of `{}` is {:?}, image is {:?}",
+                s.id,
+                g.dimensions(),
+                dims
+            )));
+        }
+    }
+    Ok(gt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,17 +157,9 @@ impl Stage for CamStage {
                     let path = dir.join(format!("{}.png", cam::file_stem(&s.id)));
                     m.save(&path)
                         .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
-                    let Some(gt) = mask::ground_truth(&idx.spec, s)? else {
+                    let Some(gt) = mask::ground_truth_sized(&idx.spec, s, m.dimensions())? else {
                         return Ok(None);
                     };
-                    if gt.dimensions() != m.dimensions() {
-                        return Err(Error::dataset(format!(
-                            "mask of `{}` is {:?}, image is {:?}",
-                            s.id,
-                            gt.dimensions(),
-                            m.dimensions()
-                        )));
-                    }
                     let si = splits
                         .iter()
                         .position(|x| Some(x) == split.get(&s.patient))

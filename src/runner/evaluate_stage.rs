@@ -112,18 +112,10 @@ impl Stage for EvaluateStage {
             overlay(&img, &pred)
                 .save(&op)
                 .map_err(|e| Error::io(&op, std::io::Error::other(e)))?;
-            let gt = mask::ground_truth(&idx.spec, smp)?;
+            let gt = mask::ground_truth_sized(&idx.spec, smp, pred.dimensions())?;
             let pseudo = cam::read_labels(&pseudo_dir.join(format!("{stem}.png")))?;
             let (mut cp, mut cs) = (None, None);
             if let Some(gt) = &gt {
-                if gt.dimensions() != pred.dimensions() {
-                    return Err(Error::dataset(format!(
-                        "mask of `{}` is {:?}, image is {:?}",
-                        smp.id,
-                        gt.dimensions(),
-                        pred.dimensions()
-                    )));
-                }
                 let mut a = Confusion::new(2);
                 a.add(gt.as_raw(), pred.as_raw());
                 let mut b = Confusion::new(2);

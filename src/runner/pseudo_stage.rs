@@ -141,15 +141,7 @@ impl Stage for PseudoStage {
                     / n;
                 let (mut iou_fg, mut miou, mut pointing, mut confusion) =
                     (f64::NAN, f64::NAN, f64::NAN, None);
-                if let Some(gt) = mask::ground_truth(&idx.spec, s)? {
-                    if gt.dimensions() != label.dimensions() {
-                        return Err(Error::dataset(format!(
-                            "mask of `{}` is {:?}, image is {:?}",
-                            s.id,
-                            gt.dimensions(),
-                            label.dimensions()
-                        )));
-                    }
+                if let Some(gt) = mask::ground_truth_sized(&idx.spec, s, label.dimensions())? {
                     let mut cm = Confusion::new(2);
                     cm.add(gt.as_raw(), label.as_raw());
                     let sc = cm.scores();

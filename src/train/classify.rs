@@ -3,7 +3,7 @@
 //! interrupted training resume at the right epoch with the right learning rate, early stopping,
 //! and a clear error on a non-finite loss.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::Checkpoint;
 use super::losses::{self, GridTransform};
 use super::optim::{lr_at, Optimizer};
 use crate::config::{ExperimentConfig, LossVariant};
@@ -22,7 +23,6 @@ use crate::data::{DatasetIndex, Split};
 use crate::error::{Error, Result};
 use crate::metrics::classification::Metrics;
 use crate::model::{init, weights, Backbone, BackboneSpec};
-use crate::util::fs::write_json;
 
 /// One row of the training history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,10 +226,8 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
     let bs = t.batch_size as usize;
     let steps_per_epoch = train_items.len().div_ceil(bs).max(1);
 
-    let last = job.scratch.join("last.safetensors");
-    let last_opt = job.scratch.join("last_optim.safetensors");
+    let ckpt = Checkpoint::new(job.scratch, "last");
     let best = job.scratch.join("best.safetensors");
-    let prog_path = job.scratch.join("progress.json");
     let mut prog = Progress {
         epochs_done: 0,
         best_epoch: 0,
@@ -237,18 +235,9 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
         bad_epochs: 0,
         history: vec![],
     };
-    if let (Ok(bytes), true, true) = (
-        std::fs::read(&prog_path),
-        last.is_file(),
-        last_opt.is_file(),
-    ) {
-        if let Ok(p) = serde_json::from_slice::<Progress>(&bytes) {
-            weights::load_all(&clf.vars, &last)?;
-            let st: HashMap<String, Tensor> = candle_core::safetensors::load(&last_opt, dev)?;
-            opt.load_state(&st)?;
-            tracing::info!("resuming classifier training after epoch {}", p.epochs_done);
-            prog = p;
-        }
+    if let Some(p) = ckpt.resume::<Progress>(&clf.vars, &mut opt, dev)? {
+        tracing::info!("resuming classifier training after epoch {}", p.epochs_done);
+        prog = p;
     }
 
     let mut seen = 0usize;
@@ -383,12 +372,7 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
         }
         prog.history.push(row);
         prog.epochs_done = epoch + 1;
-        weights::save(&clf.vars, &last)?;
-        let st = opt.state()?;
-        candle_core::safetensors::save(&st, job.scratch.join("last_optim.tmp.safetensors"))?;
-        std::fs::rename(job.scratch.join("last_optim.tmp.safetensors"), &last_opt)
-            .map_err(|e| Error::io(&last_opt, e))?;
-        write_json(&prog_path, &prog)?;
+        ckpt.save(&clf.vars, &opt, &prog)?;
         if t.patience > 0 && prog.bad_epochs >= t.patience {
             tracing::info!("early stopping: no improvement for {} epochs", t.patience);
             early = true;

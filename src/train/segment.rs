@@ -25,6 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::Checkpoint;
 use super::optim::{lr_at, Optimizer};
 use crate::config::{ExperimentConfig, Schedule, SegInit, SegLoss};
 use crate::data::loader::{color_jitter, to_chw, Augment, Images};
@@ -32,7 +33,6 @@ use crate::data::mask::IGNORE;
 use crate::error::{Error, Result};
 use crate::model::deeplab::{DeepLab, DeepLabConfig};
 use crate::model::{init, weights, BackboneSpec, Features};
-use crate::util::fs::write_json;
 
 /// Background and foreground.
 pub const SEG_CLASSES: usize = 2;
@@ -362,27 +362,14 @@ pub fn train(
     let steps = items.len().div_ceil(bs).max(1);
     let aug = Augment::default();
     let crop = s.crop_size;
-    let (last, last_opt, prog_path) = (
-        scratch.join("seg_last.safetensors"),
-        scratch.join("seg_last_optim.safetensors"),
-        scratch.join("seg_progress.json"),
-    );
+    let ckpt = Checkpoint::new(scratch, "seg_last");
     let mut prog = Progress {
         epochs_done: 0,
         history: vec![],
     };
-    if let (Ok(bytes), true, true) = (
-        std::fs::read(&prog_path),
-        last.is_file(),
-        last_opt.is_file(),
-    ) {
-        if let Ok(p) = serde_json::from_slice::<Progress>(&bytes) {
-            weights::load_all(&seg.vars, &last)?;
-            let st: HashMap<String, Tensor> = candle_core::safetensors::load(&last_opt, dev)?;
-            opt.load_state(&st)?;
-            tracing::info!("resuming segmenter training after epoch {}", p.epochs_done);
-            prog = p;
-        }
+    if let Some(p) = ckpt.resume::<Progress>(&seg.vars, &mut opt, dev)? {
+        tracing::info!("resuming segmenter training after epoch {}", p.epochs_done);
+        prog = p;
     }
     let (mut seen, mut secs) = (0usize, 0.0);
     for epoch in prog.epochs_done..s.epochs {
@@ -474,12 +461,7 @@ pub fn train(
         );
         prog.history.push(row);
         prog.epochs_done = epoch + 1;
-        weights::save(&seg.vars, &last)?;
-        let st = opt.state()?;
-        let tmp = scratch.join("seg_last_optim.tmp.safetensors");
-        candle_core::safetensors::save(&st, &tmp)?;
-        std::fs::rename(&tmp, &last_opt).map_err(|e| Error::io(&last_opt, e))?;
-        write_json(&prog_path, &prog)?;
+        ckpt.save(&seg.vars, &opt, &prog)?;
     }
     Ok((
         seg,
