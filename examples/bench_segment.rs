@@ -154,7 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let seg = Segmenter { model, vars: vm };
     let t = time(reps, || {
-        seg.predict(&img, 256, false, BATCH, &dev)
+        seg.predict(&img, 256, 1.0, false, BATCH, &dev)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(())
     })?;

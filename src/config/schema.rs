@@ -284,6 +284,15 @@ pub static FIELDS: &[Field] = &[
         "encoder start: seeded init, or the trained classifier's weights",
     ),
     f(
+        "segmentation.scale",
+        Kind::Float {
+            min: 0.0,
+            max: 4.0,
+            min_open: true,
+        },
+        "resize factor for images before training and inference",
+    ),
+    f(
         "segmentation.tta",
         Kind::Bool,
         "average predictions over a horizontal flip at inference",

@@ -328,6 +328,9 @@ pub struct SegmentationConfig {
     pub init: SegInit,
     /// Flip test-time augmentation at inference.
     pub tta: bool,
+    /// Resize factor applied to images before training and inference (predictions are
+    /// resized back to the image's size before scoring).
+    pub scale: f64,
 }
 
 /// Where the segmenter's encoder starts.
@@ -354,6 +357,7 @@ impl Default for SegmentationConfig {
             width: 1.0,
             init: SegInit::Scratch,
             tta: false,
+            scale: 1.0,
         }
     }
 }

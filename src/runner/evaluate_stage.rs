@@ -63,7 +63,7 @@ impl Stage for EvaluateStage {
     }
     fn config_slice(&self, input: &StageInput) -> serde_json::Value {
         let s = &input.variant.config.segmentation;
-        serde_json::json!({ "crop": s.crop_size, "tta": s.tta })
+        serde_json::json!({ "crop": s.crop_size, "scale": s.scale, "tta": s.tta })
     }
 
     fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
@@ -96,6 +96,7 @@ impl Stage for EvaluateStage {
             let prob = seg.predict(
                 &img,
                 s.crop_size,
+                s.scale,
                 s.tta,
                 s.batch_size as usize,
                 input.device,

@@ -94,7 +94,14 @@ pub fn predict_folder(
             }
         };
         let rel = f.strip_prefix(images).unwrap_or(f).with_extension("png");
-        let prob = seg.predict(&img, s.crop_size, s.tta, s.batch_size as usize, &dev)?;
+        let prob = seg.predict(
+            &img,
+            s.crop_size,
+            s.scale,
+            s.tta,
+            s.batch_size as usize,
+            &dev,
+        )?;
         let (w, h) = img.dimensions();
         let pred = argmax_labels(&prob, w, h);
         let (lp, op) = (lab_dir.join(&rel), ov_dir.join(&rel));

@@ -1,8 +1,9 @@
 //! The segmenter: DeepLab V3+ trained on per-pixel labels (CAM pseudo labels, or the true
 //! masks for the fully supervised upper bound), and sliding-window inference.
 //!
-//! Training: random crops of `segmentation.crop_size` (images smaller than a crop are scaled
-//! up first, labels by nearest neighbour), flips, 90° rotations — applied identically to image
+//! Training: images and labels resized by `segmentation.scale` (labels by nearest neighbour;
+//! histology tiles are often segmented below scan resolution), random crops of
+//! `segmentation.crop_size` (images smaller than a crop are scaled up first), flips, 90° rotations — applied identically to image
 //! and label — and colour / stain jitter on the image; per-pixel cross-entropy with ignore
 //! index 255, or the OEEM weighting; poly learning-rate decay; the optimiser, momentum and
 //! weight decay of `[train]`; a checkpoint after every epoch so an interrupted training
@@ -119,16 +120,31 @@ impl Segmenter {
         Ok(Self { model, vars })
     }
 
-    /// Foreground probability map `(H, W)` of an image, by sliding windows of `crop` pixels.
+    /// Foreground probability map `(H, W)` of an image at its own size: the image is resized
+    /// by `scale`, segmented by sliding windows of `crop` pixels, and the map is resized back
+    /// bilinearly.
     pub fn predict(
         &self,
         img: &RgbImage,
         crop: u32,
+        scale: f64,
         tta: bool,
         batch: usize,
         dev: &Device,
     ) -> Result<Vec<f32>> {
-        let (w, h) = img.dimensions();
+        let (w0, h0) = img.dimensions();
+        if (scale - 1.0).abs() > 1e-9 {
+            let small = rescale(img, scale);
+            let (sw, sh) = small.dimensions();
+            let p = self.predict(&small, crop, 1.0, tta, batch, dev)?;
+            let t = Tensor::from_vec(p, (1, 1, sh as usize, sw as usize), &Device::Cpu)?;
+            return Ok(
+                crate::model::ops::resize_bilinear(&t, h0 as usize, w0 as usize)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        let (w, h) = (w0, h0);
         let (cw, ch) = (crop.min(w), crop.min(h));
         let starts = |len: u32, c: u32| -> Vec<u32> {
             if len <= c {
@@ -190,6 +206,22 @@ impl Segmenter {
             .map(|(p, c)| if *c > 0.0 { p / c } else { 0.0 })
             .collect())
     }
+}
+
+/// An image resized by `scale` (bilinear; at least 1 pixel per side).
+pub fn rescale(img: &RgbImage, scale: f64) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let nw = ((w as f64 * scale).round() as u32).max(1);
+    let nh = ((h as f64 * scale).round() as u32).max(1);
+    imageops::resize(img, nw, nh, FilterType::Triangle)
+}
+
+/// A label map resized by `scale` (nearest neighbour, so labels stay labels).
+pub fn rescale_labels(l: &GrayImage, scale: f64) -> GrayImage {
+    let (w, h) = l.dimensions();
+    let nw = ((w as f64 * scale).round() as u32).max(1);
+    let nh = ((h as f64 * scale).round() as u32).max(1);
+    imageops::resize(l, nw, nh, FilterType::Nearest)
 }
 
 /// Label map of a foreground probability map (foreground where p ≥ 0.5).
@@ -362,6 +394,15 @@ pub fn train(
     let steps = items.len().div_ceil(bs).max(1);
     let aug = Augment::default();
     let crop = s.crop_size;
+    let scaled = (s.scale - 1.0).abs() > 1e-9;
+    let labels: HashMap<usize, GrayImage> = if scaled {
+        labels
+            .iter()
+            .map(|(k, l)| (*k, rescale_labels(l, s.scale)))
+            .collect()
+    } else {
+        labels.clone()
+    };
     let ckpt = Checkpoint::new(scratch, "seg_last");
     let mut prog = Progress {
         epochs_done: 0,
@@ -402,6 +443,11 @@ pub fn train(
                             .wrapping_add(j as u64),
                     );
                     let img = images.get(i)?;
+                    let img = if scaled {
+                        std::borrow::Cow::Owned(rescale(&img, s.scale))
+                    } else {
+                        img
+                    };
                     let (a, l) = augment_pair(&img, &labels[&i], crop, &aug, &mut r);
                     Ok((to_chw(&a), l.into_raw()))
                 })
