@@ -17,7 +17,7 @@ use crate::data::{mask, Split};
 use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
 use crate::table::{self, TableBuilder};
-use crate::train::segment::{argmax_labels, Segmenter};
+use crate::train::segment::Segmenter;
 use crate::util::fs::{link_dir, mkdirs, publish_files, write_json};
 
 /// See the module docs.
@@ -93,17 +93,8 @@ impl Stage for EvaluateStage {
             let smp = &idx.samples[i];
             let img = images.get(i)?;
             let t = Instant::now();
-            let prob = seg.predict(
-                &img,
-                s.crop_size,
-                s.scale,
-                s.tta,
-                s.batch_size as usize,
-                input.device,
-            )?;
+            let pred = seg.segment(&img, s, input.device)?;
             infer_secs += t.elapsed().as_secs_f64();
-            let (w, h) = img.dimensions();
-            let pred = argmax_labels(&prob, w, h);
             let stem = cam::file_stem(&smp.id);
             let (pp, op) = (
                 pred_dir.join(format!("{stem}.png")),

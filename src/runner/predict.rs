@@ -11,7 +11,7 @@ use crate::cam::label_png;
 use crate::config::ExperimentConfig;
 use crate::error::{Error, Result};
 use crate::table::{self, TableBuilder};
-use crate::train::segment::{argmax_labels, Segmenter};
+use crate::train::segment::Segmenter;
 use crate::util::fs::mkdirs;
 
 use super::device;
@@ -94,16 +94,7 @@ pub fn predict_folder(
             }
         };
         let rel = f.strip_prefix(images).unwrap_or(f).with_extension("png");
-        let prob = seg.predict(
-            &img,
-            s.crop_size,
-            s.scale,
-            s.tta,
-            s.batch_size as usize,
-            &dev,
-        )?;
-        let (w, h) = img.dimensions();
-        let pred = argmax_labels(&prob, w, h);
+        let pred = seg.segment(&img, s, &dev)?;
         let (lp, op) = (lab_dir.join(&rel), ov_dir.join(&rel));
         for p in [&lp, &op] {
             if let Some(d) = p.parent() {

@@ -120,14 +120,18 @@ impl Stage for PseudoStage {
                 let s = &idx.samples[i];
                 let stem = cam::file_stem(&s.id);
                 let cam_path = cam_dir.join(format!("{stem}.png"));
-                let mut c = image::open(&cam_path)
+                let raw = image::open(&cam_path)
                     .map_err(|e| Error::stage("pseudo", format!("{}: {e}", cam_path.display())))?
                     .into_luma8();
                 let positive = s.class == idx.spec.positive;
-                if cfg.refine == Refine::Slic && positive {
-                    c = refine::refine_slic(images.get(i)?.as_ref(), &c);
-                }
-                let label = cam::pseudo_label(&c, fg_t, bg_t, positive);
+                let refined;
+                let c = if cfg.refine == Refine::Slic && positive {
+                    refined = refine::refine_slic(images.get(i)?.as_ref(), &raw);
+                    &refined
+                } else {
+                    &raw
+                };
+                let label = cam::pseudo_label(c, fg_t, bg_t, positive);
                 let png = cam::label_png(&label)?;
                 let p = dir.join(format!("{stem}.png"));
                 std::fs::write(&p, png).map_err(|e| Error::io(&p, e))?;
@@ -149,11 +153,6 @@ impl Stage for PseudoStage {
                     miou = sc.miou;
                     if positive && gt.as_raw().contains(&1) {
                         // The CAM's (first) maximum, before refinement.
-                        let raw = image::open(&cam_path)
-                            .map_err(|e| {
-                                Error::stage("pseudo", format!("{}: {e}", cam_path.display()))
-                            })?
-                            .into_luma8();
                         let (arg, _) = raw
                             .as_raw()
                             .iter()

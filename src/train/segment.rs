@@ -33,7 +33,7 @@ use crate::data::loader::{color_jitter, to_chw, Augment, Images};
 use crate::data::mask::IGNORE;
 use crate::error::{Error, Result};
 use crate::model::deeplab::{DeepLab, DeepLabConfig};
-use crate::model::{init, weights, BackboneSpec, Features};
+use crate::model::{init, weights, BackboneSpec};
 
 /// Background and foreground.
 pub const SEG_CLASSES: usize = 2;
@@ -93,12 +93,7 @@ impl Segmenter {
                     &cfg.backbone.pretrained,
                     cfg.backbone.arch == cfg.segmentation.encoder && cfg.segmentation.width == 1.0,
                 ) {
-                    let prefixes = match &model.encoder {
-                        Features::Vgg(_) => vec!["features."],
-                        Features::ResNet(_) => {
-                            vec!["conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."]
-                        }
-                    };
+                    let prefixes = model.encoder.pretrained_prefixes();
                     let n = weights::load_mapped(&vars, &manifest_dir.join(p), |name| {
                         name.strip_prefix("encoder.")
                             .filter(|k| prefixes.iter().any(|p| k.starts_with(p)))
@@ -222,6 +217,20 @@ pub fn rescale_labels(l: &GrayImage, scale: f64) -> GrayImage {
     let nw = ((w as f64 * scale).round() as u32).max(1);
     let nh = ((h as f64 * scale).round() as u32).max(1);
     imageops::resize(l, nw, nh, FilterType::Nearest)
+}
+
+impl Segmenter {
+    /// The label map (0/1) of an image with the manifest's inference settings.
+    pub fn segment(
+        &self,
+        img: &RgbImage,
+        s: &crate::config::SegmentationConfig,
+        dev: &Device,
+    ) -> Result<GrayImage> {
+        let prob = self.predict(img, s.crop_size, s.scale, s.tta, s.batch_size as usize, dev)?;
+        let (w, h) = img.dimensions();
+        Ok(argmax_labels(&prob, w, h))
+    }
 }
 
 /// Label map of a foreground probability map (foreground where p ≥ 0.5).
@@ -395,13 +404,15 @@ pub fn train(
     let aug = Augment::default();
     let crop = s.crop_size;
     let scaled = (s.scale - 1.0).abs() > 1e-9;
-    let labels: HashMap<usize, GrayImage> = if scaled {
-        labels
+    let rescaled: HashMap<usize, GrayImage>;
+    let labels = if scaled {
+        rescaled = labels
             .iter()
             .map(|(k, l)| (*k, rescale_labels(l, s.scale)))
-            .collect()
+            .collect();
+        &rescaled
     } else {
-        labels.clone()
+        labels
     };
     let ckpt = Checkpoint::new(scratch, "seg_last");
     let mut prog = Progress {
