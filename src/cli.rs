@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, schema, LoadOptions, Manifest};
 use crate::data::{self, registry::SynthParams, Registry};
 use crate::error::{Error, Result, EXIT_OK, EXIT_RUN_FAILED};
+use crate::report::compare::CompareOptions;
+use crate::report::{Experiment, ReportOptions};
 use crate::runner::{Report, Runner, RunnerOptions};
 use crate::table;
 
@@ -25,6 +27,14 @@ pub struct Cli {
     /// Dataset registry (default: the nearest datasets.toml above the manifest, else built-in).
     #[arg(long, global = true, env = "WSSS_DATASETS")]
     pub datasets: Option<PathBuf>,
+    /// Where reports are written (`<reports-dir>/<experiment>/index.html`).
+    #[arg(
+        long,
+        global = true,
+        env = "WSSS_REPORTS_DIR",
+        default_value = "reports"
+    )]
+    pub reports_dir: PathBuf,
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -66,6 +76,38 @@ pub enum Command {
         /// Recompute every stage; existing run directories are moved aside, not deleted.
         #[arg(long)]
         fresh: bool,
+        /// Do not write the report (`<reports-dir>/<experiment>/`) at the end.
+        #[arg(long)]
+        no_report: bool,
+    },
+    /// Write an experiment's report: tables, figures, galleries, index.html and summary.md.
+    Report {
+        /// The experiment: its manifest (`.toml`), its name under the work dir, or its folder.
+        experiment: String,
+        /// Output folder (default: `<reports-dir>/<experiment>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Image ids for the "chosen images" gallery (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        images: Vec<String>,
+        /// Rows of the best and worst galleries.
+        #[arg(long, default_value_t = 4)]
+        gallery_rows: usize,
+    },
+    /// Compare the variants of one or more experiments in one table (parameters and metrics).
+    Compare {
+        /// Experiments: manifests (`.toml`), names under the work dir, or folders.
+        #[arg(required = true)]
+        experiments: Vec<String>,
+        /// Show every config key that differs between the rows, not only the swept ones.
+        #[arg(long)]
+        only_changed: bool,
+        /// Sort by a column (a metric sorts best first).
+        #[arg(long)]
+        sort: Option<String>,
+        /// Print CSV instead of an aligned table.
+        #[arg(long)]
+        csv: bool,
     },
     /// List registered datasets, or summarise one (counts per class, patient and split).
     Datasets {
@@ -137,7 +179,26 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             manifest,
             ov,
             fresh,
-        } => run(&cli, manifest, ov, *fresh),
+            no_report,
+        } => run(&cli, manifest, ov, *fresh, !*no_report),
+        Command::Report {
+            experiment,
+            out,
+            images,
+            gallery_rows,
+        } => {
+            let opts = ReportOptions {
+                images: images.clone(),
+                gallery_rows: *gallery_rows,
+            };
+            report(&cli, experiment, out.as_deref(), &opts)
+        }
+        Command::Compare {
+            experiments,
+            only_changed,
+            sort,
+            csv,
+        } => compare(&cli, experiments, *only_changed, sort.clone(), *csv),
         Command::Datasets {
             name,
             manifest,
@@ -278,10 +339,21 @@ fn plan(cli: &Cli, manifest: &Path, ov: &Overrides, json: bool) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-fn run(cli: &Cli, manifest: &Path, ov: &Overrides, fresh: bool) -> Result<i32> {
+fn run(cli: &Cli, manifest: &Path, ov: &Overrides, fresh: bool, with_report: bool) -> Result<i32> {
     let m = load(manifest, ov)?;
-    let report = runner(cli, manifest, fresh)?.run(&m)?;
+    let runner = runner(cli, manifest, fresh)?;
+    let report = runner.run(&m)?;
     print_report(&report, true);
+    if with_report {
+        let exp = Experiment::load(&cli.work_dir.join(m.name()))?;
+        let w = crate::report::build(
+            &exp,
+            Some(runner.registry()),
+            &cli.reports_dir.join(m.name()),
+            &ReportOptions::default(),
+        )?;
+        println!("report: {}", w.dir.join("index.html").display());
+    }
     let ran = report.ran();
     println!(
         "{ran} stage run(s), {} cached",
@@ -490,4 +562,82 @@ fn predict(run: &Path, images: &Path, out: &Path, device: Option<&str>) -> Resul
     } else {
         EXIT_RUN_FAILED
     })
+}
+
+/// Resolve an experiment argument: a manifest file, a folder holding `experiment.json`, or a
+/// name under the work dir. Returns the experiment folder and the registry to use.
+fn experiment_dir(cli: &Cli, arg: &str) -> Result<(PathBuf, Option<Registry>)> {
+    let p = Path::new(arg);
+    if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+        let m = load(p, &Overrides::default())?;
+        return Ok((cli.work_dir.join(m.name()), registry(cli, p).ok()));
+    }
+    let reg = registry(cli, Path::new("./x")).ok();
+    if p.join("experiment.json").is_file() {
+        return Ok((p.to_path_buf(), reg));
+    }
+    let d = cli.work_dir.join(arg);
+    if d.join("experiment.json").is_file() {
+        return Ok((d, reg));
+    }
+    let known: Vec<String> = std::fs::read_dir(&cli.work_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("experiment.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    Err(Error::Usage(format!(
+        "no experiment `{arg}`: not a manifest, not a folder with experiment.json, and not under {} \
+         (experiments there: {})",
+        cli.work_dir.display(),
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )))
+}
+
+fn report(cli: &Cli, experiment: &str, out: Option<&Path>, opts: &ReportOptions) -> Result<i32> {
+    let (dir, reg) = experiment_dir(cli, experiment)?;
+    let exp = Experiment::load(&dir)?;
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cli.reports_dir.join(&exp.name));
+    let w = crate::report::build(&exp, reg.as_ref(), &out, opts)?;
+    println!(
+        "report of `{}`: {} variant(s), {} figure(s), {} galler(ies) → {}",
+        exp.name,
+        w.variants,
+        w.figures,
+        w.galleries,
+        w.dir.join("index.html").display()
+    );
+    Ok(EXIT_OK)
+}
+
+fn compare(
+    cli: &Cli,
+    experiments: &[String],
+    only_changed: bool,
+    sort: Option<String>,
+    csv: bool,
+) -> Result<i32> {
+    let mut exps = Vec::new();
+    for e in experiments {
+        let (dir, _) = experiment_dir(cli, e)?;
+        exps.push(Experiment::load(&dir)?);
+    }
+    let c = crate::report::compare::compare(&exps, &CompareOptions { only_changed, sort })?;
+    if csv {
+        let mut w = csv::Writer::from_writer(std::io::stdout());
+        let io = |e: csv::Error| Error::io("stdout", std::io::Error::other(e));
+        w.write_record(&c.headers).map_err(io)?;
+        for r in &c.rows {
+            w.write_record(r).map_err(io)?;
+        }
+        w.flush().map_err(|e| Error::io("stdout", e))?;
+    } else {
+        let h: Vec<&str> = c.headers.iter().map(String::as_str).collect();
+        print!("{}", table::text(&h, &c.rows));
+    }
+    Ok(EXIT_OK)
 }

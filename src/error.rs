@@ -55,6 +55,9 @@ pub enum Error {
     /// Tensor library failure.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A figure could not be drawn.
+    #[error("figure: {0}")]
+    Figure(String),
     /// Table library failure.
     #[error("table error: {0}")]
     Polars(#[from] polars::error::PolarsError),
@@ -81,9 +84,11 @@ impl Error {
             Error::Config(_) | Error::Dataset(_) | Error::Usage(_) | Error::Weights { .. } => {
                 EXIT_BAD_INPUT
             }
-            Error::Io { .. } | Error::Stage { .. } | Error::Candle(_) | Error::Polars(_) => {
-                EXIT_RUN_FAILED
-            }
+            Error::Io { .. }
+            | Error::Stage { .. }
+            | Error::Candle(_)
+            | Error::Polars(_)
+            | Error::Figure(_) => EXIT_RUN_FAILED,
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! Data flows one way:
 //! [`config`] (manifest → resolved variants) → [`runner`] (plan, stages, cache, run dirs) →
-//! [`data`] (registry, scan, split, synthetic data) → [`table`] (polars tables).
+//! [`data`] (registry, scan, split, synthetic data) → [`table`] (polars tables) → [`report`]
+//! (tables, figures, galleries, HTML).
 //! The binary (`src/main.rs`) only parses arguments and calls [`cli::dispatch`].
 //!
 //! Exit codes are an API: [`error::EXIT_OK`] (0), [`error::EXIT_RUN_FAILED`] (1),
@@ -23,6 +24,7 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod progress;
+pub mod report;
 pub mod runner;
 pub mod table;
 pub mod train;

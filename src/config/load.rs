@@ -22,6 +22,10 @@ pub const PROGRAM_ENV: &[&str] = &[
     "WSSS_WORK_DIR",
     "WSSS_DATASETS",
     "WSSS_CRASH_AT",
+    "WSSS_REPORTS_DIR",
+    "WSSS_ARTIFACTS_DIR",
+    "WSSS_REQUIRE_BROWSER",
+    "WSSS_REQUIRE_READERS",
 ];
 
 /// Overrides applied on top of the manifest files.

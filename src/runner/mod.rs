@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use cache::{Cache, Outcome};
 pub use cam_stage::CamStage;
@@ -88,7 +88,7 @@ pub struct Runner {
 }
 
 /// The state of one stage of one variant in a plan or a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageState {
     /// Stage name.
     pub stage: String,
@@ -101,7 +101,7 @@ pub struct StageState {
 }
 
 /// One variant of a plan or a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantReport {
     /// Variant id.
     pub id: String,
@@ -116,7 +116,7 @@ pub struct VariantReport {
 }
 
 /// What a plan or a run found or did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Experiment name.
     pub experiment: String,

@@ -53,6 +53,7 @@ synth = { patients_per_class = 3, images_per_patient = 3, size = 64, seed = 7 }
         let mut c = Command::cargo_bin("wsss").unwrap();
         c.current_dir(self.path())
             .env("WSSS_WORK_DIR", self.work())
+            .env("WSSS_REPORTS_DIR", self.path().join("reports"))
             .env("WSSS_DATASETS", self.path().join("datasets.toml"))
             .env_remove("WSSS_CRASH_AT")
             .env("WSSS_LOG", "warn");

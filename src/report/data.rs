@@ -1,0 +1,330 @@
+//! Reading a finished experiment back: `experiment.json`, and per variant its resolved config,
+//! `run.json`, the stage summaries and the stage tables of its run directory.
+//!
+//! Everything the report shows comes from files a run wrote, so a report can be rebuilt (or
+//! several experiments compared) at any time without recomputing anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::runner::Report;
+use crate::table;
+
+/// Stage tables a run directory may hold (each `<name>.parquet`).
+pub const TABLES: &[&str] = &[
+    "split",
+    "history",
+    "predictions",
+    "classify_metrics",
+    "cam_curve",
+    "cam_quality",
+    "pseudo_images",
+    "pseudo_metrics",
+    "segment_history",
+    "seg_images",
+    "seg_metrics",
+];
+
+/// One variant's run, read back from its run directory.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    /// Variant id.
+    pub id: String,
+    /// Config hash.
+    pub hash: String,
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// The failure message, if the variant failed.
+    pub error: Option<String>,
+    /// The resolved config flattened to `section.key → value` (strings, as written in TOML).
+    pub config: BTreeMap<String, String>,
+    /// The resolved config as written (`config.toml`).
+    pub config_text: String,
+    /// Cache key per stage (from `run.json`): variants with equal keys share that output.
+    pub stage_keys: BTreeMap<String, String>,
+    /// Dataset root recorded in `run.json`.
+    pub dataset_root: Option<PathBuf>,
+    /// `<stage>_summary.json` contents by stage.
+    pub summaries: BTreeMap<String, serde_json::Value>,
+    /// Stage tables by name (see [`TABLES`]); absent when the stage did not run.
+    pub tables: BTreeMap<String, DataFrame>,
+}
+
+impl RunData {
+    /// A stage table, if the run has it.
+    pub fn table(&self, name: &str) -> Option<&DataFrame> {
+        self.tables.get(name)
+    }
+
+    /// A config value (`"cam.threshold"`), if set.
+    pub fn cfg(&self, key: &str) -> Option<&str> {
+        self.config.get(key).map(String::as_str)
+    }
+
+    /// A numeric field of a stage summary.
+    pub fn summary_num(&self, stage: &str, field: &str) -> Option<f64> {
+        self.summaries.get(stage)?.get(field)?.as_f64()
+    }
+
+    /// The split the report scores on: `valid` if the run has one, else `test`, else `train`.
+    pub fn eval_split(&self) -> String {
+        let splits: BTreeSet<String> = self
+            .table("split")
+            .and_then(|t| strs(t, "split"))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for s in ["valid", "test", "train"] {
+            if splits.contains(s) {
+                return s.into();
+            }
+        }
+        "valid".into()
+    }
+
+    /// Name of the positive class: the last `p_<class>` column of the predictions (classes
+    /// are stored negative first).
+    pub fn positive_class(&self) -> Option<String> {
+        let t = self.table("predictions")?;
+        t.get_column_names()
+            .iter()
+            .filter_map(|c| c.as_str().strip_prefix("p_").map(str::to_string))
+            .next_back()
+    }
+
+    /// `value` of the row of a `(split, metric, value)` table (with optional extra filter
+    /// column == value).
+    pub fn metric(
+        &self,
+        table: &str,
+        split: &str,
+        metric: &str,
+        filter: Option<(&str, &str)>,
+    ) -> Option<f64> {
+        let t = self.table(table)?;
+        let sp = strs(t, "split")?;
+        let me = strs(t, "metric")?;
+        let va = nums(t, "value")?;
+        let fc = match filter {
+            Some((c, _)) => Some(strs(t, c)?),
+            None => None,
+        };
+        (0..sp.len())
+            .find(|&i| {
+                sp[i] == split
+                    && me[i] == metric
+                    && match (&fc, filter) {
+                        (Some(col), Some((_, want))) => col[i] == want,
+                        _ => true,
+                    }
+            })
+            .map(|i| va[i])
+    }
+}
+
+/// A finished (or partly finished) experiment.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// Experiment name.
+    pub name: String,
+    /// `<work_dir>/<experiment>`.
+    pub dir: PathBuf,
+    /// Variants in manifest order.
+    pub variants: Vec<RunData>,
+}
+
+impl Experiment {
+    /// Read `<dir>/experiment.json` and every run directory it lists.
+    pub fn load(dir: &Path) -> Result<Experiment> {
+        let path = dir.join("experiment.json");
+        let bytes = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Usage(format!(
+                    "{} not found: run the experiment first (`wsss run MANIFEST`)",
+                    path.display()
+                ))
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        let report: Report = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Usage(format!("{}: not an experiment record: {e}", path.display()))
+        })?;
+        let mut variants = Vec::new();
+        for v in &report.variants {
+            // run_dir was recorded relative to where `wsss run` ran; the folder name is stable.
+            let run_dir = v
+                .run_dir
+                .file_name()
+                .map(|n| dir.join(n))
+                .unwrap_or_else(|| v.run_dir.clone());
+            variants.push(load_run(&v.id, &v.hash, &run_dir, v.error.clone())?);
+        }
+        Ok(Experiment {
+            name: report.experiment,
+            dir: dir.to_path_buf(),
+            variants,
+        })
+    }
+
+    /// Config keys whose values differ between variants (the swept parameters), in key order.
+    pub fn varying_keys(&self) -> Vec<String> {
+        varying(self.variants.iter().map(|v| &v.config))
+    }
+}
+
+/// Keys whose values differ across configs (a key missing in some config counts as differing).
+pub fn varying<'a>(configs: impl Iterator<Item = &'a BTreeMap<String, String>>) -> Vec<String> {
+    let configs: Vec<_> = configs.collect();
+    let keys: BTreeSet<&String> = configs.iter().flat_map(|c| c.keys()).collect();
+    keys.into_iter()
+        .filter(|k| !matches!(k.as_str(), "name" | "description"))
+        .filter(|k| {
+            let vals: BTreeSet<Option<&String>> = configs.iter().map(|c| c.get(*k)).collect();
+            vals.len() > 1
+        })
+        .cloned()
+        .collect()
+}
+
+fn load_run(id: &str, hash: &str, run_dir: &Path, error: Option<String>) -> Result<RunData> {
+    let config_path = run_dir.join("config.toml");
+    let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
+    let config = toml::from_str::<toml::Table>(&config_text)
+        .map(|t| flatten(&t))
+        .unwrap_or_default();
+    let mut stage_keys = BTreeMap::new();
+    let mut dataset_root = None;
+    if let Ok(bytes) = std::fs::read(run_dir.join("run.json")) {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            for s in v["stages"].as_array().into_iter().flatten() {
+                if let (Some(n), Some(k)) = (s["stage"].as_str(), s["key"].as_str()) {
+                    stage_keys.insert(n.to_string(), k.to_string());
+                }
+            }
+            dataset_root = v["dataset"]["root"].as_str().map(PathBuf::from);
+        }
+    }
+    let mut summaries = BTreeMap::new();
+    let mut tables = BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(run_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(stage) = name.strip_suffix("_summary.json") {
+                if let Ok(v) = std::fs::read(e.path())
+                    .map_err(|_| ())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|_| ()))
+                {
+                    summaries.insert(stage.to_string(), v);
+                }
+            }
+        }
+    }
+    for t in TABLES {
+        let p = run_dir.join(format!("{t}.parquet"));
+        if p.exists() {
+            tables.insert(t.to_string(), table::read_parquet(&p)?);
+        }
+    }
+    Ok(RunData {
+        id: id.into(),
+        hash: hash.into(),
+        run_dir: run_dir.to_path_buf(),
+        error,
+        config,
+        config_text,
+        stage_keys,
+        dataset_root,
+        summaries,
+        tables,
+    })
+}
+
+/// Flatten nested TOML tables to dotted keys; values as TOML writes them (strings unquoted).
+pub fn flatten(t: &toml::Table) -> BTreeMap<String, String> {
+    fn go(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, String>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(sub) => go(&key, sub, out),
+                toml::Value::String(s) => {
+                    out.insert(key, s.clone());
+                }
+                other => {
+                    out.insert(key, other.to_string());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go("", t, &mut out);
+    out
+}
+
+/// A column as strings (numbers and booleans formatted); `None` if absent.
+pub fn strs(df: &DataFrame, name: &str) -> Option<Vec<String>> {
+    let c = df.column(name).ok()?;
+    let s = c.as_materialized_series();
+    Some(
+        (0..s.len())
+            .map(|i| match s.get(i) {
+                Ok(AnyValue::String(v)) => v.to_string(),
+                Ok(AnyValue::StringOwned(v)) => v.to_string(),
+                Ok(AnyValue::Null) | Err(_) => String::new(),
+                Ok(v) => v.to_string(),
+            })
+            .collect(),
+    )
+}
+
+/// A column as `f64` (booleans as 0/1, nulls and non-numbers as NaN); `None` if absent.
+pub fn nums(df: &DataFrame, name: &str) -> Option<Vec<f64>> {
+    let c = df.column(name).ok()?;
+    let s = c.as_materialized_series();
+    Some(
+        (0..s.len())
+            .map(|i| match s.get(i) {
+                Ok(AnyValue::Boolean(b)) => f64::from(u8::from(b)),
+                Ok(v) => v.extract::<f64>().unwrap_or(f64::NAN),
+                Err(_) => f64::NAN,
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flatten_nested_tables() {
+        let t: toml::Table = toml::from_str(
+            "name = \"x\"\n[cam]\nthreshold = 0.7\nmethod = \"cam\"\n[a.b]\nc = [1, 2]\n",
+        )
+        .unwrap();
+        let f = flatten(&t);
+        assert_eq!(f["cam.threshold"], "0.7");
+        assert_eq!(f["cam.method"], "cam");
+        assert_eq!(f["a.b.c"], "[1, 2]");
+        assert_eq!(f["name"], "x");
+    }
+
+    #[test]
+    fn varying_keys_ignore_equal_values() {
+        let a: BTreeMap<String, String> =
+            [("x".into(), "1".into()), ("y".into(), "2".into())].into();
+        let b: BTreeMap<String, String> =
+            [("x".into(), "1".into()), ("y".into(), "3".into())].into();
+        let c: BTreeMap<String, String> = [("x".into(), "1".into())].into();
+        assert_eq!(varying([&a, &b].into_iter()), vec!["y".to_string()]);
+        assert_eq!(varying([&a, &c].into_iter()), vec!["y".to_string()]);
+        assert!(varying([&a, &a].into_iter()).is_empty());
+    }
+}

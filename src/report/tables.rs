@@ -1,0 +1,560 @@
+//! The experiment's tables, built from its run directories (all long or one-row-per-thing, all
+//! with a `variant` column, so variants stack and experiments join):
+//!
+//! | table | one row per |
+//! |---|---|
+//! | `summary` | variant: swept parameters, key held-out metrics, compute time |
+//! | `metrics` | variant × stage × split × metric × class × epoch (`epoch` null for final values) |
+//! | `curves` | the per-epoch rows of `metrics` (training curves) |
+//! | `images` | variant × image: class, prediction, probabilities, CAM / pseudo-label / segmentation IoU |
+//! | `configs` | variant: the resolved config flattened to `section.key` columns |
+//! | `misclassified` | variant × misclassified image, with its confidence and patient |
+//! | `patient_errors` | variant × split × patient: images, errors, error rate |
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use polars::prelude::*;
+
+use super::data::{nums, strs, Experiment, RunData};
+use crate::error::Result;
+use crate::table::TableBuilder;
+
+/// Key metrics of the summary, in column order: (column, meaning).
+pub const KEY_METRICS: &[(&str, &str)] = &[
+    ("accuracy", "image-level classification accuracy"),
+    ("f1", "F1 of the positive class"),
+    ("auc", "ROC AUC of the positive class"),
+    ("cam_auc", "area under the CAM mIoU-vs-threshold curve"),
+    ("cam_best_threshold", "threshold with the best CAM mIoU"),
+    ("pseudo_miou", "pseudo-label mIoU"),
+    ("seg_miou", "segmentation mIoU (DeepLab V3+)"),
+    ("seg_dice", "segmentation Dice of the foreground"),
+];
+
+/// One row of the summary.
+#[derive(Debug, Clone)]
+pub struct SummaryRow {
+    /// Experiment name.
+    pub experiment: String,
+    /// Variant id.
+    pub variant: String,
+    /// Config hash.
+    pub hash: String,
+    /// `ok` or `failed`.
+    pub status: String,
+    /// The split the metrics are on.
+    pub split: String,
+    /// Metric columns by name ([`KEY_METRICS`] then `<baseline>_miou`), NaN where absent.
+    pub metrics: BTreeMap<String, f64>,
+    /// Seconds of compute over the stages (as measured when each ran, cached or not).
+    pub compute_s: f64,
+    /// The resolved config, flattened.
+    pub config: BTreeMap<String, String>,
+    /// Run directory.
+    pub run_dir: String,
+}
+
+/// The summary row of one run.
+pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
+    let split = r.eval_split();
+    let s = split.as_str();
+    let mut m = BTreeMap::new();
+    let img = Some(("level", "image"));
+    let seg = Some(("source", "segmenter"));
+    let values = [
+        ("accuracy", r.metric("classify_metrics", s, "accuracy", img)),
+        ("f1", r.metric("classify_metrics", s, "f1", img)),
+        ("auc", r.metric("classify_metrics", s, "auc", img)),
+        ("cam_auc", r.metric("cam_quality", s, "miou_auc", None)),
+        (
+            "cam_best_threshold",
+            r.metric("cam_quality", s, "best_threshold", None),
+        ),
+        ("pseudo_miou", r.metric("pseudo_metrics", s, "miou", None)),
+        ("seg_miou", r.metric("seg_metrics", s, "miou", seg)),
+        (
+            "seg_dice",
+            r.metric("seg_metrics", s, "dice_foreground", seg),
+        ),
+    ];
+    for (k, v) in values {
+        m.insert(k.to_string(), v.unwrap_or(f64::NAN));
+    }
+    for source in baseline_sources(r) {
+        m.insert(
+            format!("{source}_miou"),
+            r.metric("seg_metrics", s, "miou", Some(("source", &source)))
+                .unwrap_or(f64::NAN),
+        );
+    }
+    let compute_s = ["classify", "cam", "pseudo", "segment", "evaluate"]
+        .iter()
+        .filter_map(|st| r.summary_num(st, "seconds"))
+        .sum();
+    SummaryRow {
+        experiment: exp.into(),
+        variant: r.id.clone(),
+        hash: r.hash.clone(),
+        status: if r.error.is_some() { "failed" } else { "ok" }.into(),
+        split,
+        metrics: m,
+        compute_s,
+        config: r.config.clone(),
+        run_dir: r.run_dir.display().to_string(),
+    }
+}
+
+/// Sources of `seg_metrics` other than the segmenter and the pseudo labels: baselines scored
+/// on the same images.
+pub fn baseline_sources(r: &RunData) -> Vec<String> {
+    let Some(t) = r.table("seg_metrics") else {
+        return vec![];
+    };
+    let mut out: Vec<String> = Vec::new();
+    for s in strs(t, "source").unwrap_or_default() {
+        if s != "segmenter" && s != "pseudo" && !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// Metric column names present in any row, in display order.
+pub fn metric_columns(rows: &[SummaryRow]) -> Vec<String> {
+    let mut cols: Vec<String> = KEY_METRICS.iter().map(|(k, _)| k.to_string()).collect();
+    let extra: BTreeSet<&String> = rows
+        .iter()
+        .flat_map(|r| r.metrics.keys())
+        .filter(|k| !KEY_METRICS.iter().any(|(m, _)| m == k))
+        .collect();
+    cols.extend(extra.into_iter().cloned());
+    cols
+}
+
+/// The summary as a table: identity, the given parameter columns, metrics, time, run dir.
+pub fn summary_frame(rows: &[SummaryRow], params: &[String]) -> Result<DataFrame> {
+    let col = |f: &dyn Fn(&SummaryRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let mut b = TableBuilder::new()
+        .str("experiment", col(&|r| r.experiment.clone()))
+        .str("variant", col(&|r| r.variant.clone()))
+        .str("hash", col(&|r| r.hash.clone()))
+        .str("status", col(&|r| r.status.clone()));
+    for p in params {
+        b = b.str(p, col(&|r| r.config.get(p).cloned().unwrap_or_default()));
+    }
+    b = b.str("split", col(&|r| r.split.clone()));
+    for m in metric_columns(rows) {
+        b = b.f64(
+            &m,
+            rows.iter()
+                .map(|r| r.metrics.get(&m).copied().unwrap_or(f64::NAN))
+                .collect(),
+        );
+    }
+    b.f64("compute_s", rows.iter().map(|r| r.compute_s).collect())
+        .str("run_dir", col(&|r| r.run_dir.clone()))
+        .build()
+}
+
+/// Long-format rows of `metrics` / `curves`.
+#[derive(Default)]
+struct Long {
+    variant: Vec<String>,
+    stage: Vec<String>,
+    split: Vec<String>,
+    metric: Vec<String>,
+    class: Vec<Option<String>>,
+    epoch: Vec<Option<u32>>,
+    value: Vec<f64>,
+}
+
+impl Long {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        variant: &str,
+        stage: &str,
+        split: &str,
+        metric: &str,
+        epoch: Option<u32>,
+        value: f64,
+    ) {
+        let (metric, class) = split_class(metric);
+        self.variant.push(variant.into());
+        self.stage.push(stage.into());
+        self.split.push(split.into());
+        self.metric.push(metric);
+        self.class.push(class);
+        self.epoch.push(epoch);
+        self.value.push(value);
+    }
+
+    fn frame(self) -> Result<DataFrame> {
+        Ok(DataFrame::new_infer_height(vec![
+            Column::new("variant".into(), self.variant),
+            Column::new("stage".into(), self.stage),
+            Column::new("split".into(), self.split),
+            Column::new("metric".into(), self.metric),
+            Column::new("class".into(), self.class),
+            Column::new("epoch".into(), self.epoch),
+            Column::new("value".into(), self.value),
+        ])?)
+    }
+}
+
+/// `iou_foreground` → (`iou`, `foreground`); metrics without a class suffix keep `None`.
+fn split_class(metric: &str) -> (String, Option<String>) {
+    for class in ["background", "foreground"] {
+        if let Some(m) = metric.strip_suffix(&format!("_{class}")) {
+            return (m.to_string(), Some(class.to_string()));
+        }
+    }
+    (metric.to_string(), None)
+}
+
+/// Append the rows of a `(split, [filter,] metric, value)` stage table.
+fn add_metric_table(
+    long: &mut Long,
+    r: &RunData,
+    table: &str,
+    stage: &str,
+    prefix_col: Option<(&str, &str)>,
+) {
+    let Some(t) = r.table(table) else { return };
+    let (Some(sp), Some(me), Some(va)) = (strs(t, "split"), strs(t, "metric"), nums(t, "value"))
+    else {
+        return;
+    };
+    let extra = prefix_col.and_then(|(c, _)| strs(t, c));
+    for i in 0..sp.len() {
+        let metric = match (&extra, prefix_col) {
+            // classify_metrics: image-level metrics keep their name, patient-level get a prefix
+            (Some(col), Some((_, keep))) if col[i] != keep => format!("{}_{}", col[i], me[i]),
+            _ => me[i].clone(),
+        };
+        long.push(&r.id, stage, &sp[i], &metric, None, va[i]);
+    }
+}
+
+/// Append per-epoch rows of a history table: `columns` maps a column to (split, metric).
+fn add_history(
+    long: &mut Long,
+    r: &RunData,
+    table: &str,
+    stage: &str,
+    columns: &[(&str, &str, &str)],
+) {
+    let Some(t) = r.table(table) else { return };
+    let Some(ep) = nums(t, "epoch") else { return };
+    for (col, split, metric) in columns {
+        if let Some(v) = nums(t, col) {
+            for (e, x) in ep.iter().zip(v) {
+                long.push(&r.id, stage, split, metric, Some(*e as u32), x);
+            }
+        }
+    }
+}
+
+/// The long `metrics` table (final values and per-epoch curves) and its per-epoch subset.
+pub fn metrics(exp: &Experiment) -> Result<(DataFrame, DataFrame)> {
+    let mut fin = Long::default();
+    let mut cur = Long::default();
+    for r in &exp.variants {
+        add_metric_table(
+            &mut fin,
+            r,
+            "classify_metrics",
+            "classify",
+            Some(("level", "image")),
+        );
+        add_metric_table(&mut fin, r, "cam_quality", "cam", None);
+        add_metric_table(&mut fin, r, "pseudo_metrics", "pseudo", None);
+        if let Some(t) = r.table("seg_metrics") {
+            let (Some(sp), Some(so), Some(me), Some(va)) = (
+                strs(t, "split"),
+                strs(t, "source"),
+                strs(t, "metric"),
+                nums(t, "value"),
+            ) else {
+                continue;
+            };
+            for i in 0..sp.len() {
+                let stage = match so[i].as_str() {
+                    "segmenter" => "segment".to_string(),
+                    // the pseudo labels are already in from their own stage
+                    "pseudo" => continue,
+                    other => format!("baseline:{other}"),
+                };
+                fin.push(&r.id, &stage, &sp[i], &me[i], None, va[i]);
+            }
+        }
+        add_history(
+            &mut cur,
+            r,
+            "history",
+            "classify",
+            &[
+                ("train_loss", "train", "loss"),
+                ("valid_loss", "valid", "loss"),
+                ("train_accuracy", "train", "accuracy"),
+                ("valid_accuracy", "valid", "accuracy"),
+                ("valid_balanced_accuracy", "valid", "balanced_accuracy"),
+                ("valid_auc", "valid", "auc"),
+                ("lr", "train", "lr"),
+            ],
+        );
+        add_history(
+            &mut cur,
+            r,
+            "segment_history",
+            "segment",
+            &[
+                ("loss", "train", "loss"),
+                ("label_accuracy", "train", "label_accuracy"),
+                ("lr", "train", "lr"),
+            ],
+        );
+    }
+    let curves = cur.frame()?;
+    let mut all = fin.frame()?;
+    all.vstack_mut(&curves)?;
+    Ok((all, curves))
+}
+
+/// The per-image table of every variant.
+pub fn images(exp: &Experiment) -> Result<DataFrame> {
+    let mut variant = Vec::new();
+    let (mut id, mut patient, mut class, mut split, mut predicted) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut p_pos, mut correct, mut cam_iou, mut fg, mut pseudo_miou, mut seg_iou, mut seg_miou) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for r in &exp.variants {
+        let Some(pred) = r.table("predictions") else {
+            continue;
+        };
+        let pos = r.positive_class().unwrap_or_default();
+        let ids = strs(pred, "id").unwrap_or_default();
+        let get = |t: Option<&DataFrame>, col: &str| -> BTreeMap<String, f64> {
+            t.and_then(|t| Some(strs(t, "id")?.into_iter().zip(nums(t, col)?).collect()))
+                .unwrap_or_default()
+        };
+        let cam = get(r.table("pseudo_images"), "iou_foreground");
+        let fgf = get(r.table("pseudo_images"), "fg_fraction");
+        let pm = get(r.table("pseudo_images"), "miou");
+        let si = get(r.table("seg_images"), "iou_foreground");
+        let sm = get(r.table("seg_images"), "miou");
+        let col = |c: &str| strs(pred, c).unwrap_or_else(|| vec![String::new(); ids.len()]);
+        let (pa, cl, sp, pr, co) = (
+            col("patient"),
+            col("class"),
+            col("split"),
+            col("predicted"),
+            col("correct"),
+        );
+        let pp = nums(pred, &format!("p_{pos}")).unwrap_or_else(|| vec![f64::NAN; ids.len()]);
+        for i in 0..ids.len() {
+            let k = &ids[i];
+            variant.push(r.id.clone());
+            id.push(k.clone());
+            patient.push(pa[i].clone());
+            class.push(cl[i].clone());
+            split.push(sp[i].clone());
+            predicted.push(pr[i].clone());
+            p_pos.push(pp[i]);
+            correct.push(co[i] == "true");
+            let nan = |m: &BTreeMap<String, f64>| m.get(k).copied().unwrap_or(f64::NAN);
+            cam_iou.push(nan(&cam));
+            fg.push(nan(&fgf));
+            pseudo_miou.push(nan(&pm));
+            seg_iou.push(nan(&si));
+            seg_miou.push(nan(&sm));
+        }
+    }
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("variant".into(), variant),
+        Column::new("id".into(), id),
+        Column::new("patient".into(), patient),
+        Column::new("class".into(), class),
+        Column::new("split".into(), split),
+        Column::new("predicted".into(), predicted),
+        Column::new("p_positive".into(), p_pos),
+        Column::new("correct".into(), correct),
+        Column::new("cam_iou".into(), cam_iou),
+        Column::new("pseudo_fg_fraction".into(), fg),
+        Column::new("pseudo_miou".into(), pseudo_miou),
+        Column::new("seg_iou".into(), seg_iou),
+        Column::new("seg_miou".into(), seg_miou),
+    ])?)
+}
+
+/// The resolved config of every variant, flattened to one column per key.
+pub fn configs(exp: &Experiment) -> Result<DataFrame> {
+    let keys: BTreeSet<&String> = exp.variants.iter().flat_map(|v| v.config.keys()).collect();
+    let mut b = TableBuilder::new().str(
+        "variant",
+        exp.variants.iter().map(|v| v.id.clone()).collect(),
+    );
+    for k in keys {
+        b = b.str(
+            k,
+            exp.variants
+                .iter()
+                .map(|v| v.config.get(k).cloned().unwrap_or_default())
+                .collect(),
+        );
+    }
+    b.build()
+}
+
+/// One misclassified image of one variant.
+#[derive(Debug, Clone)]
+pub struct Miss {
+    /// Variant id.
+    pub variant: String,
+    /// Split.
+    pub split: String,
+    /// Image id.
+    pub id: String,
+    /// Patient.
+    pub patient: String,
+    /// True class.
+    pub class: String,
+    /// Predicted class.
+    pub predicted: String,
+    /// Probability of the predicted class.
+    pub confidence: f64,
+    /// Probability of the positive class.
+    pub p_positive: f64,
+}
+
+/// Every misclassified image of every variant, most confident errors first within a variant.
+pub fn misses(exp: &Experiment) -> Vec<Miss> {
+    let mut out = Vec::new();
+    for r in &exp.variants {
+        let Some(t) = r.table("predictions") else {
+            continue;
+        };
+        let pos = r.positive_class().unwrap_or_default();
+        let (Some(id), Some(pa), Some(cl), Some(sp), Some(pr), Some(co), Some(pp)) = (
+            strs(t, "id"),
+            strs(t, "patient"),
+            strs(t, "class"),
+            strs(t, "split"),
+            strs(t, "predicted"),
+            strs(t, "correct"),
+            nums(t, &format!("p_{pos}")),
+        ) else {
+            continue;
+        };
+        let mut mine: Vec<Miss> = (0..id.len())
+            .filter(|&i| co[i] != "true")
+            .map(|i| Miss {
+                variant: r.id.clone(),
+                split: sp[i].clone(),
+                id: id[i].clone(),
+                patient: pa[i].clone(),
+                class: cl[i].clone(),
+                predicted: pr[i].clone(),
+                confidence: if pr[i] == pos { pp[i] } else { 1.0 - pp[i] },
+                p_positive: pp[i],
+            })
+            .collect();
+        mine.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        out.extend(mine);
+    }
+    out
+}
+
+/// The misclassified images as a table.
+pub fn misclassified(misses: &[Miss]) -> Result<DataFrame> {
+    let c = |f: &dyn Fn(&Miss) -> String| misses.iter().map(f).collect::<Vec<_>>();
+    TableBuilder::new()
+        .str("variant", c(&|m| m.variant.clone()))
+        .str("split", c(&|m| m.split.clone()))
+        .str("id", c(&|m| m.id.clone()))
+        .str("patient", c(&|m| m.patient.clone()))
+        .str("class", c(&|m| m.class.clone()))
+        .str("predicted", c(&|m| m.predicted.clone()))
+        .f64("confidence", misses.iter().map(|m| m.confidence).collect())
+        .f64("p_positive", misses.iter().map(|m| m.p_positive).collect())
+        .build()
+}
+
+/// Errors per variant, split and patient (every patient listed, also those without errors).
+pub fn patient_errors(exp: &Experiment) -> Result<DataFrame> {
+    let (mut va, mut sp, mut pa, mut n, mut e, mut rate, mut mp) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for r in &exp.variants {
+        let Some(t) = r.table("predictions") else {
+            continue;
+        };
+        let pos = r.positive_class().unwrap_or_default();
+        let (Some(pat), Some(spl), Some(co), Some(pp)) = (
+            strs(t, "patient"),
+            strs(t, "split"),
+            strs(t, "correct"),
+            nums(t, &format!("p_{pos}")),
+        ) else {
+            continue;
+        };
+        let mut groups: BTreeMap<(String, String), (u32, u32, f64)> = BTreeMap::new();
+        for i in 0..pat.len() {
+            let g = groups
+                .entry((spl[i].clone(), pat[i].clone()))
+                .or_insert((0, 0, 0.0));
+            g.0 += 1;
+            g.1 += u32::from(co[i] != "true");
+            g.2 += pp[i];
+        }
+        for ((s, p), (count, errs, psum)) in groups {
+            va.push(r.id.clone());
+            sp.push(s);
+            pa.push(p);
+            n.push(count);
+            e.push(errs);
+            rate.push(f64::from(errs) / f64::from(count));
+            mp.push(psum / f64::from(count));
+        }
+    }
+    TableBuilder::new()
+        .str("variant", va)
+        .str("split", sp)
+        .str("patient", pa)
+        .u32("images", n)
+        .u32("errors", e)
+        .f64("error_rate", rate)
+        .f64("mean_p_positive", mp)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_suffix_is_split_off() {
+        assert_eq!(
+            split_class("iou_foreground"),
+            ("iou".to_string(), Some("foreground".to_string()))
+        );
+        assert_eq!(
+            split_class("dice_background"),
+            ("dice".to_string(), Some("background".to_string()))
+        );
+        assert_eq!(split_class("miou"), ("miou".to_string(), None));
+    }
+}
