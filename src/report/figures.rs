@@ -870,6 +870,8 @@ fn miou_bars(exp: &Experiment, dir: &Path) -> Result<bool> {
         .map(|r| {
             baseline_sources(r)
                 .into_iter()
+                // the gated segmenter differs per variant: it is a result, not a reference
+                .filter(|s| s != "gated_segmenter")
                 .filter_map(|s| {
                     let v =
                         r.metric("seg_metrics", &r.eval_split(), "miou", Some(("source", &s)))?;

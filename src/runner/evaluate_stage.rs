@@ -2,6 +2,11 @@
 //! and, on every split with masks, the dataset-level scores of the predictions and of the
 //! pseudo labels side by side — how much the segmenter recovers beyond the labels it learnt
 //! from. See [`crate::metrics::segmentation`] for how background and ignore are counted.
+//!
+//! Baselines are scored on the same pixels, so a number means something: `all_background`,
+//! `all_foreground`, `otsu` (Otsu on the haematoxylin channel) and, where negative images are
+//! all background by protocol (the talk's), `gated_otsu` and `gated_segmenter` — the same
+//! predictions with every image the classifier calls negative set to background.
 
 use std::path::Path;
 use std::time::Instant;
@@ -13,8 +18,10 @@ use super::segment_stage::WEIGHTS;
 use super::stage::{Stage, StageInput};
 use crate::cam;
 use crate::data::loader::Images;
+use crate::data::registry::NegativeMasks;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
+use crate::metrics::baselines;
 use crate::metrics::segmentation::Confusion;
 use crate::table::{self, TableBuilder};
 use crate::train::segment::Segmenter;
@@ -36,6 +43,36 @@ const PUBLISHED: &[&str] = &[
     "evaluate_summary.json",
 ];
 
+/// Sources scored in `seg_metrics`, in order: the segmenter, its training labels, then the
+/// baselines (the `gated_*` ones only where negative images are all background).
+pub const SOURCES: [&str; 7] = [
+    "segmenter",
+    "pseudo",
+    "all_background",
+    "all_foreground",
+    "otsu",
+    "gated_segmenter",
+    "gated_otsu",
+];
+
+/// Ids of the images the classifier calls negative (its `predictions` table).
+fn classifier_negatives(
+    classify_dir: &Path,
+    positive: &str,
+) -> Result<std::collections::BTreeSet<String>> {
+    let df = table::read_parquet(&classify_dir.join("predictions.parquet"))?;
+    let ids = df.column("id")?.str()?;
+    let pred = df.column("predicted")?.str()?;
+    Ok(ids
+        .iter()
+        .zip(pred.iter())
+        .filter_map(|(i, p)| match (i, p) {
+            (Some(i), Some(p)) if p != positive => Some(i.to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The image with predicted foreground tinted red.
 pub fn overlay(img: &RgbImage, labels: &GrayImage) -> RgbImage {
     let mut o = img.clone();
@@ -56,10 +93,10 @@ impl Stage for EvaluateStage {
         "evaluate"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn upstream(&self) -> &'static [&'static str] {
-        &["data", "pseudo", "segment"]
+        &["data", "classify", "pseudo", "segment"]
     }
     fn config_slice(&self, input: &StageInput) -> serde_json::Value {
         let s = &input.variant.config.segmentation;
@@ -78,6 +115,15 @@ impl Stage for EvaluateStage {
             &input.upstream_dir("segment")?.join(WEIGHTS),
         )?;
         let pseudo_dir = input.upstream_dir("pseudo")?.join(LABEL_DIR);
+        let gate = idx.spec.negative_masks == NegativeMasks::Background;
+        let called_negative = if gate {
+            classifier_negatives(
+                input.upstream_dir("classify")?,
+                &idx.spec.classes[idx.spec.positive],
+            )?
+        } else {
+            Default::default()
+        };
         let (pred_dir, ov_dir) = (out.join(PRED_DIR), out.join(OVERLAY_DIR));
         mkdirs(&pred_dir)?;
         mkdirs(&ov_dir)?;
@@ -106,14 +152,29 @@ impl Stage for EvaluateStage {
                 .map_err(|e| Error::io(&op, std::io::Error::other(e)))?;
             let gt = mask::ground_truth_sized(&idx.spec, smp, pred.dimensions())?;
             let pseudo = cam::read_labels(&pseudo_dir.join(format!("{stem}.png")))?;
-            let (mut cp, mut cs) = (None, None);
+            let mut conf: Vec<Option<Confusion>> = vec![None; SOURCES.len()];
             if let Some(gt) = &gt {
-                let mut a = Confusion::new(2);
-                a.add(gt.as_raw(), pred.as_raw());
-                let mut b = Confusion::new(2);
-                b.add(gt.as_raw(), pseudo.as_raw());
-                cs = Some(a);
-                cp = Some(b);
+                let (w, h) = pred.dimensions();
+                let otsu = baselines::otsu_haematoxylin(&img);
+                let negative = gate && called_negative.contains(smp.id.as_str());
+                let bg = baselines::constant(w, h, 0);
+                let maps: [&GrayImage; 7] = [
+                    &pred,
+                    &pseudo,
+                    &bg,
+                    &baselines::constant(w, h, 1),
+                    &otsu,
+                    if negative { &bg } else { &pred },
+                    if negative { &bg } else { &otsu },
+                ];
+                for (k, m) in maps.iter().enumerate() {
+                    if k >= 5 && !gate {
+                        continue;
+                    }
+                    let mut c = Confusion::new(2);
+                    c.add(gt.as_raw(), m.as_raw());
+                    conf[k] = Some(c);
+                }
             }
             let fg = pred.as_raw().iter().filter(|&&v| v == 1).count() as f64
                 / pred.as_raw().len().max(1) as f64;
@@ -121,8 +182,7 @@ impl Stage for EvaluateStage {
                 i,
                 split.get(&smp.patient).copied().unwrap_or(Split::Train),
                 fg,
-                cs,
-                cp,
+                conf,
             ));
             pb.inc(1);
         }
@@ -151,19 +211,19 @@ impl Stage for EvaluateStage {
             .f64(
                 "iou_foreground",
                 rows.iter()
-                    .map(|r| r.3.as_ref().map_or(nan, |c| c.scores().iou[1]))
+                    .map(|r| r.3[0].as_ref().map_or(nan, |c| c.scores().iou[1]))
                     .collect(),
             )
             .f64(
                 "miou",
                 rows.iter()
-                    .map(|r| r.3.as_ref().map_or(nan, |c| c.scores().miou))
+                    .map(|r| r.3[0].as_ref().map_or(nan, |c| c.scores().miou))
                     .collect(),
             )
             .f64(
                 "pseudo_miou",
                 rows.iter()
-                    .map(|r| r.4.as_ref().map_or(nan, |c| c.scores().miou))
+                    .map(|r| r.3[1].as_ref().map_or(nan, |c| c.scores().miou))
                     .collect(),
             )
             .build()?;
@@ -173,11 +233,11 @@ impl Stage for EvaluateStage {
             (vec![], vec![], vec![], vec![]);
         let mut summary = serde_json::Map::new();
         for sp in [Split::Train, Split::Valid, Split::Test] {
-            for (source, pick) in [("segmenter", 3usize), ("pseudo", 4)] {
+            for (k, source) in SOURCES.iter().enumerate() {
                 let mut cm = Confusion::new(2);
                 let mut any = false;
                 for r in rows.iter().filter(|r| r.1 == sp) {
-                    if let Some(c) = if pick == 3 { &r.3 } else { &r.4 } {
+                    if let Some(c) = &r.3[k] {
                         cm.merge(c);
                         any = true;
                     }
@@ -186,19 +246,19 @@ impl Stage for EvaluateStage {
                     continue;
                 }
                 let sc = cm.scores();
-                let key = if source == "segmenter" {
+                let key = if *source == "segmenter" {
                     format!("{sp}_miou")
                 } else {
-                    format!("{sp}_pseudo_miou")
+                    format!("{sp}_{source}_miou")
                 };
                 summary.insert(key, sc.miou.into());
-                if source == "segmenter" {
+                if *source == "segmenter" {
                     summary.insert(format!("{sp}_dice_foreground"), sc.dice[1].into());
                 }
-                for (k, v) in sc.pairs() {
+                for (name, v) in sc.pairs() {
                     m_split.push(sp.to_string());
                     m_source.push(source.to_string());
-                    m_metric.push(k);
+                    m_metric.push(name);
                     m_value.push(v);
                 }
             }
