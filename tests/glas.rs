@@ -105,26 +105,76 @@ fn glas_masks_follow_the_talk_protocol() {
     );
 }
 
+/// The talk's protocol manifest itself (`experiments/glas-talk.toml`: 3 seeds × weak/full),
+/// shrunk to test size with overrides, end to end through the CLI: every stage, the baselines
+/// and the report — so the real-data path cannot silently break.
 #[test]
-fn glas_data_stage_runs_through_the_cli() {
-    require_glas!();
+fn glas_talk_manifest_runs_end_to_end_reduced() {
+    let shared = require_glas!();
     let sb = Sandbox::new();
-    let m = sb.write(
-        "g.toml",
-        "name = \"g\"\ndataset = \"glas\"\n[split]\nvalid_fraction = 0.2\ntest_fraction = 0.2\n[backbone]\nwidth = 0.0625\n[train]\nimage_size = 32\nepochs = 1\nbatch_size = 16\n[segmentation]\nwidth = 0.0625\ncrop_size = 256\nepochs = 1\n",
-    );
+    let manifest = repo().join("experiments/glas-talk.toml");
+    let mut args: Vec<&str> = vec!["run", manifest.to_str().unwrap()];
+    args.extend(TINY);
+    args.extend(["--set", "segmentation.crop_size=64"]);
     let o = sb
         .cmd()
         .env("WSSS_DATASETS", repo().join("datasets.toml"))
-        .env("WSSS_SHARED_DATA", shared_data().unwrap())
-        .args(["run", m.to_str().unwrap()])
+        .env("WSSS_SHARED_DATA", &shared)
+        .args(&args)
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let rd = first_dir(sb.work().join("g"));
+    let exp = sb.work().join("glas-talk");
+    let rd = std::fs::read_dir(&exp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.to_string_lossy()
+                .contains("supervision=pseudo,train.seed=0")
+        })
+        .unwrap();
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(rd.join("data_summary.json")).unwrap()).unwrap();
     assert_eq!(summary["images"], 129);
     assert_eq!(summary["patients"], 14);
     assert_eq!(summary["max_size"], serde_json::json!([775, 522]));
+    // held-out patients are reported, and none of them trains
+    let valid = summary["patients_per_split"]["valid"].as_array().unwrap();
+    let train = summary["patients_per_split"]["train"].as_array().unwrap();
+    assert_eq!(valid.len() + train.len(), 14);
+    assert!(valid.iter().all(|p| !train.contains(p)));
+    // the report: 6 variants, baselines beside the segmenter
+    let rep = sb.path().join("reports/glas-talk");
+    let df = wsss::table::read_parquet(&rep.join("summary.parquet")).unwrap();
+    assert_eq!(df.height(), 6);
+    for c in [
+        "seg_miou",
+        "pseudo_miou",
+        "otsu_miou",
+        "gated_otsu_miou",
+        "all_background_miou",
+        "all_foreground_miou",
+        "gated_segmenter_miou",
+    ] {
+        let v = wsss::report::data::nums(&df, c).unwrap_or_else(|| panic!("no column {c}"));
+        assert!(v.iter().all(|x| (0.0..=1.0).contains(x)), "{c}: {v:?}");
+    }
+    // baselines do not depend on the variant; all-background mIoU = bg IoU / 2 exactly
+    let otsu = wsss::report::data::nums(&df, "otsu_miou").unwrap();
+    assert!(otsu.iter().all(|x| (x - otsu[0]).abs() < 1e-12));
+    let m = wsss::table::read_parquet(&rd.join("seg_metrics.parquet")).unwrap();
+    let get = |source: &str, metric: &str| {
+        let s = wsss::report::data::strs(&m, "source").unwrap();
+        let sp = wsss::report::data::strs(&m, "split").unwrap();
+        let me = wsss::report::data::strs(&m, "metric").unwrap();
+        let v = wsss::report::data::nums(&m, "value").unwrap();
+        (0..s.len())
+            .find(|&i| s[i] == source && sp[i] == "valid" && me[i] == metric)
+            .map(|i| v[i])
+            .unwrap()
+    };
+    let bg = get("all_background", "iou_background");
+    assert!((get("all_background", "miou") - bg / 2.0).abs() < 1e-12);
+    assert!(rep.join("index.html").is_file());
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
+use rayon::prelude::*;
 
 use super::pseudo_stage::LABEL_DIR;
 use super::segment_stage::WEIGHTS;
@@ -135,56 +136,69 @@ impl Stage for EvaluateStage {
         let s = &cfg.segmentation;
         let mut rows = Vec::new();
         let mut infer_secs = 0.0;
-        for &i in &items {
-            let smp = &idx.samples[i];
-            let img = images.get(i)?;
-            let t = Instant::now();
-            let pred = seg.segment(&img, s, input.device)?;
-            infer_secs += t.elapsed().as_secs_f64();
-            let stem = cam::file_stem(&smp.id);
-            let (pp, op) = (
-                pred_dir.join(format!("{stem}.png")),
-                ov_dir.join(format!("{stem}.png")),
-            );
-            std::fs::write(&pp, cam::label_png(&pred)?).map_err(|e| Error::io(&pp, e))?;
-            overlay(&img, &pred)
-                .save(&op)
-                .map_err(|e| Error::io(&op, std::io::Error::other(e)))?;
-            let gt = mask::ground_truth_sized(&idx.spec, smp, pred.dimensions())?;
-            let pseudo = cam::read_labels(&pseudo_dir.join(format!("{stem}.png")))?;
-            let mut conf: Vec<Option<Confusion>> = vec![None; SOURCES.len()];
-            if let Some(gt) = &gt {
-                let (w, h) = pred.dimensions();
-                let otsu = baselines::otsu_haematoxylin(&img);
-                let negative = gate && called_negative.contains(smp.id.as_str());
-                let bg = baselines::constant(w, h, 0);
-                let maps: [&GrayImage; 7] = [
-                    &pred,
-                    &pseudo,
-                    &bg,
-                    &baselines::constant(w, h, 1),
-                    &otsu,
-                    if negative { &bg } else { &pred },
-                    if negative { &bg } else { &otsu },
-                ];
-                for (k, m) in maps.iter().enumerate() {
-                    if k >= 5 && !gate {
-                        continue;
-                    }
-                    let mut c = Confusion::new(2);
-                    c.add(gt.as_raw(), m.as_raw());
-                    conf[k] = Some(c);
-                }
+        // Inference runs image by image (the model uses every core); what follows per image —
+        // PNG encoding, the baselines, the confusion counts — runs in parallel per chunk.
+        type Row = (usize, Split, f64, Vec<Option<Confusion>>);
+        for chunk in items.chunks(16) {
+            let mut done = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let img = images.get(i)?;
+                let t = Instant::now();
+                let pred = seg.segment(&img, s, input.device)?;
+                infer_secs += t.elapsed().as_secs_f64();
+                done.push((i, img, pred));
             }
-            let fg = pred.as_raw().iter().filter(|&&v| v == 1).count() as f64
-                / pred.as_raw().len().max(1) as f64;
-            rows.push((
-                i,
-                split.get(&smp.patient).copied().unwrap_or(Split::Train),
-                fg,
-                conf,
-            ));
-            pb.inc(1);
+            let post =
+                |(i, img, pred): (usize, std::borrow::Cow<RgbImage>, GrayImage)| -> Result<Row> {
+                    let smp = &idx.samples[i];
+                    let stem = cam::file_stem(&smp.id);
+                    let (pp, op) = (
+                        pred_dir.join(format!("{stem}.png")),
+                        ov_dir.join(format!("{stem}.png")),
+                    );
+                    std::fs::write(&pp, cam::label_png(&pred)?).map_err(|e| Error::io(&pp, e))?;
+                    overlay(&img, &pred)
+                        .save(&op)
+                        .map_err(|e| Error::io(&op, std::io::Error::other(e)))?;
+                    let gt = mask::ground_truth_sized(&idx.spec, smp, pred.dimensions())?;
+                    let pseudo = cam::read_labels(&pseudo_dir.join(format!("{stem}.png")))?;
+                    let mut conf: Vec<Option<Confusion>> = vec![None; SOURCES.len()];
+                    if let Some(gt) = &gt {
+                        let (w, h) = pred.dimensions();
+                        let otsu = baselines::otsu_haematoxylin(&img);
+                        let negative = gate && called_negative.contains(smp.id.as_str());
+                        let bg = baselines::constant(w, h, 0);
+                        let fg = baselines::constant(w, h, 1);
+                        let maps: [&GrayImage; 7] = [
+                            &pred,
+                            &pseudo,
+                            &bg,
+                            &fg,
+                            &otsu,
+                            if negative { &bg } else { &pred },
+                            if negative { &bg } else { &otsu },
+                        ];
+                        for (k, m) in maps.iter().enumerate() {
+                            if k >= 5 && !gate {
+                                continue;
+                            }
+                            let mut c = Confusion::new(2);
+                            c.add(gt.as_raw(), m.as_raw());
+                            conf[k] = Some(c);
+                        }
+                    }
+                    let fg = pred.as_raw().iter().filter(|&&v| v == 1).count() as f64
+                        / pred.as_raw().len().max(1) as f64;
+                    Ok((
+                        i,
+                        split.get(&smp.patient).copied().unwrap_or(Split::Train),
+                        fg,
+                        conf,
+                    ))
+                };
+            let chunk_rows: Vec<Row> = done.into_par_iter().map(post).collect::<Result<_>>()?;
+            pb.inc(chunk_rows.len() as u64);
+            rows.extend(chunk_rows);
         }
         pb.finish_and_clear();
 
