@@ -34,7 +34,7 @@ pub fn otsu_threshold(values: &[f32]) -> f32 {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return lo;
     }
     const BINS: usize = 256;

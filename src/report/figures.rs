@@ -151,6 +151,32 @@ fn distinct<'a>(exp: &'a Experiment, stage: &str, exclude: &[&str]) -> Vec<(&'a 
     out
 }
 
+/// Most lines one figure draws (the categorical palette has 10 colours).
+const MAX_LINES: usize = 10;
+
+/// At most [`MAX_LINES`] groups: the best by held-out segmentation (else pseudo-label) mIoU,
+/// kept in their original order.
+fn top_groups(mut groups: Vec<(&RunData, String)>) -> Vec<(&RunData, String)> {
+    if groups.len() <= MAX_LINES {
+        return groups;
+    }
+    let score = |r: &RunData| {
+        let s = r.eval_split();
+        r.metric("seg_metrics", &s, "miou", Some(("source", "segmenter")))
+            .or_else(|| r.metric("pseudo_metrics", &s, "miou", None))
+            .unwrap_or(f64::NEG_INFINITY)
+    };
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by(|&a, &b| score(groups[b].0).total_cmp(&score(groups[a].0)));
+    let keep: std::collections::BTreeSet<usize> = order.into_iter().take(MAX_LINES).collect();
+    let mut i = 0;
+    groups.retain(|_| {
+        i += 1;
+        keep.contains(&(i - 1))
+    });
+    groups
+}
+
 /// Keys that cannot change a classifier.
 const NOT_CLASSIFY: &[&str] = &["cam.", "segmentation.", "evaluate."];
 /// Keys that cannot change a CAM.
@@ -210,7 +236,8 @@ pub fn all(exp: &Experiment, dir: &Path) -> Result<Vec<Figure>> {
     if segment_curves(exp, dir)? {
         add(
             "segment_curves",
-            "DeepLab V3+ training: loss and label accuracy per epoch.",
+            "DeepLab V3+ training: loss and label accuracy per epoch (at most 10 lines: the \
+             best by held-out mIoU).",
         );
     }
     Ok(figs)
@@ -347,7 +374,7 @@ fn history_curves(
 }
 
 fn classify_curves(exp: &Experiment, dir: &Path) -> Result<bool> {
-    let groups = distinct(exp, "classify", NOT_CLASSIFY);
+    let groups = top_groups(distinct(exp, "classify", NOT_CLASSIFY));
     let mut loss = Vec::new();
     let mut acc = Vec::new();
     for (i, (r, label)) in groups.iter().enumerate() {
@@ -381,7 +408,7 @@ fn classify_curves(exp: &Experiment, dir: &Path) -> Result<bool> {
 }
 
 fn segment_curves(exp: &Experiment, dir: &Path) -> Result<bool> {
-    let groups = distinct(exp, "segment", &["evaluate."]);
+    let groups = top_groups(distinct(exp, "segment", &["evaluate."]));
     let mut loss = Vec::new();
     let mut acc = Vec::new();
     for (i, (r, label)) in groups.iter().enumerate() {
@@ -452,7 +479,10 @@ pub fn roc_curve(scores: &[f64], positive: &[bool]) -> (Vec<(f64, f64)>, f64) {
     (pts, auc)
 }
 
-fn eval_predictions(r: &RunData) -> Option<(Vec<f64>, Vec<bool>, Vec<String>, Vec<String>)> {
+/// Held-out scores, positive flags, true and predicted class names.
+type EvalPredictions = (Vec<f64>, Vec<bool>, Vec<String>, Vec<String>);
+
+fn eval_predictions(r: &RunData) -> Option<EvalPredictions> {
     let t = r.table("predictions")?;
     let pos = r.positive_class()?;
     let split = r.eval_split();
@@ -470,7 +500,7 @@ fn eval_predictions(r: &RunData) -> Option<(Vec<f64>, Vec<bool>, Vec<String>, Ve
 }
 
 fn roc(exp: &Experiment, dir: &Path) -> Result<bool> {
-    let groups = distinct(exp, "classify", NOT_CLASSIFY);
+    let groups = top_groups(distinct(exp, "classify", NOT_CLASSIFY));
     let mut curves = Vec::new();
     for (i, (r, label)) in groups.iter().enumerate() {
         if let Some((s, y, _, _)) = eval_predictions(r) {
@@ -615,7 +645,7 @@ fn label_at(names: &[String], v: f64, flip: bool) -> String {
 }
 
 fn miou_threshold(exp: &Experiment, dir: &Path) -> Result<bool> {
-    let groups = distinct(exp, "cam", NOT_CAM);
+    let groups = top_groups(distinct(exp, "cam", NOT_CAM));
     let mut curves = Vec::new();
     let mut thresholds = Vec::new();
     for (i, (r, label)) in groups.iter().enumerate() {
@@ -807,26 +837,26 @@ fn hbars<DB: DrawingBackend>(
             .label(label.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], c.filled()));
     }
+    // references (baselines) as dashed vertical lines, named in the legend
+    const REF_COLORS: [RGBColor; 5] = [
+        RGBColor(40, 40, 40),
+        RGBColor(120, 120, 120),
+        RGBColor(140, 60, 160),
+        RGBColor(0, 120, 110),
+        RGBColor(170, 110, 0),
+    ];
     for (ri, (label, v)) in refs.iter().enumerate() {
-        let c = RGBColor(60, 60, 60);
+        let c = REF_COLORS[ri % REF_COLORS.len()];
         chart
             .draw_series(DashedLineSeries::new(
                 vec![(*v, -0.5), (*v, n as f64 - 0.5)],
-                5,
+                6,
                 4,
-                c.stroke_width(1),
+                c.stroke_width(2),
             ))
-            .map_err(fe)?;
-        chart
-            .draw_series(std::iter::once(Text::new(
-                format!("{label} {v:.2}"),
-                (
-                    *v + 0.005,
-                    n as f64 - 0.55 - 0.35 * ri as f64 * (n as f64 / 8.0).max(1.0),
-                ),
-                font(13),
-            )))
-            .map_err(fe)?;
+            .map_err(fe)?
+            .label(format!("{label} {v:.3}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
     }
     chart
         .configure_series_labels()

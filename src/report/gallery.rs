@@ -260,7 +260,7 @@ pub fn write(
         let head = (FONT, 17).into_font().style(FontStyle::Bold).color(&BLACK);
         root.draw(&Text::new(
             title.to_string(),
-            (GAP as i32, 2),
+            (GAP as i32, 5),
             (FONT, 14).into_font().color(&RGBColor(90, 90, 90)),
         ))
         .map_err(fe)?;

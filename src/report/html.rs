@@ -144,10 +144,14 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
             let v = r.metrics.get(*m).copied().unwrap_or(f64::NAN);
             let best = m.ends_with("miou")
                 && v.is_finite()
-                && page
-                    .rows
-                    .iter()
-                    .all(|o| !(o.metrics.get(*m).copied().unwrap_or(f64::NAN) > v));
+                && page.rows.iter().all(|o| {
+                    o.metrics
+                        .get(*m)
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                        .partial_cmp(&v)
+                        != Some(std::cmp::Ordering::Greater)
+                });
             let _ = write!(
                 h,
                 "<td{} data-v=\"{}\">{}</td>",

@@ -209,17 +209,17 @@ fn image_facts(r: &RunData) -> BTreeMap<String, ImageFacts> {
     };
     let pm = per("pseudo_images");
     let sm = per("seg_images");
-    for i in 0..id.len() {
+    for (i, key) in id.iter().enumerate() {
         out.insert(
-            id[i].clone(),
+            key.clone(),
             ImageFacts {
                 patient: pa.get(i).cloned().unwrap_or_default(),
                 class: cl.get(i).cloned().unwrap_or_default(),
                 split: sp.get(i).cloned().unwrap_or_default(),
                 predicted: pr.get(i).cloned().unwrap_or_default(),
                 p_pos: pp.get(i).copied().unwrap_or(f64::NAN),
-                pseudo_miou: pm.get(&id[i]).copied().unwrap_or(f64::NAN),
-                seg_miou: sm.get(&id[i]).copied().unwrap_or(f64::NAN),
+                pseudo_miou: pm.get(key).copied().unwrap_or(f64::NAN),
+                seg_miou: sm.get(key).copied().unwrap_or(f64::NAN),
             },
         );
     }
