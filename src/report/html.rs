@@ -8,7 +8,7 @@ use base64::Engine as _;
 
 use super::data::Experiment;
 use super::figures::Figure;
-use super::tables::{metric_columns, Miss, SummaryRow, KEY_METRICS};
+use super::tables::{metric_columns, Miss, SeedGroup, SummaryRow, KEY_METRICS};
 use crate::error::{Error, Result};
 
 /// Escape text for HTML.
@@ -63,6 +63,8 @@ pub struct Page<'a> {
     pub rows: &'a [SummaryRow],
     /// Parameter columns to show (those that differ between variants).
     pub params: &'a [String],
+    /// Variants grouped over seeds.
+    pub seeds: &'a [SeedGroup],
     /// Figures written.
     pub figures: &'a [Figure],
     /// Galleries written.
@@ -176,6 +178,9 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
         );
     }
     h.push_str("</tbody></table></div>\n");
+    if page.seeds.iter().any(|g| g.n > 1) {
+        h.push_str(&seed_table_html(page, &shown));
+    }
     // figures
     if !page.figures.is_empty() {
         h.push_str("<h2 id=\"figures\">Figures</h2>\n");
@@ -271,6 +276,59 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
     crate::util::fs::atomic_write(&dir.join("index.html"), h.as_bytes())
 }
 
+/// `mean ± std` as the tables show it.
+fn pm(g: &SeedGroup, m: &str) -> String {
+    let mu = g.mean.get(m).copied().unwrap_or(f64::NAN);
+    let sd = g.std.get(m).copied().unwrap_or(f64::NAN);
+    if !mu.is_finite() {
+        "–".into()
+    } else if sd.is_finite() {
+        format!("{mu:.3} ± {sd:.3}")
+    } else {
+        format!("{mu:.3}")
+    }
+}
+
+fn seed_table_html(page: &Page, shown: &[&String]) -> String {
+    let mut h = String::from(
+        "<h3 id=\"seeds\">Mean ± std over seeds</h3>\n<p>Variants that differ only in their seeds, \
+         grouped (sample standard deviation; table <code>summary_seeds.csv</code>).</p>\n\
+         <div class=\"scroll\"><table class=\"sortable\" id=\"seed-table\"><thead><tr>",
+    );
+    let first = &page.seeds[0];
+    for (k, _) in &first.params {
+        let _ = write!(h, "<th class=\"t\">{}</th>", esc(k));
+    }
+    h.push_str("<th>n</th>");
+    for m in shown {
+        let _ = write!(h, "<th>{}</th>", esc(m));
+    }
+    h.push_str("</tr></thead><tbody>\n");
+    for g in page.seeds {
+        h.push_str("<tr>");
+        for (_, v) in &g.params {
+            let _ = write!(h, "<td class=\"t\">{}</td>", esc(v));
+        }
+        let _ = write!(h, "<td>{}</td>", g.n);
+        for m in shown {
+            let _ = write!(
+                h,
+                "<td data-v=\"{}\">{}</td>",
+                g.mean
+                    .get(*m)
+                    .copied()
+                    .filter(|v| v.is_finite())
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                esc(&pm(g, m))
+            );
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</tbody></table></div>\n");
+    h
+}
+
 /// Write `summary.md` into `dir`.
 pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
     let mut m = String::new();
@@ -302,6 +360,24 @@ pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
                 .map(|c| num(r.metrics.get(*c).copied().unwrap_or(f64::NAN))),
         );
         let _ = writeln!(m, "| {} |", cells.join(" | "));
+    }
+    if page.seeds.iter().any(|g| g.n > 1) {
+        let _ = writeln!(m, "\nMean ± std over seeds (sample std):\n");
+        let mut head: Vec<String> = page.seeds[0]
+            .params
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect();
+        head.push("n".into());
+        head.extend(shown.iter().map(|s| s.to_string()));
+        let _ = writeln!(m, "| {} |", head.join(" | "));
+        let _ = writeln!(m, "|{}|", vec!["---"; head.len()].join("|"));
+        for g in page.seeds {
+            let mut cells: Vec<String> = g.params.iter().map(|(_, v)| v.clone()).collect();
+            cells.push(g.n.to_string());
+            cells.extend(shown.iter().map(|c| pm(g, c)));
+            let _ = writeln!(m, "| {} |", cells.join(" | "));
+        }
     }
     let split = page
         .rows

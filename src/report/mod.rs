@@ -40,6 +40,7 @@ pub const TABLE_FILES: &[&str] = &[
     "configs",
     "misclassified",
     "patient_errors",
+    "summary_seeds",
 ];
 
 /// Report settings that do not come from the runs.
@@ -97,6 +98,12 @@ pub fn build(
         .collect();
     let params = exp.varying_keys();
     table::write(&mut tables::summary_frame(&rows, &params)?, out, "summary")?;
+    let seeds = tables::seed_groups(&rows, &params);
+    table::write(
+        &mut tables::seed_frame(&seeds, &rows)?,
+        out,
+        "summary_seeds",
+    )?;
     let (mut metrics, mut curves) = tables::metrics(exp)?;
     table::write(&mut metrics, out, "metrics")?;
     table::write(&mut curves, out, "curves")?;
@@ -115,6 +122,7 @@ pub fn build(
         exp,
         rows: &rows,
         params: &params,
+        seeds: &seeds,
         figures: &figs,
         galleries: &galleries,
         misses: &misses,

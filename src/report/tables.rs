@@ -10,6 +10,7 @@
 //! | `configs` | variant: the resolved config flattened to `section.key` columns |
 //! | `misclassified` | variant × misclassified image, with its confidence and patient |
 //! | `patient_errors` | variant × split × patient: images, errors, error rate |
+//! | `summary_seeds` | group of variants that differ only in seeds: n, mean and std of each metric |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -154,6 +155,104 @@ pub fn summary_frame(rows: &[SummaryRow], params: &[String]) -> Result<DataFrame
     b.f64("compute_s", rows.iter().map(|r| r.compute_s).collect())
         .str("run_dir", col(&|r| r.run_dir.clone()))
         .build()
+}
+
+/// Whether a config key is a seed (`train.seed`, `split.seed`).
+pub fn is_seed(key: &str) -> bool {
+    key == "seed" || key.ends_with(".seed")
+}
+
+/// Variants that differ only in seeds, with the mean and sample standard deviation of each
+/// metric over them.
+#[derive(Debug, Clone)]
+pub struct SeedGroup {
+    /// The non-seed parameter values the group shares.
+    pub params: Vec<(String, String)>,
+    /// Number of variants (seeds) in the group.
+    pub n: usize,
+    /// Mean per metric (over finite values).
+    pub mean: BTreeMap<String, f64>,
+    /// Sample standard deviation per metric (NaN with fewer than two values).
+    pub std: BTreeMap<String, f64>,
+}
+
+/// Group the summary rows by their non-seed parameters (in first-seen order).
+pub fn seed_groups(rows: &[SummaryRow], params: &[String]) -> Vec<SeedGroup> {
+    let keys: Vec<&String> = params.iter().filter(|k| !is_seed(k)).collect();
+    let mut groups: Vec<(Vec<(String, String)>, Vec<&SummaryRow>)> = Vec::new();
+    for r in rows.iter().filter(|r| r.status == "ok") {
+        let sig: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| ((*k).clone(), r.config.get(*k).cloned().unwrap_or_default()))
+            .collect();
+        match groups.iter_mut().find(|g| g.0 == sig) {
+            Some(g) => g.1.push(r),
+            None => groups.push((sig, vec![r])),
+        }
+    }
+    let metrics = metric_columns(rows);
+    groups
+        .into_iter()
+        .map(|(params, members)| {
+            let mut mean = BTreeMap::new();
+            let mut std = BTreeMap::new();
+            for m in &metrics {
+                let v: Vec<f64> = members
+                    .iter()
+                    .filter_map(|r| r.metrics.get(m).copied())
+                    .filter(|x| x.is_finite())
+                    .collect();
+                let n = v.len() as f64;
+                let mu = if v.is_empty() {
+                    f64::NAN
+                } else {
+                    v.iter().sum::<f64>() / n
+                };
+                let sd = if v.len() < 2 {
+                    f64::NAN
+                } else {
+                    (v.iter().map(|x| (x - mu) * (x - mu)).sum::<f64>() / (n - 1.0)).sqrt()
+                };
+                mean.insert(m.clone(), mu);
+                std.insert(m.clone(), sd);
+            }
+            SeedGroup {
+                params,
+                n: members.len(),
+                mean,
+                std,
+            }
+        })
+        .collect()
+}
+
+/// The seed groups as a table: parameters, `n`, then `<metric>_mean`, `<metric>_std`.
+pub fn seed_frame(groups: &[SeedGroup], rows: &[SummaryRow]) -> Result<DataFrame> {
+    let mut b = TableBuilder::new();
+    if let Some(first) = groups.first() {
+        for (i, (k, _)) in first.params.iter().enumerate() {
+            b = b.str(k, groups.iter().map(|g| g.params[i].1.clone()).collect());
+        }
+    }
+    b = b.u32("n", groups.iter().map(|g| g.n as u32).collect());
+    for m in metric_columns(rows) {
+        b = b
+            .f64(
+                &format!("{m}_mean"),
+                groups
+                    .iter()
+                    .map(|g| g.mean.get(&m).copied().unwrap_or(f64::NAN))
+                    .collect(),
+            )
+            .f64(
+                &format!("{m}_std"),
+                groups
+                    .iter()
+                    .map(|g| g.std.get(&m).copied().unwrap_or(f64::NAN))
+                    .collect(),
+            );
+    }
+    b.build()
 }
 
 /// Long-format rows of `metrics` / `curves`.
@@ -544,6 +643,54 @@ pub fn patient_errors(exp: &Experiment) -> Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(seed: &str, sup: &str, miou: f64) -> SummaryRow {
+        SummaryRow {
+            experiment: "e".into(),
+            variant: format!("{sup}-{seed}"),
+            hash: String::new(),
+            status: "ok".into(),
+            split: "valid".into(),
+            metrics: [("seg_miou".to_string(), miou)].into(),
+            compute_s: 0.0,
+            config: [
+                ("train.seed".to_string(), seed.to_string()),
+                ("segmentation.supervision".to_string(), sup.to_string()),
+            ]
+            .into(),
+            run_dir: String::new(),
+        }
+    }
+
+    #[test]
+    fn seed_groups_mean_and_sample_std_by_hand() {
+        let rows = vec![
+            row("0", "pseudo", 0.4),
+            row("0", "full", 0.6),
+            row("1", "pseudo", 0.5),
+            row("1", "full", 0.6),
+            row("2", "pseudo", 0.6),
+            row("2", "full", 0.6),
+        ];
+        let params = vec![
+            "segmentation.supervision".to_string(),
+            "train.seed".to_string(),
+        ];
+        let g = seed_groups(&rows, &params);
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            g[0].params,
+            vec![("segmentation.supervision".to_string(), "pseudo".to_string())]
+        );
+        assert_eq!(g[0].n, 3);
+        assert!((g[0].mean["seg_miou"] - 0.5).abs() < 1e-12);
+        // sample std of 0.4, 0.5, 0.6 is 0.1
+        assert!((g[0].std["seg_miou"] - 0.1).abs() < 1e-12);
+        assert!(g[1].std["seg_miou"].abs() < 1e-12);
+        let df = seed_frame(&g, &rows).unwrap();
+        assert_eq!(df.height(), 2);
+        assert!(df.column("seg_miou_std").is_ok());
+    }
 
     #[test]
     fn class_suffix_is_split_off() {
