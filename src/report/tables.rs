@@ -179,7 +179,8 @@ pub struct SeedGroup {
 /// Group the summary rows by their non-seed parameters (in first-seen order).
 pub fn seed_groups(rows: &[SummaryRow], params: &[String]) -> Vec<SeedGroup> {
     let keys: Vec<&String> = params.iter().filter(|k| !is_seed(k)).collect();
-    let mut groups: Vec<(Vec<(String, String)>, Vec<&SummaryRow>)> = Vec::new();
+    type Params = Vec<(String, String)>;
+    let mut groups: Vec<(Params, Vec<&SummaryRow>)> = Vec::new();
     for r in rows.iter().filter(|r| r.status == "ok") {
         let sig: Vec<(String, String)> = keys
             .iter()
