@@ -572,7 +572,8 @@ fn experiment_dir(cli: &Cli, arg: &str) -> Result<(PathBuf, Option<Registry>)> {
         let m = load(p, &Overrides::default())?;
         return Ok((cli.work_dir.join(m.name()), registry(cli, p).ok()));
     }
-    let reg = registry(cli, Path::new("./x")).ok();
+    // not a manifest: the registry is found from the working directory
+    let reg = Registry::discover(cli.datasets.as_deref(), Path::new(".")).ok();
     if p.join("experiment.json").is_file() {
         return Ok((p.to_path_buf(), reg));
     }
