@@ -139,6 +139,11 @@ fn shipped_manifests_validate() {
         "quickstart.toml",
         "ablation-threshold-loss.toml",
         "seed-vgg16.toml",
+        "glas-cam.toml",
+        "glas-weak-vs-full.toml",
+        "glas-talk.toml",
+        "glas-talk-t03.toml",
+        "glas-talk-gpu.toml",
     ] {
         let o = sb
             .cmd()
