@@ -3,7 +3,7 @@
 
 use super::data::{varying, Experiment};
 use super::html::num;
-use super::tables::{metric_columns, summary_row, SummaryRow};
+use super::tables::{present_metric_columns, summary_row, SummaryRow};
 use crate::error::{Error, Result};
 
 /// How to show the comparison.
@@ -44,13 +44,7 @@ pub fn compare(exps: &[Experiment], opts: &CompareOptions) -> Result<Comparison>
         }
         p
     };
-    let metrics: Vec<String> = metric_columns(&rows)
-        .into_iter()
-        .filter(|m| {
-            rows.iter()
-                .any(|r| r.metrics.get(m).is_some_and(|v| v.is_finite()))
-        })
-        .collect();
+    let metrics = present_metric_columns(&rows);
     if let Some(col) = &opts.sort {
         if metrics.contains(col) {
             let v = |r: &SummaryRow| r.metrics.get(col).copied().unwrap_or(f64::NAN);

@@ -51,6 +51,73 @@ pub struct RunData {
     pub summaries: BTreeMap<String, serde_json::Value>,
     /// Stage tables by name (see [`TABLES`]); absent when the stage did not run.
     pub tables: BTreeMap<String, DataFrame>,
+    /// The classifier's per-image predictions, parsed once from `predictions` (empty without).
+    pub predictions: Vec<Prediction>,
+}
+
+/// One image's classifier prediction (a row of a run's `predictions` table).
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Image id.
+    pub id: String,
+    /// Patient.
+    pub patient: String,
+    /// True class.
+    pub class: String,
+    /// Split.
+    pub split: String,
+    /// Predicted class.
+    pub predicted: String,
+    /// Whether the prediction is right.
+    pub correct: bool,
+    /// Probability of the positive class.
+    pub p_positive: f64,
+}
+
+impl Prediction {
+    /// Probability of the predicted class.
+    pub fn confidence(&self, positive: &str) -> f64 {
+        if self.predicted == positive {
+            self.p_positive
+        } else {
+            1.0 - self.p_positive
+        }
+    }
+}
+
+/// Parse a `predictions` table; `None` if a column is missing.
+fn parse_predictions(t: &DataFrame) -> Option<Vec<Prediction>> {
+    // classes are stored negative first: the last `p_<class>` column is the positive class
+    let pos = positive_of(t)?;
+    let (id, pa, cl, sp, pr, co) = (
+        strs(t, "id")?,
+        strs(t, "patient")?,
+        strs(t, "class")?,
+        strs(t, "split")?,
+        strs(t, "predicted")?,
+        strs(t, "correct")?,
+    );
+    let pp = nums(t, &format!("p_{pos}"))?;
+    Some(
+        (0..id.len())
+            .map(|i| Prediction {
+                id: id[i].clone(),
+                patient: pa[i].clone(),
+                class: cl[i].clone(),
+                split: sp[i].clone(),
+                predicted: pr[i].clone(),
+                correct: co[i] == "true",
+                p_positive: pp[i],
+            })
+            .collect(),
+    )
+}
+
+fn positive_of(t: &DataFrame) -> Option<String> {
+    t.get_column_names()
+        .iter()
+        .filter_map(|c| c.as_str().strip_prefix("p_").map(str::to_string))
+        .next_back()
 }
 
 impl RunData {
@@ -88,11 +155,21 @@ impl RunData {
     /// Name of the positive class: the last `p_<class>` column of the predictions (classes
     /// are stored negative first).
     pub fn positive_class(&self) -> Option<String> {
-        let t = self.table("predictions")?;
-        t.get_column_names()
-            .iter()
-            .filter_map(|c| c.as_str().strip_prefix("p_").map(str::to_string))
-            .next_back()
+        positive_of(self.table("predictions")?)
+    }
+
+    /// A per-image column (`col`) of a stage table by image id; empty if absent.
+    pub fn per_image(&self, table: &str, col: &str) -> BTreeMap<String, f64> {
+        self.table(table)
+            .and_then(|t| Some(strs(t, "id")?.into_iter().zip(nums(t, col)?).collect()))
+            .unwrap_or_default()
+    }
+
+    /// The held-out mIoU a run is ranked by: its segmenter's, else its pseudo labels'.
+    pub fn headline_miou(&self) -> Option<f64> {
+        let s = self.eval_split();
+        self.metric("seg_metrics", &s, "miou", Some(("source", "segmenter")))
+            .or_else(|| self.metric("pseudo_metrics", &s, "miou", None))
     }
 
     /// `value` of the row of a `(split, metric, value)` table (with optional extra filter
@@ -229,6 +306,10 @@ fn load_run(id: &str, hash: &str, run_dir: &Path, error: Option<String>) -> Resu
             tables.insert(t.to_string(), table::read_parquet(&p)?);
         }
     }
+    let predictions = tables
+        .get("predictions")
+        .and_then(parse_predictions)
+        .unwrap_or_default();
     Ok(RunData {
         id: id.into(),
         hash: hash.into(),
@@ -240,6 +321,7 @@ fn load_run(id: &str, hash: &str, run_dir: &Path, error: Option<String>) -> Resu
         dataset_root,
         summaries,
         tables,
+        predictions,
     })
 }
 

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::data::{nums, strs, Experiment, RunData};
+use super::data::{nums, strs, Experiment, Prediction, RunData};
 use super::tables::baseline_sources;
 use crate::error::{Error, Result};
 use crate::util::fs::atomic_write;
@@ -160,12 +161,7 @@ fn top_groups(mut groups: Vec<(&RunData, String)>) -> Vec<(&RunData, String)> {
     if groups.len() <= MAX_LINES {
         return groups;
     }
-    let score = |r: &RunData| {
-        let s = r.eval_split();
-        r.metric("seg_metrics", &s, "miou", Some(("source", "segmenter")))
-            .or_else(|| r.metric("pseudo_metrics", &s, "miou", None))
-            .unwrap_or(f64::NEG_INFINITY)
-    };
+    let score = |r: &RunData| r.headline_miou().unwrap_or(f64::NEG_INFINITY);
     let mut order: Vec<usize> = (0..groups.len()).collect();
     order.sort_by(|&a, &b| score(groups[b].0).total_cmp(&score(groups[a].0)));
     let keep: std::collections::BTreeSet<usize> = order.into_iter().take(MAX_LINES).collect();
@@ -261,6 +257,21 @@ fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
 
 type Curve = (String, RGBColor, bool, Vec<(f64, f64)>);
 
+/// Draw a chart's legend (the series labels) in one style everywhere.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    pos: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font(font(14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .position(pos)
+        .draw()
+        .map_err(fe)
+}
+
 /// One panel of line curves (solid or dashed) with a legend.
 fn draw_lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -327,14 +338,7 @@ fn draw_lines<DB: DrawingBackend>(
                 });
         }
     }
-    chart
-        .configure_series_labels()
-        .label_font(font(14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(fe)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 
@@ -479,35 +483,23 @@ pub fn roc_curve(scores: &[f64], positive: &[bool]) -> (Vec<(f64, f64)>, f64) {
     (pts, auc)
 }
 
-/// Held-out scores, positive flags, true and predicted class names.
-type EvalPredictions = (Vec<f64>, Vec<bool>, Vec<String>, Vec<String>);
-
-fn eval_predictions(r: &RunData) -> Option<EvalPredictions> {
-    let t = r.table("predictions")?;
-    let pos = r.positive_class()?;
+/// The classifier's predictions on the split the report scores on.
+fn eval_predictions(r: &RunData) -> Vec<&Prediction> {
     let split = r.eval_split();
-    let sp = strs(t, "split")?;
-    let cl = strs(t, "class")?;
-    let pr = strs(t, "predicted")?;
-    let pp = nums(t, &format!("p_{pos}"))?;
-    let keep: Vec<usize> = (0..sp.len()).filter(|&i| sp[i] == split).collect();
-    Some((
-        keep.iter().map(|&i| pp[i]).collect(),
-        keep.iter().map(|&i| cl[i] == pos).collect(),
-        keep.iter().map(|&i| cl[i].clone()).collect(),
-        keep.iter().map(|&i| pr[i].clone()).collect(),
-    ))
+    r.predictions.iter().filter(|p| p.split == split).collect()
 }
 
 fn roc(exp: &Experiment, dir: &Path) -> Result<bool> {
     let groups = top_groups(distinct(exp, "classify", NOT_CLASSIFY));
     let mut curves = Vec::new();
     for (i, (r, label)) in groups.iter().enumerate() {
-        if let Some((s, y, _, _)) = eval_predictions(r) {
-            let (pts, auc) = roc_curve(&s, &y);
-            if !pts.is_empty() {
-                curves.push((format!("{label} (AUC {auc:.3})"), color(i), false, pts));
-            }
+        let preds = eval_predictions(r);
+        let pos = r.positive_class().unwrap_or_default();
+        let scores: Vec<f64> = preds.iter().map(|p| p.p_positive).collect();
+        let positive: Vec<bool> = preds.iter().map(|p| p.class == pos).collect();
+        let (pts, auc) = roc_curve(&scores, &positive);
+        if !pts.is_empty() {
+            curves.push((format!("{label} (AUC {auc:.3})"), color(i), false, pts));
         }
     }
     if curves.is_empty() {
@@ -541,10 +533,14 @@ fn confusion(exp: &Experiment, dir: &Path) -> Result<bool> {
         .collect();
     let mut mats = Vec::new();
     for (r, label) in &groups {
-        let Some((_, _, truth, pred)) = eval_predictions(r) else {
+        let preds = eval_predictions(r);
+        if preds.is_empty() {
             continue;
-        };
-        let mut classes: Vec<String> = truth.iter().chain(&pred).cloned().collect();
+        }
+        let mut classes: Vec<String> = preds
+            .iter()
+            .flat_map(|p| [p.class.clone(), p.predicted.clone()])
+            .collect();
         classes.sort();
         classes.dedup();
         // negative class first, as in the tables
@@ -554,10 +550,10 @@ fn confusion(exp: &Experiment, dir: &Path) -> Result<bool> {
         }
         let k = classes.len();
         let mut m = vec![vec![0u32; k]; k];
-        for (t, p) in truth.iter().zip(&pred) {
+        for p in &preds {
             let (Some(a), Some(b)) = (
-                classes.iter().position(|c| c == t),
-                classes.iter().position(|c| c == p),
+                classes.iter().position(|c| *c == p.class),
+                classes.iter().position(|c| *c == p.predicted),
             ) else {
                 continue;
             };
@@ -749,14 +745,7 @@ fn miou_threshold(exp: &Experiment, dir: &Path) -> Result<bool> {
                 .draw_series(dots.iter().map(|p| Circle::new(*p, 5, c.filled())))
                 .map_err(fe)?;
         }
-        chart
-            .configure_series_labels()
-            .label_font(font(14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .position(SeriesLabelPosition::LowerLeft)
-            .draw()
-            .map_err(fe)?;
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
         Ok(())
     });
     Ok(true)
@@ -858,14 +847,7 @@ fn hbars<DB: DrawingBackend>(
             .label(format!("{label} {v:.3}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .label_font(font(14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(fe)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use base64::Engine as _;
 
 use super::data::Experiment;
 use super::figures::Figure;
-use super::tables::{metric_columns, Miss, SeedGroup, SummaryRow, KEY_METRICS};
+use super::tables::{present_metric_columns, Miss, SeedGroup, SummaryRow, KEY_METRICS};
 use crate::error::{Error, Result};
 
 /// Escape text for HTML.
@@ -111,15 +111,8 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
         "<h2 id=\"summary\">Summary</h2>\n<p>One row per variant; click a column to sort. \
                 Parameters equal in every variant are hidden (see the configs below).</p>\n",
     );
-    let metrics = metric_columns(page.rows);
-    let shown: Vec<&String> = metrics
-        .iter()
-        .filter(|m| {
-            page.rows
-                .iter()
-                .any(|r| r.metrics.get(*m).is_some_and(|v| v.is_finite()))
-        })
-        .collect();
+    let metrics = present_metric_columns(page.rows);
+    let shown: Vec<&String> = metrics.iter().collect();
     h.push_str("<div class=\"scroll\"><table class=\"sortable\" id=\"summary-table\"><thead><tr><th class=\"t\">variant</th>");
     for p in page.params {
         let _ = write!(h, "<th class=\"t\">{}</th>", esc(p));
@@ -333,15 +326,8 @@ fn seed_table_html(page: &Page, shown: &[&String]) -> String {
 pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
     let mut m = String::new();
     let _ = writeln!(m, "# {}\n", page.exp.name);
-    let metrics = metric_columns(page.rows);
-    let shown: Vec<&String> = metrics
-        .iter()
-        .filter(|c| {
-            page.rows
-                .iter()
-                .any(|r| r.metrics.get(*c).is_some_and(|v| v.is_finite()))
-        })
-        .collect();
+    let metrics = present_metric_columns(page.rows);
+    let shown: Vec<&String> = metrics.iter().collect();
     let mut head: Vec<String> = vec!["variant".into()];
     head.extend(page.params.iter().cloned());
     head.extend(shown.iter().map(|s| s.to_string()));

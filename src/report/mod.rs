@@ -164,12 +164,7 @@ fn patient_rows(df: &polars::prelude::DataFrame) -> Vec<(String, String, String,
 /// The variant whose outputs the galleries show: best held-out segmentation mIoU, else best
 /// pseudo-label mIoU, else the first.
 pub fn gallery_variant(exp: &Experiment) -> Option<&RunData> {
-    let score = |r: &RunData| {
-        let s = r.eval_split();
-        r.metric("seg_metrics", &s, "miou", Some(("source", "segmenter")))
-            .or_else(|| r.metric("pseudo_metrics", &s, "miou", None))
-            .unwrap_or(f64::NEG_INFINITY)
-    };
+    let score = |r: &RunData| r.headline_miou().unwrap_or(f64::NEG_INFINITY);
     exp.variants
         .iter()
         .filter(|r| r.error.is_none())
@@ -177,67 +172,36 @@ pub fn gallery_variant(exp: &Experiment) -> Option<&RunData> {
         .or(exp.variants.first())
 }
 
-/// Per-image facts of a run for captions and ranking.
-struct ImageFacts {
-    patient: String,
-    class: String,
-    split: String,
-    predicted: String,
-    p_pos: f64,
+/// Per-image facts of a run for captions and ranking: its prediction and scores.
+struct ImageFacts<'a> {
+    p: &'a data::Prediction,
     pseudo_miou: f64,
     seg_miou: f64,
 }
 
-fn image_facts(r: &RunData) -> BTreeMap<String, ImageFacts> {
-    let mut out = BTreeMap::new();
-    let Some(t) = r.table("predictions") else {
-        return out;
-    };
-    let pos = r.positive_class().unwrap_or_default();
-    let s = |c: &str| data::strs(t, c).unwrap_or_default();
-    let (id, pa, cl, sp, pr) = (
-        s("id"),
-        s("patient"),
-        s("class"),
-        s("split"),
-        s("predicted"),
-    );
-    let pp = data::nums(t, &format!("p_{pos}")).unwrap_or_default();
-    let per = |table: &str| -> BTreeMap<String, f64> {
-        r.table(table)
-            .and_then(|t| {
-                Some(
-                    data::strs(t, "id")?
-                        .into_iter()
-                        .zip(data::nums(t, "miou")?)
-                        .collect(),
-                )
-            })
-            .unwrap_or_default()
-    };
-    let pm = per("pseudo_images");
-    let sm = per("seg_images");
-    for (i, key) in id.iter().enumerate() {
-        out.insert(
-            key.clone(),
-            ImageFacts {
-                patient: pa.get(i).cloned().unwrap_or_default(),
-                class: cl.get(i).cloned().unwrap_or_default(),
-                split: sp.get(i).cloned().unwrap_or_default(),
-                predicted: pr.get(i).cloned().unwrap_or_default(),
-                p_pos: pp.get(i).copied().unwrap_or(f64::NAN),
-                pseudo_miou: pm.get(key).copied().unwrap_or(f64::NAN),
-                seg_miou: sm.get(key).copied().unwrap_or(f64::NAN),
-            },
-        );
-    }
-    out
+fn image_facts(r: &RunData) -> BTreeMap<String, ImageFacts<'_>> {
+    let pm = r.per_image("pseudo_images", "miou");
+    let sm = r.per_image("seg_images", "miou");
+    r.predictions
+        .iter()
+        .map(|p| {
+            let get = |m: &BTreeMap<String, f64>| m.get(&p.id).copied().unwrap_or(f64::NAN);
+            (
+                p.id.clone(),
+                ImageFacts {
+                    p,
+                    pseudo_miou: get(&pm),
+                    seg_miou: get(&sm),
+                },
+            )
+        })
+        .collect()
 }
 
 fn caption(id: &str, f: &ImageFacts) -> String {
     let mut c = format!(
         "{id} · patient {} · {} → {} (p = {:.2})",
-        f.patient, f.class, f.predicted, f.p_pos
+        f.p.patient, f.p.class, f.p.predicted, f.p.p_positive
     );
     if f.pseudo_miou.is_finite() {
         c.push_str(&format!(" · pseudo mIoU {:.2}", f.pseudo_miou));
@@ -273,7 +237,7 @@ fn galleries(
     let pos = run.positive_class().unwrap_or_default();
     let mut held: Vec<(&String, &ImageFacts)> = facts
         .iter()
-        .filter(|(_, f)| f.split == split && score(f).is_finite())
+        .filter(|(_, f)| f.p.split == split && score(f).is_finite())
         .collect();
     held.sort_by(|a, b| score(b.1).total_cmp(&score(a.1)).then(a.0.cmp(b.0)));
     let rows_of = |ids: Vec<&String>| -> Vec<Row> {
@@ -289,7 +253,7 @@ fn galleries(
     let n = opts.gallery_rows;
     let best = rows_of(
         held.iter()
-            .filter(|(_, f)| f.class == pos)
+            .filter(|(_, f)| f.p.class == pos)
             .take(n)
             .map(|(id, _)| *id)
             .collect(),

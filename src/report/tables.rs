@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use polars::prelude::*;
 
-use super::data::{nums, strs, Experiment, RunData};
+use super::data::{nums, strs, Experiment, Prediction, RunData};
 use crate::error::Result;
 use crate::table::TableBuilder;
 
@@ -130,6 +130,17 @@ pub fn metric_columns(rows: &[SummaryRow]) -> Vec<String> {
         .collect();
     cols.extend(extra.into_iter().cloned());
     cols
+}
+
+/// Metric columns that have a finite value in some row (what a table should show).
+pub fn present_metric_columns(rows: &[SummaryRow]) -> Vec<String> {
+    metric_columns(rows)
+        .into_iter()
+        .filter(|m| {
+            rows.iter()
+                .any(|r| r.metrics.get(m).is_some_and(|v| v.is_finite()))
+        })
+        .collect()
 }
 
 /// The summary as a table: identity, the given parameter columns, metrics, time, run dir.
@@ -423,74 +434,54 @@ pub fn metrics(exp: &Experiment) -> Result<(DataFrame, DataFrame)> {
 
 /// The per-image table of every variant.
 pub fn images(exp: &Experiment) -> Result<DataFrame> {
-    let mut variant = Vec::new();
-    let (mut id, mut patient, mut class, mut split, mut predicted) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut p_pos, mut correct, mut cam_iou, mut fg, mut pseudo_miou, mut seg_iou, mut seg_miou) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    struct Row<'a> {
+        variant: &'a str,
+        p: &'a Prediction,
+        scores: [f64; 5],
+    }
+    let mut rows = Vec::new();
     for r in &exp.variants {
-        let Some(pred) = r.table("predictions") else {
-            continue;
-        };
-        let pos = r.positive_class().unwrap_or_default();
-        let ids = strs(pred, "id").unwrap_or_default();
-        let get = |t: Option<&DataFrame>, col: &str| -> BTreeMap<String, f64> {
-            t.and_then(|t| Some(strs(t, "id")?.into_iter().zip(nums(t, col)?).collect()))
-                .unwrap_or_default()
-        };
-        let cam = get(r.table("pseudo_images"), "iou_foreground");
-        let fgf = get(r.table("pseudo_images"), "fg_fraction");
-        let pm = get(r.table("pseudo_images"), "miou");
-        let si = get(r.table("seg_images"), "iou_foreground");
-        let sm = get(r.table("seg_images"), "miou");
-        let col = |c: &str| strs(pred, c).unwrap_or_else(|| vec![String::new(); ids.len()]);
-        let (pa, cl, sp, pr, co) = (
-            col("patient"),
-            col("class"),
-            col("split"),
-            col("predicted"),
-            col("correct"),
-        );
-        let pp = nums(pred, &format!("p_{pos}")).unwrap_or_else(|| vec![f64::NAN; ids.len()]);
-        for i in 0..ids.len() {
-            let k = &ids[i];
-            variant.push(r.id.clone());
-            id.push(k.clone());
-            patient.push(pa[i].clone());
-            class.push(cl[i].clone());
-            split.push(sp[i].clone());
-            predicted.push(pr[i].clone());
-            p_pos.push(pp[i]);
-            correct.push(co[i] == "true");
-            let nan = |m: &BTreeMap<String, f64>| m.get(k).copied().unwrap_or(f64::NAN);
-            cam_iou.push(nan(&cam));
-            fg.push(nan(&fgf));
-            pseudo_miou.push(nan(&pm));
-            seg_iou.push(nan(&si));
-            seg_miou.push(nan(&sm));
+        let per = [
+            r.per_image("pseudo_images", "iou_foreground"),
+            r.per_image("pseudo_images", "fg_fraction"),
+            r.per_image("pseudo_images", "miou"),
+            r.per_image("seg_images", "iou_foreground"),
+            r.per_image("seg_images", "miou"),
+        ];
+        for p in &r.predictions {
+            rows.push(Row {
+                variant: &r.id,
+                p,
+                scores: per
+                    .each_ref()
+                    .map(|m| m.get(&p.id).copied().unwrap_or(f64::NAN)),
+            });
         }
     }
+    let s = |f: for<'r> fn(&'r Row<'r>) -> &'r str| {
+        rows.iter().map(|r| f(r).to_string()).collect::<Vec<_>>()
+    };
+    let x = |k: usize| rows.iter().map(|r| r.scores[k]).collect::<Vec<_>>();
     Ok(DataFrame::new_infer_height(vec![
-        Column::new("variant".into(), variant),
-        Column::new("id".into(), id),
-        Column::new("patient".into(), patient),
-        Column::new("class".into(), class),
-        Column::new("split".into(), split),
-        Column::new("predicted".into(), predicted),
-        Column::new("p_positive".into(), p_pos),
-        Column::new("correct".into(), correct),
-        Column::new("cam_iou".into(), cam_iou),
-        Column::new("pseudo_fg_fraction".into(), fg),
-        Column::new("pseudo_miou".into(), pseudo_miou),
-        Column::new("seg_iou".into(), seg_iou),
-        Column::new("seg_miou".into(), seg_miou),
+        Column::new("variant".into(), s(|r| r.variant)),
+        Column::new("id".into(), s(|r| &r.p.id)),
+        Column::new("patient".into(), s(|r| &r.p.patient)),
+        Column::new("class".into(), s(|r| &r.p.class)),
+        Column::new("split".into(), s(|r| &r.p.split)),
+        Column::new("predicted".into(), s(|r| &r.p.predicted)),
+        Column::new(
+            "p_positive".into(),
+            rows.iter().map(|r| r.p.p_positive).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "correct".into(),
+            rows.iter().map(|r| r.p.correct).collect::<Vec<_>>(),
+        ),
+        Column::new("cam_iou".into(), x(0)),
+        Column::new("pseudo_fg_fraction".into(), x(1)),
+        Column::new("pseudo_miou".into(), x(2)),
+        Column::new("seg_iou".into(), x(3)),
+        Column::new("seg_miou".into(), x(4)),
     ])?)
 }
 
@@ -538,32 +529,20 @@ pub struct Miss {
 pub fn misses(exp: &Experiment) -> Vec<Miss> {
     let mut out = Vec::new();
     for r in &exp.variants {
-        let Some(t) = r.table("predictions") else {
-            continue;
-        };
         let pos = r.positive_class().unwrap_or_default();
-        let (Some(id), Some(pa), Some(cl), Some(sp), Some(pr), Some(co), Some(pp)) = (
-            strs(t, "id"),
-            strs(t, "patient"),
-            strs(t, "class"),
-            strs(t, "split"),
-            strs(t, "predicted"),
-            strs(t, "correct"),
-            nums(t, &format!("p_{pos}")),
-        ) else {
-            continue;
-        };
-        let mut mine: Vec<Miss> = (0..id.len())
-            .filter(|&i| co[i] != "true")
-            .map(|i| Miss {
+        let mut mine: Vec<Miss> = r
+            .predictions
+            .iter()
+            .filter(|p| !p.correct)
+            .map(|p| Miss {
                 variant: r.id.clone(),
-                split: sp[i].clone(),
-                id: id[i].clone(),
-                patient: pa[i].clone(),
-                class: cl[i].clone(),
-                predicted: pr[i].clone(),
-                confidence: if pr[i] == pos { pp[i] } else { 1.0 - pp[i] },
-                p_positive: pp[i],
+                split: p.split.clone(),
+                id: p.id.clone(),
+                patient: p.patient.clone(),
+                class: p.class.clone(),
+                predicted: p.predicted.clone(),
+                confidence: p.confidence(&pos),
+                p_positive: p.p_positive,
             })
             .collect();
         mine.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
@@ -589,55 +568,46 @@ pub fn misclassified(misses: &[Miss]) -> Result<DataFrame> {
 
 /// Errors per variant, split and patient (every patient listed, also those without errors).
 pub fn patient_errors(exp: &Experiment) -> Result<DataFrame> {
-    let (mut va, mut sp, mut pa, mut n, mut e, mut rate, mut mp) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for r in &exp.variants {
-        let Some(t) = r.table("predictions") else {
-            continue;
-        };
-        let pos = r.positive_class().unwrap_or_default();
-        let (Some(pat), Some(spl), Some(co), Some(pp)) = (
-            strs(t, "patient"),
-            strs(t, "split"),
-            strs(t, "correct"),
-            nums(t, &format!("p_{pos}")),
-        ) else {
-            continue;
-        };
-        let mut groups: BTreeMap<(String, String), (u32, u32, f64)> = BTreeMap::new();
-        for i in 0..pat.len() {
-            let g = groups
-                .entry((spl[i].clone(), pat[i].clone()))
-                .or_insert((0, 0, 0.0));
-            g.0 += 1;
-            g.1 += u32::from(co[i] != "true");
-            g.2 += pp[i];
-        }
-        for ((s, p), (count, errs, psum)) in groups {
-            va.push(r.id.clone());
-            sp.push(s);
-            pa.push(p);
-            n.push(count);
-            e.push(errs);
-            rate.push(f64::from(errs) / f64::from(count));
-            mp.push(psum / f64::from(count));
-        }
+    #[derive(Default)]
+    struct Group {
+        images: u32,
+        errors: u32,
+        p_sum: f64,
     }
+    // (variant, split, patient) in variant order, patients sorted within a variant
+    let mut rows: Vec<([String; 3], Group)> = Vec::new();
+    for r in &exp.variants {
+        let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+        for p in &r.predictions {
+            let g = groups
+                .entry((p.split.clone(), p.patient.clone()))
+                .or_default();
+            g.images += 1;
+            g.errors += u32::from(!p.correct);
+            g.p_sum += p.p_positive;
+        }
+        rows.extend(
+            groups
+                .into_iter()
+                .map(|((s, p), g)| ([r.id.clone(), s, p], g)),
+        );
+    }
+    let key = |k: usize| rows.iter().map(|r| r.0[k].clone()).collect::<Vec<_>>();
+    let n = |r: &([String; 3], Group)| f64::from(r.1.images);
     TableBuilder::new()
-        .str("variant", va)
-        .str("split", sp)
-        .str("patient", pa)
-        .u32("images", n)
-        .u32("errors", e)
-        .f64("error_rate", rate)
-        .f64("mean_p_positive", mp)
+        .str("variant", key(0))
+        .str("split", key(1))
+        .str("patient", key(2))
+        .u32("images", rows.iter().map(|r| r.1.images).collect())
+        .u32("errors", rows.iter().map(|r| r.1.errors).collect())
+        .f64(
+            "error_rate",
+            rows.iter().map(|r| f64::from(r.1.errors) / n(r)).collect(),
+        )
+        .f64(
+            "mean_p_positive",
+            rows.iter().map(|r| r.1.p_sum / n(r)).collect(),
+        )
         .build()
 }
 
