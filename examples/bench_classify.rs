@@ -1,14 +1,17 @@
 //! Classifier throughput benchmark: VGG-16 (torchvision widths, no batch norm, GAP-linear head;
 //! or `--arch resnet18|resnet50`) forward (inference) and one AdamW training step, batch 8, at
-//! 128² and 224², on the CPU.
+//! 128² and 224², on the CPU or (`--device cuda`, wsss built with `--features cuda`) a GPU.
 //!
-//! Run: `cargo run --example bench_classify [-- --reps N] [--arch A]`. Each workload runs in a child
-//! process so its peak resident memory (VmHWM) is its own. Prints a Markdown table with the
-//! median and the spread over repetitions, images/s and peak memory. This is a benchmark, not
-//! a test: nothing asserts on time.
+//! Run: `cargo run --release --example bench_classify [-- --reps N] [--arch A] [--device D]`.
+//! Each workload runs in a child process so its peak resident memory (VmHWM) is its own. Prints
+//! a Markdown table with the median and the spread over repetitions, images/s, peak host
+//! memory and, when `python3` can import `torch`, PyTorch's median on the same device
+//! (`bench/torch_reference.py`) with the ratio wsss / PyTorch (`--no-torch` to skip). This is a
+//! benchmark, not a test: nothing asserts on time.
+
+mod common;
 
 use std::process::Command;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use wsss::config::Arch;
@@ -38,8 +41,8 @@ fn arch_of(s: &str) -> Arch {
     }
 }
 
-fn one(arch: Arch, size: usize, train: bool, reps: usize) -> candle_core::Result<()> {
-    let dev = Device::Cpu;
+fn one(arch: Arch, size: usize, train: bool, reps: usize, dev: &Device) -> candle_core::Result<()> {
+    let dev = dev.clone();
     let vm = candle_nn::VarMap::new();
     let model = Backbone::new(
         BackboneSpec {
@@ -65,9 +68,7 @@ fn one(arch: Arch, size: usize, train: bool, reps: usize) -> candle_core::Result
         (BATCH, 2),
         &dev,
     )?;
-    let mut times = Vec::new();
-    for r in 0..=reps {
-        let t = Instant::now();
+    let (med, lo, hi) = common::time(&dev, reps, || {
         if train {
             let (_, logits) = model.forward_t(&x, true, None)?;
             let loss = losses::cross_entropy(&logits, &y)?;
@@ -77,17 +78,13 @@ fn one(arch: Arch, size: usize, train: bool, reps: usize) -> candle_core::Result
             let (_, logits) = model.forward_t(&x, false, None)?;
             logits.to_vec2::<f32>()?;
         }
-        if r > 0 {
-            times.push(t.elapsed().as_secs_f64()); // the first run is warm-up
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let med = times[times.len() / 2];
+        Ok(())
+    })?;
     println!(
         "{size} {} {med:.4} {:.4} {:.4} {:.1}",
         if train { "train" } else { "forward" },
-        times[0],
-        times[times.len() - 1],
+        lo,
+        hi,
         peak_rss_mib()
     );
     Ok(())
@@ -95,31 +92,34 @@ fn one(arch: Arch, size: usize, train: bool, reps: usize) -> candle_core::Result
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    let (dev, dev_name) = common::device(&args)?;
     if args.get(1).map(String::as_str) == Some("--one") {
         let size = args[2].parse().unwrap_or(128);
         let reps = args[4].parse().unwrap_or(3);
-        return one(arch_of(&args[5]), size, args[3] == "train", reps);
+        return one(arch_of(&args[5]), size, args[3] == "train", reps, &dev);
     }
-    let arch = args
-        .iter()
-        .position(|a| a == "--arch")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| "vgg16".into());
-    let reps = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
+    let arch = common::flag(&args, "--arch").unwrap_or_else(|| "vgg16".into());
+    let reps = common::flag(&args, "--reps")
         .and_then(|s| s.parse().ok())
         .unwrap_or(3usize);
+    let (torch, about) = if arch == "vgg16" {
+        common::torch_reference(&args, "classify", &dev_name, reps, &[])
+    } else {
+        Default::default()
+    };
     let exe = std::env::current_exe()?;
-    println!("{arch} (width 1.0, GAP-linear head), batch {BATCH}, CPU, {} threads, {reps} timed repetitions after one warm-up\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
-    println!("| workload | median s/batch | min–max s | images/s | peak RSS MiB |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "{arch} (width 1.0, GAP-linear head), batch {BATCH}, {dev_name}, {} CPU threads, {reps} timed repetitions after one warm-up",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("{about}\n");
+    println!("| workload | median s/batch | min–max s | images/s | peak host RSS MiB | PyTorch s | wsss / PyTorch |");
+    println!("|---|---|---|---|---|---|---|");
     for size in [128, 224] {
         for mode in ["forward", "train"] {
             let out = Command::new(&exe)
                 .args(["--one", &size.to_string(), mode, &reps.to_string(), &arch])
+                .args(["--device", &dev_name])
                 .output()?;
             let line = String::from_utf8_lossy(&out.stdout);
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -135,7 +135,7 @@ fn main() -> candle_core::Result<()> {
             }
             let med: f64 = f[2].parse().unwrap_or(f64::NAN);
             println!(
-                "| {} {size}² | {med:.3} | {}–{} | {:.2} | {} |",
+                "| {} {size}² | {med:.3} | {}–{} | {:.2} | {} | {} |",
                 if mode == "train" {
                     "train step"
                 } else {
@@ -144,7 +144,8 @@ fn main() -> candle_core::Result<()> {
                 f[3],
                 f[4],
                 BATCH as f64 / med,
-                f[5]
+                f[5],
+                common::ratio_cells(med, torch.get(&format!("{mode} {size}")))
             );
         }
     }

@@ -1,4 +1,4 @@
-//! Throughput of the CAM → pseudo label → segmenter side, on the CPU:
+//! Throughput of the CAM → pseudo label → segmenter side, on the CPU or (`--device cuda`) a GPU:
 //! - CAM generation (CAM and Grad-CAM) with VGG-16 (torchvision widths) at 224², batch 8,
 //!   including upsampling to a 775×522 GlaS tile and 8-bit quantisation: images/s;
 //! - the pseudo-label + metric pass (threshold rule and confusion matrix) over 775×522 maps:
@@ -7,12 +7,14 @@
 //!   inference at 256², batch 8: images/s; and sliding-window inference of one 775×522 tile
 //!   with 256² windows: seconds.
 //!
-//! Run: `cargo run --example bench_segment [-- --reps N]`. Medians over N timed repetitions
-//! after one warm-up. A benchmark, not a test: nothing asserts on time.
+//! Run: `cargo run --release --example bench_segment [-- --reps N] [--device D]`. Medians over N
+//! timed repetitions after one warm-up. When `python3` can import `torch`, the DeepLab V3+ rows
+//! also show PyTorch's median on the same device (`bench/torch_reference.py`) and the ratio
+//! (`--no-torch` to skip). A benchmark, not a test: nothing asserts on time.
 
-use std::time::Instant;
+mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use image::{GrayImage, RgbImage};
 use wsss::cam::{self, CamSettings};
 use wsss::config::{Arch, CamMethod, CamNorm, Optimizer as OptKind, SegLoss};
@@ -24,23 +26,6 @@ use wsss::train::segment::{seg_loss, Segmenter};
 
 const BATCH: usize = 8;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn time(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {
-    let mut t = Vec::new();
-    for r in 0..=reps {
-        let s = Instant::now();
-        f()?;
-        if r > 0 {
-            t.push(s.elapsed().as_secs_f64());
-        }
-    }
-    Ok(median(t))
-}
-
 fn tile() -> RgbImage {
     RgbImage::from_fn(775, 522, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
@@ -49,19 +34,19 @@ fn tile() -> RgbImage {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let reps = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
+    let reps = common::flag(&args, "--reps")
         .and_then(|s| s.parse().ok())
         .unwrap_or(3usize);
-    let dev = Device::Cpu;
+    let (dev, dev_name) = common::device(&args)?;
+    let (torch, about) = common::torch_reference(&args, "segment", &dev_name, reps, &[]);
     println!(
-        "CPU, {} threads, median of {reps} repetitions after one warm-up\n",
+        "{dev_name}, {} CPU threads, median of {reps} repetitions after one warm-up",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("| workload | median s | throughput |");
-    println!("|---|---|---|");
+    println!("{about}\n");
+    println!("| workload | median s | throughput | PyTorch s | wsss / PyTorch |");
+    println!("|---|---|---|---|---|");
+    let none = common::ratio_cells(0.0, None);
 
     let vm = candle_nn::VarMap::new();
     let clf = Backbone::new(
@@ -85,12 +70,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             size: 224,
             class: 1,
         };
-        let t = time(reps, || {
+        let (t, _, _) = common::time(&dev, reps, || {
             cam::cams(&clf, &imgs, &s, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             Ok(())
         })?;
         println!(
-            "| {method:?} maps, VGG-16 224², batch {BATCH}, to 775×522 | {t:.3} | {:.2} images/s |",
+            "| {method:?} maps, VGG-16 224², batch {BATCH}, to 775×522 | {t:.3} | {:.2} images/s | {none} |",
             BATCH as f64 / t
         );
     }
@@ -98,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cam_map = GrayImage::from_fn(775, 522, |x, y| image::Luma([((x + y) % 256) as u8]));
     let truth = GrayImage::from_fn(775, 522, |x, _| image::Luma([u8::from(x > 300)]));
     let n = 20;
-    let t = time(reps, || {
+    let (t, _, _) = common::time(&dev, reps, || {
         for _ in 0..n {
             let l = cam::pseudo_label(&cam_map, 0.7, 0.3, true);
             let mut c = Confusion::new(2);
@@ -108,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     })?;
     println!(
-        "| pseudo label + confusion, {n} maps of 775×522 | {t:.3} | {:.1} megapixels/s |",
+        "| pseudo label + confusion, {n} maps of 775×522 | {t:.3} | {:.1} megapixels/s | {none} |",
         n as f64 * 775.0 * 522.0 / 1e6 / t
     );
 
@@ -133,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let y: Vec<u8> = (0..BATCH * 256 * 256)
         .map(|i| u8::from(i % 512 > 200))
         .collect();
-    let t = time(reps, || {
+    let (t, _, _) = common::time(&dev, reps, || {
         let l = seg_loss(&model.forward_t(&x, true)?, &y, SegLoss::Ce)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         opt.step(&l.backward()?)
@@ -141,25 +126,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     })?;
     println!(
-        "| DeepLab V3+ (ResNet-18, OS16) train step 256², batch {BATCH} | {t:.3} | {:.2} images/s |",
-        BATCH as f64 / t
+        "| DeepLab V3+ (ResNet-18, OS16) train step 256², batch {BATCH} | {t:.3} | {:.2} images/s | {} |",
+        BATCH as f64 / t,
+        common::ratio_cells(t, torch.get("deeplab train 256"))
     );
-    let t = time(reps, || {
+    let (t, _, _) = common::time(&dev, reps, || {
         std::hint::black_box(model.forward_t(&x, false)?);
         Ok(())
     })?;
     println!(
-        "| DeepLab V3+ (ResNet-18, OS16) inference 256², batch {BATCH} | {t:.3} | {:.2} images/s |",
-        BATCH as f64 / t
+        "| DeepLab V3+ (ResNet-18, OS16) inference 256², batch {BATCH} | {t:.3} | {:.2} images/s | {} |",
+        BATCH as f64 / t,
+        common::ratio_cells(t, torch.get("deeplab forward 256"))
     );
     let seg = Segmenter { model, vars: vm };
-    let t = time(reps, || {
+    let (t, _, _) = common::time(&dev, reps, || {
         seg.predict(&img, 256, 1.0, false, BATCH, &dev)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(())
     })?;
     println!(
-        "| sliding window, one 775×522 tile, 256² windows (15) | {t:.3} | {:.2} tiles/s |",
+        "| sliding window, one 775×522 tile, 256² windows (15) | {t:.3} | {:.2} tiles/s | {none} |",
         1.0 / t
     );
     Ok(())
