@@ -529,7 +529,11 @@ pub fn schema_text() -> String {
         name: "<required>".into(),
         ..Default::default()
     };
-    let v = toml::Value::try_from(&d).unwrap_or(toml::Value::Table(Default::default()));
+    let mut v = toml::Value::try_from(&d).unwrap_or(toml::Value::Table(Default::default()));
+    // `[labels]` is left out of saved configs while it is the default; show its defaults.
+    if let (Some(t), Ok(l)) = (v.as_table_mut(), toml::Value::try_from(&d.labels)) {
+        t.insert("labels".into(), l);
+    }
     let rows: Vec<Vec<String>> = schema::FIELDS
         .iter()
         .map(|f| {

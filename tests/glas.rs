@@ -178,3 +178,86 @@ fn glas_talk_manifest_runs_end_to_end_reduced() {
     assert!((get("all_background", "miou") - bg / 2.0).abs() < 1e-12);
     assert!(rep.join("index.html").is_file());
 }
+
+/// The OEEM protocol manifest itself (`experiments/glas-oeem.toml`: patch-level labels from the
+/// gland masks, 3 seeds × weak/full), shrunk to test size (larger, fewer windows), end to end:
+/// windows and their labels, the multi-label classifier's metrics, pseudo labels with glands on
+/// benign images too (every gland is foreground), baselines and the report.
+#[test]
+fn glas_oeem_manifest_runs_end_to_end_reduced() {
+    let shared = require_glas!();
+    let sb = Sandbox::new();
+    let manifest = repo().join("experiments/glas-oeem.toml");
+    let mut args: Vec<&str> = vec!["run", manifest.to_str().unwrap()];
+    args.extend(TINY);
+    args.extend([
+        "--set",
+        "labels.patch_size=128",
+        "--set",
+        "labels.patch_stride=128",
+    ]);
+    let o = sb
+        .cmd()
+        .env("WSSS_DATASETS", repo().join("datasets.toml"))
+        .env("WSSS_SHARED_DATA", &shared)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let exp = sb.work().join("glas-oeem");
+    let rd = std::fs::read_dir(&exp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.to_string_lossy()
+                .contains("supervision=pseudo,train.seed=0")
+        })
+        .unwrap();
+    use wsss::report::data::{nums, strs};
+    // Held-out windows of 128 px every 128 px: ⌈(side − 128) / 128⌉ + 1 per axis (7 × 5 on a
+    // 775×522 tile), the last row and column ending at the border.
+    let p = wsss::table::read_parquet(&rd.join("patches.parquet")).unwrap();
+    let split = wsss::table::read_parquet(&rd.join("split.parquet")).unwrap();
+    let (ids, sps) = (strs(&split, "id").unwrap(), strs(&split, "split").unwrap());
+    let (ws, hs) = (
+        nums(&split, "width").unwrap(),
+        nums(&split, "height").unwrap(),
+    );
+    let per_axis = |l: f64| ((l - 128.0) / 128.0).ceil() as usize + 1;
+    let want: usize = (0..ids.len())
+        .filter(|&i| sps[i] == "valid")
+        .map(|i| per_axis(ws[i]) * per_axis(hs[i]))
+        .sum();
+    assert_eq!(p.height(), want);
+    assert_eq!(per_axis(775.0) * per_axis(522.0), 35);
+    let (b, f) = (
+        strs(&p, "has_background").unwrap(),
+        strs(&p, "has_foreground").unwrap(),
+    );
+    assert!((0..b.len()).all(|i| b[i] == "true" || f[i] == "true"));
+    let m = std::fs::read_to_string(rd.join("classify_metrics.csv")).unwrap();
+    assert!(m.contains("valid,patch,auc") && m.contains("valid,patch-background,auc"));
+    // Benign tiles have glands in this protocol, and their pseudo labels show them.
+    let pi = wsss::table::read_parquet(&rd.join("pseudo_images.parquet")).unwrap();
+    let (cls, sp, fg) = (
+        strs(&pi, "class").unwrap(),
+        strs(&pi, "split").unwrap(),
+        nums(&pi, "fg_fraction").unwrap(),
+    );
+    assert!((0..cls.len()).any(|i| cls[i] == "benign" && sp[i] == "train" && fg[i] > 0.0));
+    // The report: 6 variants, the patch-level accuracy and the baselines beside the segmenter.
+    let df =
+        wsss::table::read_parquet(&sb.path().join("reports/glas-oeem/summary.parquet")).unwrap();
+    assert_eq!(df.height(), 6);
+    for c in [
+        "accuracy",
+        "seg_miou",
+        "pseudo_miou",
+        "otsu_miou",
+        "all_foreground_miou",
+    ] {
+        let v = nums(&df, c).unwrap_or_else(|| panic!("no column {c}"));
+        assert!(v.iter().all(|x| (0.0..=1.0).contains(x)), "{c}: {v:?}");
+    }
+}

@@ -636,3 +636,93 @@ fn first_png(root: &std::path::Path) -> std::path::PathBuf {
         })
         .unwrap()
 }
+
+/// Patch-level labels (the OEEM protocol) on the synthetic data: window labels match the
+/// masks, the classifier is multi-label, and on training images every window that holds one
+/// class only is that class in the pseudo label (the stitched CAM obeys the window labels).
+#[test]
+fn patch_labels_train_a_multi_label_classifier_whose_windows_decide_pseudo_labels() {
+    let sb = Sandbox::new();
+    let text = format!(
+        "{MINIMAL}\n[labels]\nlevel = \"patch\"\npatch_size = 16\npatch_stride = 16\n[loss]\nvariant = \"bce\"\n[cam]\nthreshold = 0.5\n"
+    );
+    let m = sb.write("m.toml", &text);
+    let o = sb.run(&["run", m.to_str().unwrap(), "--no-report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rd = first_dir(sb.work().join("t"));
+    let root = sb.path().join("data/synthetic");
+    let split = wsss::table::read_parquet(&rd.join("split.parquet")).unwrap();
+    let col = |name: &str| wsss::report::data::strs(&split, name).unwrap();
+    let (ids, sp, masks) = (col("id"), col("split"), col("mask"));
+    let mask_of = |i: usize| image::open(root.join(&masks[i])).unwrap().into_luma8();
+
+    // Held-out windows and their labels, recounted from the masks here.
+    let p = wsss::table::read_parquet(&rd.join("patches.parquet")).unwrap();
+    let (pi, px, py) = (
+        wsss::report::data::strs(&p, "image").unwrap(),
+        wsss::report::data::nums(&p, "x").unwrap(),
+        wsss::report::data::nums(&p, "y").unwrap(),
+    );
+    let (pb, pf) = (
+        wsss::report::data::strs(&p, "has_background").unwrap(),
+        wsss::report::data::strs(&p, "has_foreground").unwrap(),
+    );
+    let held_out = sp.iter().filter(|s| *s != "train").count();
+    assert_eq!(
+        p.height(),
+        held_out * 16,
+        "4×4 windows of 16 px per 64² image"
+    );
+    for r in 0..p.height() {
+        let i = ids.iter().position(|x| *x == pi[r]).unwrap();
+        let mk = mask_of(i);
+        let (x0, y0) = (px[r] as u32, py[r] as u32);
+        let fg = (0..256)
+            .filter(|k| mk.get_pixel(x0 + k % 16, y0 + k / 16).0[0] > 0)
+            .count();
+        assert_eq!(pf[r] == "true", fg > 0, "window {r}");
+        assert_eq!(pb[r] == "true", fg < 256, "window {r}");
+    }
+    let preds = std::fs::read_to_string(rd.join("predictions.csv")).unwrap();
+    assert!(preds.starts_with(
+        "id,image,patient,class,split,x,y,has_background,p_background,p_foreground,predicted,correct"
+    ));
+    let metrics = std::fs::read_to_string(rd.join("classify_metrics.csv")).unwrap();
+    assert!(metrics.contains("valid,patch,auc") && metrics.contains("valid,patch-background,auc"));
+
+    // Training images: single-class windows decide their pixels.
+    let mut checked = 0;
+    for i in (0..ids.len()).filter(|&i| sp[i] == "train") {
+        let mk = mask_of(i);
+        let stem = ids[i].replace(['/', '\\', ':'], "_");
+        let pl =
+            wsss::cam::read_labels(&rd.join("pseudo_labels").join(format!("{stem}.png"))).unwrap();
+        for (wx, wy) in (0..16).map(|k| ((k % 4) * 16, (k / 4) * 16)) {
+            let px: Vec<(u32, u32)> = (0..256).map(|k| (wx + k % 16, wy + k / 16)).collect();
+            let fg = px
+                .iter()
+                .filter(|&&(x, y)| mk.get_pixel(x, y).0[0] > 0)
+                .count();
+            if fg == 0 || fg == 256 {
+                let want = u8::from(fg == 256);
+                assert!(
+                    px.iter().all(|&(x, y)| pl.get_pixel(x, y).0[0] == want),
+                    "{} window ({wx},{wy})",
+                    ids[i]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} single-class windows");
+
+    // Multi-label windows need a multi-label loss: anything else is bad input naming the key.
+    let bad = sb.write(
+        "bad.toml",
+        &text.replace("variant = \"bce\"", "variant = \"ce\""),
+    );
+    let o = sb.run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("loss.variant") && e.contains("bce"), "{e}");
+}

@@ -7,13 +7,15 @@
 //!   per-image normalisation, and 8-bit quantisation for a compact on-disk cache (a threshold
 //!   sweep reads these instead of recomputing);
 //! - the confidence-threshold rule turning a normalised CAM into a pseudo label;
-//! - [`refine`]: superpixel refinement toward boundaries.
+//! - [`refine`]: superpixel refinement toward boundaries;
+//! - [`patch`]: CAMs of a patch-level (multi-label) classifier stitched per image (OEEM).
 //!
 //! Quantisation: a normalised value `v ∈ [0, 1]` is stored as `round(255 v)` and compared as
 //! `stored / 255 ≥ threshold`, so a threshold decision can differ from the float one only for
 //! values within 1/510 of the threshold.
 
 pub mod methods;
+pub mod patch;
 pub mod refine;
 
 use candle_core::{Device, Tensor};

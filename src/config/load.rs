@@ -12,7 +12,9 @@ use toml::{Table, Value};
 
 use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
-use super::{CamMethod, ConfigError, ConfigErrors, ExperimentConfig, SegInit, SplitMethod};
+use super::{
+    CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant, SegInit, SplitMethod,
+};
 
 /// Environment variables with the `WSSS_` prefix that are settings of the program rather than
 /// manifest keys.
@@ -677,6 +679,23 @@ fn semantic(
                 c.segmentation.encoder, c.segmentation.width, c.backbone.arch, c.backbone.width
             ),
         );
+    }
+    if c.labels.patch() {
+        if c.loss.variant != LossVariant::Bce {
+            push(
+                "loss.variant",
+                "must be `bce` with labels.level = \"patch\": patch labels are multi-label (a window can contain background and foreground)".into(),
+            );
+        }
+        if c.labels.patch_stride > c.labels.patch_size {
+            push(
+                "labels.patch_stride",
+                format!(
+                    "{} is larger than labels.patch_size = {}: windows would leave pixels out",
+                    c.labels.patch_stride, c.labels.patch_size
+                ),
+            );
+        }
     }
     if let Some(bg) = c.cam.background_threshold {
         if bg > c.cam.threshold {

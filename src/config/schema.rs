@@ -100,6 +100,26 @@ pub static FIELDS: &[Field] = &[
         "`cpu`, `cuda:N` or `auto` (CUDA needs the `cuda` cargo feature)",
     ),
     f(
+        "labels.level",
+        Kind::Choice(&["image", "patch"]),
+        "classifier labels: one class per image, or multi-label windows derived from the masks (OEEM)",
+    ),
+    f(
+        "labels.patch_size",
+        Kind::Int { min: 16, max: 8192 },
+        "patch: window side in image pixels (the classifier sees it resized to train.image_size)",
+    ),
+    f(
+        "labels.patch_stride",
+        Kind::Int { min: 1, max: 8192 },
+        "patch: window step in image pixels",
+    ),
+    f(
+        "labels.min_fraction",
+        PROB,
+        "patch: a class is present when it covers more than this share of the window",
+    ),
+    f(
         "split.method",
         Kind::Choice(&["fraction", "kfold", "patients"]),
         "how patients are assigned to train / valid / test",
@@ -656,6 +676,7 @@ mod tests {
         let mut cfg = ExperimentConfig::default();
         cfg.backbone.pretrained = Some("x".into());
         cfg.cam.background_threshold = Some(0.1);
+        cfg.labels.level = crate::config::LabelLevel::Patch; // the default is not serialised
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);
         got.sort();

@@ -16,6 +16,11 @@ pub struct ExperimentConfig {
     pub description: String,
     /// Dataset name, looked up in `datasets.toml`.
     pub dataset: String,
+    /// How the classifier's labels are derived (image-level, or patch-level from masks).
+    /// Left out of the saved config (and so of every hash) while it is the default, so runs
+    /// made before this section existed keep their cache keys.
+    #[serde(skip_serializing_if = "LabelsConfig::is_default")]
+    pub labels: LabelsConfig,
     /// `cpu`, `cuda:N` or `auto`.
     pub device: String,
     /// Patient-level split.
@@ -38,6 +43,7 @@ impl Default for ExperimentConfig {
             name: String::new(),
             description: String::new(),
             dataset: "synthetic".into(),
+            labels: LabelsConfig::default(),
             device: "cpu".into(),
             split: SplitConfig::default(),
             backbone: BackboneConfig::default(),
@@ -384,6 +390,54 @@ pub enum Schedule {
     Cosine,
     /// Polynomial decay.
     Poly,
+}
+
+/// Which labels the classifier learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelLevel {
+    /// One class per image (the talk's protocol).
+    Image,
+    /// Multi-label windows cut from each image, labelled "contains background" / "contains
+    /// foreground" from the mask (the OEEM protocol).
+    Patch,
+}
+
+/// Label derivation (`[labels]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LabelsConfig {
+    /// Image-level or patch-level labels.
+    pub level: LabelLevel,
+    /// `patch`: window side in pixels of the image.
+    pub patch_size: u32,
+    /// `patch`: window step in pixels.
+    pub patch_stride: u32,
+    /// `patch`: a class is present when it covers more than this share of the window's
+    /// labelled pixels.
+    pub min_fraction: f64,
+}
+
+impl Default for LabelsConfig {
+    fn default() -> Self {
+        Self {
+            level: LabelLevel::Image,
+            patch_size: 128,
+            patch_stride: 64,
+            min_fraction: 0.0,
+        }
+    }
+}
+
+impl LabelsConfig {
+    /// Whether this is the default (image-level) setting.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+    /// Whether the classifier learns patch-level labels.
+    pub fn patch(&self) -> bool {
+        self.level == LabelLevel::Patch
+    }
 }
 
 /// Classifier training settings.

@@ -23,6 +23,33 @@ pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Keep decoded images in memory when they take at most this many bytes.
 pub const CACHE_BUDGET: u64 = 2 << 30;
 
+/// What one batch item shows: a whole sample, or a window `(x, y, w, h)` of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// Sample index.
+    pub sample: usize,
+    /// Window in the sample's pixels; `None` = the whole image.
+    pub window: Option<(u32, u32, u32, u32)>,
+}
+
+impl From<usize> for View {
+    fn from(sample: usize) -> Self {
+        Self {
+            sample,
+            window: None,
+        }
+    }
+}
+
+impl From<super::patches::Patch> for View {
+    fn from(p: super::patches::Patch) -> Self {
+        Self {
+            sample: p.sample,
+            window: Some((p.x, p.y, p.w, p.h)),
+        }
+    }
+}
+
 /// Augmentations suited to H&E tiles.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
@@ -83,9 +110,14 @@ impl<'a> Images<'a> {
     }
 }
 
-/// One training view of an image: random resized crop, flips, rotations, colour and stain
-/// jitter, resized to `size`×`size`.
+/// One training view of an image: random resized crop (none when `min_crop_area ≥ 1`, as for
+/// labelled windows, whose label holds only for the whole window), flips, rotations, colour
+/// and stain jitter, resized to `size`×`size`.
 pub fn augment(img: &RgbImage, size: u32, a: &Augment, rng: &mut ChaCha8Rng) -> RgbImage {
+    if a.min_crop_area >= 1.0 {
+        let out = imageops::resize(img, size, size, FilterType::Triangle);
+        return flip_and_jitter(out, a, rng);
+    }
     let (w, h) = img.dimensions();
     let area = (w as f64) * (h as f64) * rng.random_range(a.min_crop_area.min(1.0)..=1.0);
     let ratio = (rng.random_range((0.75f64).ln()..=(4.0f64 / 3.0).ln())).exp();
@@ -94,7 +126,12 @@ pub fn augment(img: &RgbImage, size: u32, a: &Augment, rng: &mut ChaCha8Rng) -> 
     let x0 = rng.random_range(0..=w - cw);
     let y0 = rng.random_range(0..=h - ch);
     let crop = imageops::crop_imm(img, x0, y0, cw, ch).to_image();
-    let mut out = imageops::resize(&crop, size, size, FilterType::Triangle);
+    let out = imageops::resize(&crop, size, size, FilterType::Triangle);
+    flip_and_jitter(out, a, rng)
+}
+
+/// Random flips and 90° rotations, then colour and stain jitter.
+fn flip_and_jitter(mut out: RgbImage, a: &Augment, rng: &mut ChaCha8Rng) -> RgbImage {
     if a.flips {
         if rng.random_bool(0.5) {
             imageops::flip_horizontal_in_place(&mut out);
@@ -156,11 +193,12 @@ pub fn to_chw(img: &RgbImage) -> Vec<f32> {
     out
 }
 
-/// A batch `(B, 3, size, size)` of the samples `items`; augmented views when `aug` is set,
-/// each item's generator keyed by (`seed`, item position in the epoch).
-pub fn batch(
+/// A batch `(B, 3, size, size)` of `items` (sample indices, or [`View`]s of windows);
+/// augmented views when `aug` is set, each item's generator keyed by (`seed`, item position in
+/// the epoch).
+pub fn batch<V: Copy + Into<View> + Sync>(
     images: &Images,
-    items: &[usize],
+    items: &[V],
     size: u32,
     aug: Option<&Augment>,
     seed: u64,
@@ -169,8 +207,14 @@ pub fn batch(
     let views: Vec<Result<Vec<f32>>> = items
         .par_iter()
         .enumerate()
-        .map(|(j, &i)| {
-            let img = images.get(i)?;
+        .map(|(j, &item)| {
+            let v: View = item.into();
+            let mut img = images.get(v.sample)?;
+            if let Some((x, y, w, h)) = v.window {
+                img = std::borrow::Cow::Owned(
+                    imageops::crop_imm(img.as_ref(), x, y, w, h).to_image(),
+                );
+            }
             let view = match aug {
                 Some(a) => {
                     let mut rng = ChaCha8Rng::seed_from_u64(

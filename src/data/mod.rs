@@ -3,6 +3,7 @@
 
 pub mod loader;
 pub mod mask;
+pub mod patches;
 pub mod registry;
 pub mod scan;
 pub mod split;

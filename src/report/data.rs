@@ -131,6 +131,16 @@ impl RunData {
         self.config.get(key).map(String::as_str)
     }
 
+    /// The level of the classifier metrics the report shows: `image`, or `patch` (the
+    /// foreground label of a patch-level classifier).
+    pub fn classify_level(&self) -> &'static str {
+        if self.cfg("labels.level") == Some("patch") {
+            "patch"
+        } else {
+            "image"
+        }
+    }
+
     /// A numeric field of a stage summary.
     pub fn summary_num(&self, stage: &str, field: &str) -> Option<f64> {
         self.summaries.get(stage)?.get(field)?.as_f64()

@@ -111,6 +111,8 @@ impl<'a> Sources<'a> {
     }
 
     fn sample(&self, id: &str) -> Option<Sample> {
+        // A window of a patch-level classifier (`<image>@<x>,<y>`) shows its image.
+        let id = id.split_once('@').map_or(id, |(image, _)| image);
         let t = self.run.table("split")?;
         let ids = strs(t, "id")?;
         let i = ids.iter().position(|x| x == id)?;
@@ -137,6 +139,7 @@ impl<'a> Sources<'a> {
     }
 
     fn panel(&self, id: &str, p: Panel, threshold: f64) -> Option<RgbImage> {
+        let id = id.split_once('@').map_or(id, |(image, _)| image);
         let stem = cam::file_stem(id);
         let rd = &self.run.run_dir;
         let smp = self.sample(id);

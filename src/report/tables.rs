@@ -60,7 +60,7 @@ pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
     let split = r.eval_split();
     let s = split.as_str();
     let mut m = BTreeMap::new();
-    let img = Some(("level", "image"));
+    let img = Some(("level", r.classify_level()));
     let seg = Some(("source", "segmenter"));
     let values = [
         ("accuracy", r.metric("classify_metrics", s, "accuracy", img)),
@@ -376,7 +376,7 @@ pub fn metrics(exp: &Experiment) -> Result<(DataFrame, DataFrame)> {
             r,
             "classify_metrics",
             "classify",
-            Some(("level", "image")),
+            Some(("level", r.classify_level())),
         );
         add_metric_table(&mut fin, r, "cam_quality", "cam", None);
         add_metric_table(&mut fin, r, "pseudo_metrics", "pseudo", None);

@@ -8,6 +8,11 @@
 //! mIoU–threshold curve, the best threshold on a 1/255 grid and the area under the curve.
 //! Its key depends on the classifier and the CAM options, not on `cam.threshold`: a threshold
 //! sweep computes CAMs once.
+//!
+//! With patch-level labels (`labels.level = "patch"`) the stored map is the stitched margin of
+//! the foreground and background CAMs ([`crate::cam::patch`]); windows of training images
+//! carry their mask-derived labels, windows of other images the classifier's predictions.
+//! Every image then counts as a positive image in the histograms (foreground can be anywhere).
 
 use std::path::Path;
 use std::time::Instant;
@@ -16,14 +21,19 @@ use rayon::prelude::*;
 
 use super::stage::{Stage, StageInput};
 use crate::cam::{self, CamSettings};
+use crate::config::ExperimentConfig;
 use crate::data::loader::Images;
+use crate::data::patches::{self, Patch};
+use crate::data::DatasetIndex;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
 use crate::model::backbone::BLOCKS;
 use crate::table::{self, TableBuilder};
-use crate::train::classify::Classifier;
+use crate::train::classify::{self, Classifier};
 use crate::util::fs::{link_dir, mkdirs, publish_files, write_json};
+use candle_core::Device;
+use image::{GrayImage, RgbImage};
 
 /// See the module docs.
 pub struct CamStage;
@@ -98,12 +108,16 @@ impl Stage for CamStage {
     }
     fn config_slice(&self, input: &StageInput) -> serde_json::Value {
         let c = &input.variant.config;
-        serde_json::json!({
+        let mut slice = serde_json::json!({
             "method": c.cam.method,
             "tta": c.cam.tta,
             "normalize": c.cam.normalize,
             "layer": c.backbone.cam_layer,
-        })
+        });
+        if c.labels.patch() {
+            slice["labels"] = serde_json::to_value(&c.labels).unwrap_or_default();
+        }
+        slice
     }
 
     fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
@@ -111,10 +125,9 @@ impl Stage for CamStage {
         let cfg = &input.variant.config;
         let idx = input.dataset;
         let (split, bytes) = super::data_stage::load_split(input.upstream_dir("data")?, "cam")?;
-        let classes = idx.spec.classes.len();
         let clf = Classifier::load(
             cfg,
-            classes,
+            classify::outputs(cfg, idx),
             input.device,
             &input
                 .upstream_dir("classify")?
@@ -126,8 +139,13 @@ impl Stage for CamStage {
             tta: cfg.cam.tta,
             normalize: cfg.cam.normalize,
             size: cfg.train.image_size,
-            class: idx.spec.positive,
+            class: if cfg.labels.patch() {
+                patches::FOREGROUND
+            } else {
+                idx.spec.positive
+            },
         };
+        let patch = cfg.labels.patch();
         let images = Images::new(&idx.samples, bytes);
         let dir = out.join(CAM_DIR);
         mkdirs(&dir)?;
@@ -147,7 +165,18 @@ impl Stage for CamStage {
                 .map(|&i| images.get(i))
                 .collect::<Result<_>>()?;
             let refs: Vec<&image::RgbImage> = decoded.iter().map(|c| c.as_ref()).collect();
-            let maps = cam::cams(&clf.model, &refs, &settings, input.device)?;
+            let maps = if patch {
+                chunk
+                    .iter()
+                    .zip(&refs)
+                    .map(|(&i, img)| {
+                        let train = split.get(&idx.samples[i].patient) == Some(&Split::Train);
+                        patch_map(&clf, cfg, idx, i, img, train, &settings, input.device)
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                cam::cams(&clf.model, &refs, &settings, input.device)?
+            };
             cam_secs += t.elapsed().as_secs_f64();
             let per: Vec<Result<Option<(usize, Hist)>>> = chunk
                 .par_iter()
@@ -165,7 +194,7 @@ impl Stage for CamStage {
                         .position(|x| Some(x) == split.get(&s.patient))
                         .unwrap_or(0);
                     let mut h = Hist::new();
-                    let positive = s.class == idx.spec.positive;
+                    let positive = patch || s.class == idx.spec.positive;
                     for (g, v) in gt.as_raw().iter().zip(m.as_raw()) {
                         match (*g, positive) {
                             (mask::IGNORE, _) => {}
@@ -268,6 +297,57 @@ impl Stage for CamStage {
         publish_files(entry, run_dir, PUBLISHED)?;
         link_dir(&entry.join(CAM_DIR), &run_dir.join(CAM_DIR))
     }
+}
+
+/// The stitched margin map of one image under patch-level labels: the windows of a training
+/// image carry their mask-derived labels, the others the classifier's predicted labels.
+#[allow(clippy::too_many_arguments)]
+fn patch_map(
+    clf: &Classifier,
+    cfg: &ExperimentConfig,
+    idx: &DatasetIndex,
+    i: usize,
+    img: &RgbImage,
+    train: bool,
+    settings: &CamSettings,
+    dev: &Device,
+) -> Result<GrayImage> {
+    let l = &cfg.labels;
+    let wins = if train {
+        patches::for_samples(idx, &[i], l)?
+    } else {
+        let raw = patches::windows(img.dimensions(), l.patch_size, l.patch_stride);
+        let crops: Vec<RgbImage> = raw
+            .iter()
+            .map(|&(x, y, w, h)| image::imageops::crop_imm(img, x, y, w, h).to_image())
+            .collect();
+        let probs = cam::patch::window_probs(
+            &clf.model,
+            &crops,
+            cfg.train.image_size,
+            (cfg.train.batch_size as usize * 2).max(1),
+            dev,
+        )?;
+        raw.into_iter()
+            .zip(probs)
+            .map(|((x, y, w, h), p)| Patch {
+                sample: i,
+                x,
+                y,
+                w,
+                h,
+                labels: [p[0] >= 0.5, p[1] >= 0.5],
+            })
+            .collect()
+    };
+    let scale = cfg.train.image_size as f64 / l.patch_size as f64;
+    let maps = cam::patch::full_maps(&clf.model, img, settings, scale, dev)?;
+    Ok(cam::patch::stitch(
+        &maps,
+        img.dimensions(),
+        &wins,
+        cfg.cam.normalize,
+    ))
 }
 
 #[cfg(test)]

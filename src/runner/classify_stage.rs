@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use super::stage::{Stage, StageInput};
 use crate::data::loader::Images;
+use crate::data::patches::{self, Patch};
 use crate::data::Split;
 use crate::error::Result;
 use crate::metrics::classification::{by_patient, Metrics};
 use crate::table::{self, TableBuilder};
-use crate::train::classify::{self, Job};
+use crate::train::classify::{self, Classifier, Examples, Job};
 use crate::util::fs::write_json;
 
 /// See the module docs.
@@ -56,14 +57,21 @@ impl Stage for ClassifyStage {
         if let Some(o) = backbone.as_object_mut() {
             o.remove("cam_layer");
         }
-        serde_json::json!({
+        let mut slice = serde_json::json!({
             "backbone": backbone,
             "pretrained_file": weights,
             "loss": c.loss,
             "train": c.train,
             "classes": input.dataset.spec.classes,
             "positive": input.dataset.spec.positive,
-        })
+        });
+        if c.labels.patch() {
+            // Window labels come from the masks, so their encoding counts too.
+            slice["labels"] = serde_json::to_value(&c.labels).unwrap_or_default();
+            slice["negative_masks"] =
+                serde_json::to_value(input.dataset.spec.negative_masks).unwrap_or_default();
+        }
+        slice
     }
 
     fn run(&self, input: &StageInput, out: &Path, scratch: &Path) -> Result<()> {
@@ -80,7 +88,18 @@ impl Stage for ClassifyStage {
             scratch,
             manifest_dir: input.manifest_dir,
         };
-        let (clf, summary) = classify::train(&job, &images)?;
+        let cfg = &input.variant.config;
+        let patch = cfg.labels.patch();
+        let windows = |s: Split| patches::for_samples(idx, &job.items(s), &cfg.labels);
+        let ex = if patch {
+            Examples::Patches {
+                train: windows(Split::Train)?,
+                valid: windows(Split::Valid)?,
+            }
+        } else {
+            Examples::images(&job)
+        };
+        let (clf, summary) = classify::train(&job, &images, &ex)?;
         crate::model::weights::save(&clf.vars, &out.join("classifier.safetensors"))?;
 
         let h = &summary.history;
@@ -106,88 +125,11 @@ impl Stage for ClassifyStage {
             .build()?;
         table::write(&mut hist, out, "history")?;
 
-        let t = &input.variant.config.train;
-        let classes = &idx.spec.classes;
-        let pos = idx.spec.positive;
-        let (mut m_split, mut m_level, mut m_name, mut m_val) = (vec![], vec![], vec![], vec![]);
-        let (mut p_id, mut p_pat, mut p_cls, mut p_split, mut p_pred) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        let mut p_prob: Vec<Vec<f64>> = vec![vec![]; classes.len()];
-        let mut valid_acc = f64::NAN;
-        for s in [Split::Train, Split::Valid, Split::Test] {
-            let items = job.items(s);
-            if items.is_empty() {
-                continue;
-            }
-            let pr = clf.predict(
-                &images,
-                &items,
-                t.image_size,
-                (t.batch_size * 2) as usize,
-                input.device,
-            )?;
-            let truth: Vec<usize> = items
-                .iter()
-                .map(|&i| usize::from(idx.samples[i].class == pos))
-                .collect();
-            let ppos: Vec<f64> = pr.probs.iter().map(|p| p[pos] as f64).collect();
-            let pats: Vec<String> = items
-                .iter()
-                .map(|&i| idx.samples[i].patient.clone())
-                .collect();
-            let (_, pt, pp) = by_patient(&pats, &truth, &ppos);
-            for (level, m) in [
-                ("image", Metrics::compute(&truth, &ppos)),
-                ("patient", Metrics::compute(&pt, &pp)),
-            ] {
-                if s == Split::Valid && level == "image" {
-                    valid_acc = m.accuracy;
-                }
-                for (name, v) in m.pairs() {
-                    m_split.push(s.to_string());
-                    m_level.push(level.to_string());
-                    m_name.push(name.to_string());
-                    m_val.push(v);
-                }
-            }
-            for (j, &i) in items.iter().enumerate() {
-                let smp = &idx.samples[i];
-                p_id.push(smp.id.clone());
-                p_pat.push(smp.patient.clone());
-                p_cls.push(classes[smp.class].clone());
-                p_split.push(s.to_string());
-                let probs = &pr.probs[j];
-                let arg = (0..probs.len())
-                    .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
-                    .unwrap_or(0);
-                p_pred.push(classes[arg].clone());
-                for (c, col) in p_prob.iter_mut().enumerate() {
-                    col.push(probs[c] as f64);
-                }
-            }
-        }
-        let mut metrics = TableBuilder::new()
-            .str("split", m_split)
-            .str("level", m_level)
-            .str("metric", m_name)
-            .f64("value", m_val)
-            .build()?;
-        table::write(&mut metrics, out, "classify_metrics")?;
-        let correct: Vec<String> = p_cls
-            .iter()
-            .zip(&p_pred)
-            .map(|(a, b)| (a == b).to_string())
-            .collect();
-        let mut b = TableBuilder::new()
-            .str("id", p_id)
-            .str("patient", p_pat)
-            .str("class", p_cls)
-            .str("split", p_split);
-        for (c, col) in p_prob.into_iter().enumerate() {
-            b = b.f64(&format!("p_{}", classes[c]), col);
-        }
-        let mut preds = b.str("predicted", p_pred).str("correct", correct).build()?;
-        table::write(&mut preds, out, "predictions")?;
+        let valid_acc = if patch {
+            write_patch_outputs(input, &job, &images, &clf, out)?
+        } else {
+            write_image_outputs(input, &job, &images, &clf, out)?
+        };
         write_json(
             &out.join("classify_summary.json"),
             &serde_json::json!({
@@ -202,6 +144,246 @@ impl Stage for ClassifyStage {
     }
 
     fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
-        crate::util::fs::publish_files(entry, run_dir, PUBLISHED)
+        crate::util::fs::publish_files(entry, run_dir, PUBLISHED)?;
+        // Written under patch-level labels only.
+        let windows: Vec<&str> = ["patches.parquet", "patches.csv"]
+            .into_iter()
+            .filter(|f| entry.join(f).is_file())
+            .collect();
+        crate::util::fs::publish_files(entry, run_dir, &windows)
     }
+}
+
+/// Image-level metrics, patient-level metrics and per-image predictions of every split;
+/// returns the validation accuracy.
+fn write_image_outputs(
+    input: &StageInput,
+    job: &Job,
+    images: &Images,
+    clf: &Classifier,
+    out: &Path,
+) -> Result<f64> {
+    let t = &input.variant.config.train;
+    let idx = input.dataset;
+    let classes = &idx.spec.classes;
+    let pos = idx.spec.positive;
+    let (mut m_split, mut m_level, mut m_name, mut m_val) = (vec![], vec![], vec![], vec![]);
+    let (mut p_id, mut p_pat, mut p_cls, mut p_split, mut p_pred) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut p_prob: Vec<Vec<f64>> = vec![vec![]; classes.len()];
+    let mut valid_acc = f64::NAN;
+    for s in [Split::Train, Split::Valid, Split::Test] {
+        let items = job.items(s);
+        if items.is_empty() {
+            continue;
+        }
+        let pr = clf.predict(
+            images,
+            &items,
+            t.image_size,
+            (t.batch_size * 2) as usize,
+            false,
+            input.device,
+        )?;
+        let truth: Vec<usize> = items
+            .iter()
+            .map(|&i| usize::from(idx.samples[i].class == pos))
+            .collect();
+        let ppos: Vec<f64> = pr.probs.iter().map(|p| p[pos] as f64).collect();
+        let pats: Vec<String> = items
+            .iter()
+            .map(|&i| idx.samples[i].patient.clone())
+            .collect();
+        let (_, pt, pp) = by_patient(&pats, &truth, &ppos);
+        for (level, m) in [
+            ("image", Metrics::compute(&truth, &ppos)),
+            ("patient", Metrics::compute(&pt, &pp)),
+        ] {
+            if s == Split::Valid && level == "image" {
+                valid_acc = m.accuracy;
+            }
+            for (name, v) in m.pairs() {
+                m_split.push(s.to_string());
+                m_level.push(level.to_string());
+                m_name.push(name.to_string());
+                m_val.push(v);
+            }
+        }
+        for (j, &i) in items.iter().enumerate() {
+            let smp = &idx.samples[i];
+            p_id.push(smp.id.clone());
+            p_pat.push(smp.patient.clone());
+            p_cls.push(classes[smp.class].clone());
+            p_split.push(s.to_string());
+            let probs = &pr.probs[j];
+            let arg = (0..probs.len())
+                .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+                .unwrap_or(0);
+            p_pred.push(classes[arg].clone());
+            for (c, col) in p_prob.iter_mut().enumerate() {
+                col.push(probs[c] as f64);
+            }
+        }
+    }
+    let mut metrics = TableBuilder::new()
+        .str("split", m_split)
+        .str("level", m_level)
+        .str("metric", m_name)
+        .f64("value", m_val)
+        .build()?;
+    table::write(&mut metrics, out, "classify_metrics")?;
+    let correct: Vec<String> = p_cls
+        .iter()
+        .zip(&p_pred)
+        .map(|(a, b)| (a == b).to_string())
+        .collect();
+    let mut b = TableBuilder::new()
+        .str("id", p_id)
+        .str("patient", p_pat)
+        .str("class", p_cls)
+        .str("split", p_split);
+    for (c, col) in p_prob.into_iter().enumerate() {
+        b = b.f64(&format!("p_{}", classes[c]), col);
+    }
+    let mut preds = b.str("predicted", p_pred).str("correct", correct).build()?;
+    table::write(&mut preds, out, "predictions")?;
+    Ok(valid_acc)
+}
+
+/// Window-level metrics of both labels and per-window predictions of the held-out splits, and
+/// the windows table; returns the validation accuracy of the foreground label.
+fn write_patch_outputs(
+    input: &StageInput,
+    job: &Job,
+    images: &Images,
+    clf: &Classifier,
+    out: &Path,
+) -> Result<f64> {
+    let cfg = &input.variant.config;
+    let t = &cfg.train;
+    let idx = input.dataset;
+    let names = patches::LABELS;
+    let (mut m_split, mut m_level, mut m_name, mut m_val) = (vec![], vec![], vec![], vec![]);
+    let mut rows: Vec<(Split, Patch, [f32; 2])> = Vec::new();
+    let mut valid_acc = f64::NAN;
+    // Training windows are many and their scores say little (the classifier saw them); the
+    // held-out windows are what the metrics need.
+    for s in [Split::Valid, Split::Test] {
+        let wins = patches::for_samples(idx, &job.items(s), &cfg.labels)?;
+        if wins.is_empty() {
+            continue;
+        }
+        let pr = clf.predict(
+            images,
+            &wins,
+            t.image_size,
+            (t.batch_size * 2) as usize,
+            true,
+            input.device,
+        )?;
+        for (label, level) in [
+            (patches::FOREGROUND, "patch"),
+            (patches::BACKGROUND, "patch-background"),
+        ] {
+            let truth: Vec<usize> = wins.iter().map(|p| usize::from(p.labels[label])).collect();
+            let p: Vec<f64> = pr.probs.iter().map(|q| q[label] as f64).collect();
+            let m = Metrics::compute(&truth, &p);
+            if s == Split::Valid && label == patches::FOREGROUND {
+                valid_acc = m.accuracy;
+            }
+            for (name, v) in m.pairs() {
+                m_split.push(s.to_string());
+                m_level.push(level.to_string());
+                m_name.push(name.to_string());
+                m_val.push(v);
+            }
+        }
+        for (p, q) in wins.iter().zip(&pr.probs) {
+            rows.push((s, *p, [q[0], q[1]]));
+        }
+    }
+    let mut metrics = TableBuilder::new()
+        .str("split", m_split)
+        .str("level", m_level)
+        .str("metric", m_name)
+        .f64("value", m_val)
+        .build()?;
+    table::write(&mut metrics, out, "classify_metrics")?;
+    let sample = |p: &Patch| &idx.samples[p.sample];
+    let label_of = |present: bool| names[usize::from(present)].to_string();
+    let fg = |r: &(Split, Patch, [f32; 2])| r.2[patches::FOREGROUND] >= 0.5;
+    let mut preds = TableBuilder::new()
+        .str(
+            "id",
+            rows.iter().map(|r| r.1.id(&sample(&r.1).id)).collect(),
+        )
+        .str(
+            "image",
+            rows.iter().map(|r| sample(&r.1).id.clone()).collect(),
+        )
+        .str(
+            "patient",
+            rows.iter().map(|r| sample(&r.1).patient.clone()).collect(),
+        )
+        .str(
+            "class",
+            rows.iter()
+                .map(|r| label_of(r.1.labels[patches::FOREGROUND]))
+                .collect(),
+        )
+        .str("split", rows.iter().map(|r| r.0.to_string()).collect())
+        .u32("x", rows.iter().map(|r| r.1.x).collect())
+        .u32("y", rows.iter().map(|r| r.1.y).collect())
+        .str(
+            "has_background",
+            rows.iter()
+                .map(|r| r.1.labels[patches::BACKGROUND].to_string())
+                .collect(),
+        )
+        .f64(
+            "p_background",
+            rows.iter()
+                .map(|r| r.2[patches::BACKGROUND] as f64)
+                .collect(),
+        )
+        .f64(
+            "p_foreground",
+            rows.iter()
+                .map(|r| r.2[patches::FOREGROUND] as f64)
+                .collect(),
+        )
+        .str("predicted", rows.iter().map(|r| label_of(fg(r))).collect())
+        .str(
+            "correct",
+            rows.iter()
+                .map(|r| (fg(r) == r.1.labels[patches::FOREGROUND]).to_string())
+                .collect(),
+        )
+        .build()?;
+    table::write(&mut preds, out, "predictions")?;
+    let mut wins = TableBuilder::new()
+        .str(
+            "image",
+            rows.iter().map(|r| sample(&r.1).id.clone()).collect(),
+        )
+        .str("split", rows.iter().map(|r| r.0.to_string()).collect())
+        .u32("x", rows.iter().map(|r| r.1.x).collect())
+        .u32("y", rows.iter().map(|r| r.1.y).collect())
+        .u32("w", rows.iter().map(|r| r.1.w).collect())
+        .u32("h", rows.iter().map(|r| r.1.h).collect())
+        .str(
+            "has_background",
+            rows.iter()
+                .map(|r| r.1.labels[patches::BACKGROUND].to_string())
+                .collect(),
+        )
+        .str(
+            "has_foreground",
+            rows.iter()
+                .map(|r| r.1.labels[patches::FOREGROUND].to_string())
+                .collect(),
+        )
+        .build()?;
+    table::write(&mut wins, out, "patches")?;
+    Ok(valid_acc)
 }

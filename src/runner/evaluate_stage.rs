@@ -116,7 +116,8 @@ impl Stage for EvaluateStage {
             &input.upstream_dir("segment")?.join(WEIGHTS),
         )?;
         let pseudo_dir = input.upstream_dir("pseudo")?.join(LABEL_DIR);
-        let gate = idx.spec.negative_masks == NegativeMasks::Background;
+        // Gating needs image-level predictions; a patch-level classifier has none.
+        let gate = idx.spec.negative_masks == NegativeMasks::Background && !cfg.labels.patch();
         let called_negative = if gate {
             classifier_negatives(
                 input.upstream_dir("classify")?,

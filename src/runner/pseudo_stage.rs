@@ -9,6 +9,10 @@
 //! foreground only). Per split: the dataset-level confusion-matrix scores (see
 //! [`crate::metrics::segmentation`] for how background and ignore count), and the mean
 //! foreground IoU and pointing-game accuracy of correctly and wrongly classified images.
+//!
+//! Images of the negative class are all background in their pseudo label — except under
+//! patch-level labels (`labels.level = "patch"`), where any image may hold foreground and the
+//! stored map is the foreground/background margin, so `cam.threshold = 0.5` is the argmax rule.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -89,16 +93,22 @@ impl Stage for PseudoStage {
     }
     fn config_slice(&self, input: &StageInput) -> serde_json::Value {
         let c = &input.variant.config.cam;
-        serde_json::json!({
+        let mut slice = serde_json::json!({
             "threshold": c.threshold,
             "background_threshold": c.background_threshold.unwrap_or(c.threshold),
             "refine": c.refine,
-        })
+        });
+        if input.variant.config.labels.patch() {
+            // Patch labels: every image may hold foreground, so none is forced to background.
+            slice["every_image_positive"] = true.into();
+        }
+        slice
     }
 
     fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
         let t0 = Instant::now();
         let cfg = &input.variant.config.cam;
+        let every_positive = input.variant.config.labels.patch();
         let (fg_t, bg_t) = (
             cfg.threshold,
             cfg.background_threshold.unwrap_or(cfg.threshold),
@@ -123,7 +133,7 @@ impl Stage for PseudoStage {
                 let raw = image::open(&cam_path)
                     .map_err(|e| Error::stage("pseudo", format!("{}: {e}", cam_path.display())))?
                     .into_luma8();
-                let positive = s.class == idx.spec.positive;
+                let positive = every_positive || s.class == idx.spec.positive;
                 let refined;
                 let c = if cfg.refine == Refine::Slic && positive {
                     refined = refine::refine_slic(images.get(i)?.as_ref(), &raw);

@@ -18,7 +18,8 @@ use super::checkpoint::Checkpoint;
 use super::losses::{self, GridTransform};
 use super::optim::{lr_at, Optimizer};
 use crate::config::{ExperimentConfig, LossVariant};
-use crate::data::loader::{self, Augment, Images};
+use crate::data::loader::{self, Augment, Images, View};
+use crate::data::patches::{self, Patch, FOREGROUND};
 use crate::data::{DatasetIndex, Split};
 use crate::error::{Error, Result};
 use crate::metrics::classification::Metrics;
@@ -72,12 +73,11 @@ pub struct TrainSummary {
     pub history: Vec<EpochRow>,
 }
 
-/// Predictions of a model on a set of images.
+/// Predictions of a model on a set of images or windows.
 #[derive(Debug, Clone)]
 pub struct Predictions {
-    /// Sample indices.
-    pub items: Vec<usize>,
-    /// Class probabilities, one row per item.
+    /// Class probabilities (softmax) or label probabilities (sigmoid, multi-label), one row
+    /// per item.
     pub probs: Vec<Vec<f32>>,
 }
 
@@ -151,37 +151,134 @@ impl Classifier {
         v
     }
 
-    /// Class probabilities for `items`, without augmentation.
-    pub fn predict(
+    /// Probabilities for `items` (sample indices or windows), without augmentation: softmax
+    /// over classes, or per-label sigmoids when `multi_label`.
+    pub fn predict<V: Copy + Into<View> + Sync>(
         &self,
         images: &Images,
-        items: &[usize],
+        items: &[V],
         size: u32,
         batch: usize,
+        multi_label: bool,
         dev: &Device,
     ) -> Result<Predictions> {
         let mut probs = Vec::with_capacity(items.len());
         for chunk in items.chunks(batch.max(1)) {
             let x = loader::batch(images, chunk, size, None, 0, dev)?;
             let (_, logits) = self.model.forward_t(&x, false, None)?;
-            let p = candle_nn::ops::softmax(&logits, D::Minus1)?
-                .to_device(&Device::Cpu)?
-                .to_vec2::<f32>()?;
-            probs.extend(p);
+            let p = if multi_label {
+                candle_nn::ops::sigmoid(&logits)?
+            } else {
+                candle_nn::ops::softmax(&logits, D::Minus1)?
+            };
+            probs.extend(p.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
         }
-        Ok(Predictions {
-            items: items.to_vec(),
-            probs,
-        })
+        Ok(Predictions { probs })
     }
 }
 
-fn one_hot(labels: &[usize], k: usize, dev: &Device) -> Result<Tensor> {
-    let mut v = vec![0f32; labels.len() * k];
-    for (i, &l) in labels.iter().enumerate() {
-        v[i * k + l] = 1.0;
+/// What the classifier learns from.
+#[derive(Debug, Clone)]
+pub enum Examples {
+    /// Whole images (sample indices), one class each.
+    Images {
+        /// Training samples.
+        train: Vec<usize>,
+        /// Validation samples.
+        valid: Vec<usize>,
+    },
+    /// Labelled windows, multi-label (`[background, foreground]`).
+    Patches {
+        /// Training windows.
+        train: Vec<Patch>,
+        /// Validation windows.
+        valid: Vec<Patch>,
+    },
+}
+
+impl Examples {
+    /// The image-level examples of a job's train and valid splits.
+    pub fn images(job: &Job) -> Self {
+        Self::Images {
+            train: job.items(Split::Train),
+            valid: job.items(Split::Valid),
+        }
     }
-    Ok(Tensor::from_vec(v, (labels.len(), k), dev)?)
+    fn len(&self, valid: bool) -> usize {
+        match (self, valid) {
+            (Self::Images { train, .. }, false) => train.len(),
+            (Self::Images { valid, .. }, true) => valid.len(),
+            (Self::Patches { train, .. }, false) => train.len(),
+            (Self::Patches { valid, .. }, true) => valid.len(),
+        }
+    }
+    fn multi_label(&self) -> bool {
+        matches!(self, Self::Patches { .. })
+    }
+    /// Views of examples `ids` of one set.
+    fn views(&self, valid: bool, ids: &[usize]) -> Vec<View> {
+        match (self, valid) {
+            (Self::Images { train, .. }, false) => ids.iter().map(|&i| train[i].into()).collect(),
+            (Self::Images { valid, .. }, true) => ids.iter().map(|&i| valid[i].into()).collect(),
+            (Self::Patches { train, .. }, false) => ids.iter().map(|&i| train[i].into()).collect(),
+            (Self::Patches { valid, .. }, true) => ids.iter().map(|&i| valid[i].into()).collect(),
+        }
+    }
+    /// Targets `(n, k)`: one-hot classes, or multi-hot window labels.
+    fn targets(&self, idx: &DatasetIndex, valid: bool, ids: &[usize], k: usize) -> Vec<f32> {
+        let mut v = vec![0f32; ids.len() * k];
+        for (r, &i) in ids.iter().enumerate() {
+            match (self, valid) {
+                (Self::Images { train, valid: va }, _) => {
+                    let s = if valid { va[i] } else { train[i] };
+                    v[r * k + idx.samples[s].class] = 1.0;
+                }
+                (Self::Patches { train, valid: va }, _) => {
+                    let p = if valid { va[i] } else { train[i] };
+                    v[r * k..r * k + 2].copy_from_slice(&p.target());
+                }
+            }
+        }
+        v
+    }
+    /// The binary truth scored by the selection metric: positive class (images) or
+    /// foreground present (windows).
+    fn truth(&self, idx: &DatasetIndex, valid: bool, i: usize) -> usize {
+        match (self, valid) {
+            (Self::Images { train, .. }, false) => {
+                usize::from(idx.samples[train[i]].class == idx.spec.positive)
+            }
+            (Self::Images { valid, .. }, true) => {
+                usize::from(idx.samples[valid[i]].class == idx.spec.positive)
+            }
+            (Self::Patches { train, .. }, false) => usize::from(train[i].labels[FOREGROUND]),
+            (Self::Patches { valid, .. }, true) => usize::from(valid[i].labels[FOREGROUND]),
+        }
+    }
+    /// Index of the output scored by the selection metric.
+    fn scored_output(&self, idx: &DatasetIndex) -> usize {
+        match self {
+            Self::Images { .. } => idx.spec.positive,
+            Self::Patches { .. } => FOREGROUND,
+        }
+    }
+    /// Balanced-sampling group of a training example: its class, or whether it contains
+    /// foreground.
+    fn group(&self, idx: &DatasetIndex, i: usize) -> usize {
+        match self {
+            Self::Images { train, .. } => idx.samples[train[i]].class,
+            Self::Patches { train, .. } => usize::from(train[i].labels[FOREGROUND]),
+        }
+    }
+}
+
+/// Number of classifier outputs: the dataset's classes, or the two window labels.
+pub fn outputs(cfg: &ExperimentConfig, idx: &DatasetIndex) -> usize {
+    if cfg.labels.patch() {
+        patches::LABELS.len()
+    } else {
+        idx.spec.classes.len()
+    }
 }
 
 /// Everything a training run needs.
@@ -209,22 +306,31 @@ impl Job<'_> {
     }
 }
 
-/// Train the classifier; returns the model with its best weights loaded, and the summary.
-pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
+/// Train the classifier on `ex`; returns the model with its best weights loaded, and the
+/// summary.
+pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, TrainSummary)> {
     let cfg = job.cfg;
     let t = &cfg.train;
-    let k = job.idx.spec.classes.len();
-    let positive = job.idx.spec.positive;
+    let k = outputs(cfg, job.idx);
+    let multi = ex.multi_label();
+    let scored = ex.scored_output(job.idx);
     let dev = job.device;
     let clf = Classifier::build(cfg, k, dev, job.manifest_dir)?;
     let trainable = clf.trainable(cfg.backbone.freeze_blocks);
     let mut opt = Optimizer::new(t.optimizer, trainable, t.lr, t.weight_decay, t.momentum)?;
-    let train_items = job.items(Split::Train);
-    let valid_items = job.items(Split::Valid);
-    let labels: Vec<usize> = job.idx.samples.iter().map(|s| s.class).collect();
-    let aug = Augment::default();
+    let n_train = ex.len(false);
+    let n_valid = ex.len(true);
+    let aug = if multi {
+        Augment {
+            min_crop_area: 1.0,
+            ..Augment::default()
+        }
+    } else {
+        Augment::default()
+    };
+    let groups = if multi { 2 } else { k };
     let bs = t.batch_size as usize;
-    let steps_per_epoch = train_items.len().div_ceil(bs).max(1);
+    let steps_per_epoch = n_train.div_ceil(bs).max(1);
 
     let ckpt = Checkpoint::new(job.scratch, "last");
     let best = job.scratch.join("best.safetensors");
@@ -249,39 +355,38 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
             t.seed ^ (epoch as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
         );
         let order: Vec<usize> = if t.balanced_sampling {
-            let by_class: Vec<Vec<usize>> = (0..k)
+            let by_group: Vec<Vec<usize>> = (0..groups)
                 .map(|c| {
-                    train_items
-                        .iter()
-                        .copied()
-                        .filter(|&i| labels[i] == c)
+                    (0..n_train)
+                        .filter(|&i| ex.group(job.idx, i) == c)
                         .collect()
                 })
                 .collect();
-            (0..train_items.len())
+            (0..n_train)
                 .filter_map(|_| {
-                    let c = rng.random_range(0..k);
-                    by_class[c]
-                        .get(rng.random_range(0..by_class[c].len().max(1)))
+                    let c = rng.random_range(0..groups);
+                    by_group[c]
+                        .get(rng.random_range(0..by_group[c].len().max(1)))
                         .copied()
                 })
                 .collect()
         } else {
-            let mut o = train_items.clone();
+            let mut o: Vec<usize> = (0..n_train).collect();
             o.shuffle(&mut rng);
             o
         };
         let lr0 = lr_at(t.schedule, t.lr, epoch as f64, t.epochs, t.warmup_epochs);
-        let (mut loss_sum, mut correct, mut n) = (0.0, 0usize, 0usize);
+        let (mut loss_sum, mut correct, mut n) = (0.0, 0.0f64, 0usize);
         for (bi, chunk) in order.chunks(bs).enumerate() {
             if chunk.len() < 2 && cfg.backbone.batch_norm {
                 continue; // batch norm needs two images
             }
             let step = epoch as f64 + bi as f64 / steps_per_epoch as f64;
             opt.set_lr(lr_at(t.schedule, t.lr, step, t.epochs, t.warmup_epochs));
-            let x = loader::batch(images, chunk, t.image_size, Some(&aug), rng.random(), dev)?;
-            let y: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
-            let yt = one_hot(&y, k, dev)?;
+            let views = ex.views(false, chunk);
+            let x = loader::batch(images, &views, t.image_size, Some(&aug), rng.random(), dev)?;
+            let target = ex.targets(job.idx, false, chunk, k);
+            let yt = Tensor::from_vec(target.clone(), (chunk.len(), k), dev)?;
             let c = clf.model.feature_channels();
             let mask: Vec<f32> = (0..chunk.len() * c)
                 .map(|_| if rng.random_bool(0.5) { 2.0 } else { 0.0 })
@@ -299,7 +404,7 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
                 LossVariant::CamArea => {
                     let cam = clf.model.cam(&feats)?;
                     (losses::cross_entropy(&logits, &yt)?
-                        + (losses::cam_area(&cam, &yt, positive)? * l.evidence_weight)?)?
+                        + (losses::cam_area(&cam, &yt, scored)? * l.evidence_weight)?)?
                 }
                 LossVariant::Equivariance => {
                     let tf = GridTransform::ALL[rng.random_range(0..GridTransform::ALL.len())];
@@ -319,38 +424,43 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
             }
             let grads = loss.backward()?;
             opt.step(&grads)?;
-            let pred = logits
-                .argmax(D::Minus1)?
-                .to_device(&Device::Cpu)?
-                .to_vec1::<u32>()?;
-            correct += pred
+            let lg = logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+            correct += lg
                 .iter()
-                .zip(&y)
-                .filter(|(p, y)| **p as usize == **y)
-                .count();
+                .zip(target.chunks(k))
+                .map(|(z, y)| accuracy_of(z, y, multi))
+                .sum::<f64>();
             loss_sum += lv * chunk.len() as f64;
             n += chunk.len();
         }
         train_secs += t0.elapsed().as_secs_f64();
         seen += n;
 
-        let pv = clf.predict(images, &valid_items, t.image_size, bs * 2, dev)?;
-        let vy: Vec<usize> = valid_items.iter().map(|&i| labels[i]).collect();
-        let vp: Vec<f64> = pv.probs.iter().map(|p| p[positive] as f64).collect();
-        let truth_pos: Vec<usize> = vy.iter().map(|&c| usize::from(c == positive)).collect();
+        let all_valid: Vec<usize> = (0..n_valid).collect();
+        let pv = clf.predict(
+            images,
+            &ex.views(true, &all_valid),
+            t.image_size,
+            bs * 2,
+            multi,
+            dev,
+        )?;
+        let vt = ex.targets(job.idx, true, &all_valid, k);
+        let vp: Vec<f64> = pv.probs.iter().map(|p| p[scored] as f64).collect();
+        let truth_pos: Vec<usize> = (0..n_valid).map(|i| ex.truth(job.idx, true, i)).collect();
         let m = Metrics::compute(&truth_pos, &vp);
         let vloss = pv
             .probs
             .iter()
-            .zip(&vy)
-            .map(|(p, &y)| -(p[y].max(1e-12) as f64).ln())
+            .zip(vt.chunks(k))
+            .map(|(p, y)| prob_loss(p, y, multi))
             .sum::<f64>()
-            / vy.len().max(1) as f64;
+            / n_valid.max(1) as f64;
         let row = EpochRow {
             epoch: epoch + 1,
             lr: lr0,
             train_loss: loss_sum / n.max(1) as f64,
-            train_accuracy: correct as f64 / n.max(1) as f64,
+            train_accuracy: correct / n.max(1) as f64,
             valid_loss: vloss,
             valid_accuracy: m.accuracy,
             valid_balanced_accuracy: m.balanced_accuracy,
@@ -394,4 +504,57 @@ pub fn train(job: &Job, images: &Images) -> Result<(Classifier, TrainSummary)> {
         history: prog.history,
     };
     Ok((clf, summary))
+}
+
+/// Accuracy of one example from its logits: the argmax class is the target's (single-label),
+/// or the share of labels whose sigmoid decision (logit ≥ 0) matches (multi-label).
+fn accuracy_of(logits: &[f32], target: &[f32], multi: bool) -> f64 {
+    if multi {
+        let hits = logits
+            .iter()
+            .zip(target)
+            .filter(|(z, y)| (**z >= 0.0) == (**y > 0.5))
+            .count();
+        hits as f64 / logits.len().max(1) as f64
+    } else {
+        let arg = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap_or(0);
+        f64::from(u8::from(target.get(arg).is_some_and(|&y| y > 0.5)))
+    }
+}
+
+/// Loss of one example from its probabilities: cross-entropy (single-label) or the mean
+/// binary cross-entropy over labels (multi-label).
+fn prob_loss(p: &[f32], target: &[f32], multi: bool) -> f64 {
+    let ln = |v: f32| (v.clamp(1e-12, 1.0) as f64).ln();
+    if multi {
+        -p.iter()
+            .zip(target)
+            .map(|(&p, &y)| y as f64 * ln(p) + (1.0 - y as f64) * ln(1.0 - p))
+            .sum::<f64>()
+            / p.len().max(1) as f64
+    } else {
+        -p.iter()
+            .zip(target)
+            .map(|(&p, &y)| y as f64 * ln(p))
+            .sum::<f64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accuracy_and_loss_by_hand() {
+        assert_eq!(accuracy_of(&[0.1, 2.0], &[0.0, 1.0], false), 1.0);
+        assert_eq!(accuracy_of(&[3.0, 2.0], &[0.0, 1.0], false), 0.0);
+        // Multi-label: background predicted absent (wrong), foreground present (right).
+        assert_eq!(accuracy_of(&[-1.0, 0.5], &[1.0, 1.0], true), 0.5);
+        let ce = prob_loss(&[0.25, 0.75], &[0.0, 1.0], false);
+        assert!((ce - -(0.75f64).ln()).abs() < 1e-6);
+        let bce = prob_loss(&[0.25, 0.75], &[1.0, 1.0], true);
+        assert!((bce - -((0.25f64).ln() + (0.75f64).ln()) / 2.0).abs() < 1e-6);
+    }
 }

@@ -1,0 +1,216 @@
+//! CAMs of a patch-level (multi-label) classifier, stitched into one map per image (the OEEM
+//! protocol).
+//!
+//! Every image is cut into the classifier's training windows ([`crate::data::patches`]). For
+//! each window:
+//! - the window's labels decide what it may contain — the labels derived from the mask on
+//!   training images (that is the weak supervision), the classifier's own predictions
+//!   (probability ≥ 0.5) elsewhere;
+//! - a window labelled *background only* is all background, *foreground only* all foreground;
+//! - a window with both labels gets the CAMs of both classes, each normalised over the window
+//!   (`cam.normalize`), so the evidence is compared locally.
+//!
+//! The class maps are computed once per image, fully convolutionally, with the image resized
+//! by the classifier's scale (`train.image_size / labels.patch_size`), and cut into the windows.
+//! For a GAP-linear head this is what running each window on its own gives, except near the
+//! window's border, where the network sees the neighbouring tissue instead of zero padding; it
+//! costs one pass per image instead of one per window (× the overlap).
+//!
+//! Overlapping windows are averaged per class, giving a foreground map `F` and a background
+//! map `B` in `[0, 1]`. The stored map is the margin `D = (1 + F − B) / 2`, so the pseudo-label
+//! rule "`D ≥ 0.5`" is the argmax of the two class maps (ties, where both are equal, go to the
+//! foreground) and a band `[τ_bg, τ_fg)` ignores pixels whose two classes are close. Pixels no
+//! window counted (every window covering them had no label) are background.
+
+use candle_core::{Device, Tensor};
+use image::{imageops, imageops::FilterType, GrayImage, RgbImage};
+
+use super::{methods, normalize, quantize, CamSettings};
+use crate::config::CamNorm;
+use crate::data::loader::to_chw;
+use crate::data::patches::{Patch, BACKGROUND, FOREGROUND};
+use crate::error::{Error, Result};
+use crate::model::ops::resize_bilinear;
+use crate::model::Backbone;
+
+/// Sigmoid probabilities `[background, foreground]` of the classifier on each window crop,
+/// `batch` crops at a time.
+pub fn window_probs(
+    model: &Backbone,
+    crops: &[RgbImage],
+    size: u32,
+    batch: usize,
+    dev: &Device,
+) -> Result<Vec<[f32; 2]>> {
+    let mut out = Vec::with_capacity(crops.len());
+    for chunk in crops.chunks(batch.max(1)) {
+        let mut data = Vec::with_capacity(chunk.len() * 3 * (size * size) as usize);
+        for c in chunk {
+            data.extend(to_chw(&imageops::resize(
+                c,
+                size,
+                size,
+                FilterType::Triangle,
+            )));
+        }
+        let x = Tensor::from_vec(data, (chunk.len(), 3, size as usize, size as usize), dev)?;
+        let (_, logits) = model.forward_t(&x, false, None)?;
+        let p = candle_nn::ops::sigmoid(&logits)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        out.extend(p.into_iter().map(|r| [r[BACKGROUND], r[FOREGROUND]]));
+    }
+    Ok(out)
+}
+
+/// Raw (ReLU'd) maps of the background and foreground classes at the image's own size,
+/// from one fully convolutional pass at `scale` (averaged with a horizontal flip under
+/// `s.tta`). Row-major, `[background, foreground]`.
+pub fn full_maps(
+    model: &Backbone,
+    image: &RgbImage,
+    s: &CamSettings,
+    scale: f64,
+    dev: &Device,
+) -> Result<[Vec<f32>; 2]> {
+    let (w, h) = image.dimensions();
+    let rw = ((w as f64 * scale).round() as u32).max(32);
+    let rh = ((h as f64 * scale).round() as u32).max(32);
+    let small = imageops::resize(image, rw, rh, FilterType::Triangle);
+    let mut out = [vec![], vec![]];
+    for (slot, class) in [(0, BACKGROUND), (1, FOREGROUND)] {
+        let mut acc: Option<Tensor> = None;
+        for flip in if s.tta {
+            vec![false, true]
+        } else {
+            vec![false]
+        } {
+            let mut v = small.clone();
+            if flip {
+                imageops::flip_horizontal_in_place(&mut v);
+            }
+            let x = Tensor::from_vec(to_chw(&v), (1, 3, rh as usize, rw as usize), dev)?;
+            let mut m = methods::class_maps(model, &x, class, s.method, s.layer)?.relu()?;
+            if flip {
+                m = m.flip(&[2])?;
+            }
+            acc = Some(match acc {
+                None => m,
+                Some(a) => (a + m)?,
+            });
+        }
+        let m = acc.ok_or_else(|| Error::stage("cam", "no views"))?;
+        out[slot] = resize_bilinear(&m.unsqueeze(1)?, h as usize, w as usize)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+    }
+    Ok(out)
+}
+
+/// Stitch the margin map `D` (module docs) of an image of `dims` from its class maps
+/// (`[background, foreground]`, as from [`full_maps`]) and its labelled windows, quantised to
+/// 8 bits.
+pub fn stitch(
+    maps: &[Vec<f32>; 2],
+    dims: (u32, u32),
+    windows: &[Patch],
+    norm: CamNorm,
+) -> GrayImage {
+    let (w, h) = dims;
+    let n = (w * h) as usize;
+    let mut fg = vec![0f32; n];
+    let mut bg = vec![0f32; n];
+    let mut count = vec![0u16; n];
+    for p in windows {
+        let idx = |xx: u32, yy: u32| ((p.y + yy) * w + p.x + xx) as usize;
+        let cells = || (0..p.h).flat_map(move |yy| (0..p.w).map(move |xx| (xx, yy)));
+        let scaled = |m: &[f32]| -> Vec<f32> {
+            let v: Vec<f32> = cells().map(|(xx, yy)| m[idx(xx, yy)]).collect();
+            normalize(&v, norm)
+        };
+        let (f, b): (Vec<f32>, Vec<f32>) = match p.labels {
+            [true, false] => (
+                vec![0.0; (p.w * p.h) as usize],
+                vec![1.0; (p.w * p.h) as usize],
+            ),
+            [false, true] => (
+                vec![1.0; (p.w * p.h) as usize],
+                vec![0.0; (p.w * p.h) as usize],
+            ),
+            [true, true] => (scaled(&maps[1]), scaled(&maps[0])),
+            [false, false] => continue,
+        };
+        for (j, (xx, yy)) in cells().enumerate() {
+            let i = idx(xx, yy);
+            fg[i] += f[j];
+            bg[i] += b[j];
+            count[i] += 1;
+        }
+    }
+    let d: Vec<f32> = (0..n)
+        .map(|i| {
+            if count[i] == 0 {
+                0.0
+            } else {
+                let c = count[i] as f32;
+                (1.0 + fg[i] / c - bg[i] / c) / 2.0
+            }
+        })
+        .collect();
+    quantize(&d, w, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(x: u32, labels: [bool; 2]) -> Patch {
+        Patch {
+            sample: 0,
+            x,
+            y: 0,
+            w: 4,
+            h: 1,
+            labels,
+        }
+    }
+
+    #[test]
+    fn stitching_by_hand() {
+        // A 10×1 image. Windows: [0,4) background only, [2,6) foreground only, [6,10) both
+        // labels; [6,10) once more with no label (not counted).
+        // Foreground map rises 1..4 over [6,10), background map falls 4..1.
+        let mut fgm = vec![0f32; 10];
+        let mut bgm = vec![0f32; 10];
+        for (j, i) in (6..10).enumerate() {
+            fgm[i] = (j + 1) as f32;
+            bgm[i] = (4 - j) as f32;
+        }
+        let wins = [
+            patch(0, [true, false]),
+            patch(2, [false, true]),
+            patch(6, [true, true]),
+            patch(6, [false, false]),
+        ];
+        let d = stitch(&[bgm, fgm], (10, 1), &wins, CamNorm::Max);
+        // [0,2): D = (1 + 0 − 1)/2 = 0; [2,4): F = B = 1/2 → 0.5; [4,6): 1;
+        // [6,10): F = (1..4)/4, B = (4..1)/4 → D = (1 + (2j − 3)/4)/2 for j = 0..3.
+        let want: Vec<u8> = [0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 0.125, 0.375, 0.625, 0.875]
+            .iter()
+            .map(|v: &f64| (v * 255.0).round() as u8)
+            .collect();
+        assert_eq!(d.into_raw(), want);
+    }
+
+    #[test]
+    fn uncounted_pixels_are_background() {
+        let d = stitch(
+            &[vec![1.0; 4], vec![1.0; 4]],
+            (4, 1),
+            &[patch(0, [false, false])],
+            CamNorm::Max,
+        );
+        assert_eq!(d.into_raw(), [0; 4]);
+    }
+}
