@@ -154,3 +154,49 @@ fn shipped_manifests_validate() {
         assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn a_child_manifest_overrides_the_sweep_key_by_key_and_can_clear_a_mode() {
+    let sb = Sandbox::new();
+    sb.write(
+        "base.toml",
+        "name = \"b\"\n[sweep.grid]\n\"train.seed\" = [0, 1]\n[sweep.zip]\n\"cam.threshold\" = [0.5, 0.7]\n\"loss.variant\" = [\"ce\", \"focal\"]\n",
+    );
+    // The child moves `loss.variant` to the grid and clears the zip: 2 seeds × 3 losses.
+    let p = sb.write(
+        "child.toml",
+        "name = \"c\"\nextends = \"base.toml\"\n[sweep]\nzip = {}\n[sweep.grid]\n\"loss.variant\" = [\"ce\", \"focal\", \"bce\"]\n",
+    );
+    let o = sb.run(&["plan", p.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<&str> = v["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    assert!(ids.iter().all(|i| !i.contains("cam.threshold")), "{ids:?}");
+    // Without clearing, a key the child puts in the grid leaves the parent's zip.
+    let p = sb.write(
+        "child2.toml",
+        "name = \"c\"\nextends = \"base.toml\"\n[sweep.grid]\n\"loss.variant\" = [\"ce\", \"bce\"]\n",
+    );
+    let o = sb.run(&["plan", p.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["variants"].as_array().unwrap().len(), 8); // 2 seeds × 2 losses × 2 thresholds
+                                                            // One manifest sweeping a key both ways is an error naming the key.
+    let p = sb.write(
+        "both.toml",
+        "name = \"c\"\n[sweep.grid]\n\"train.seed\" = [0, 1]\n[sweep.zip]\n\"train.seed\" = [2, 3]\n",
+    );
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("sweep.zip.\"train.seed\"") && e.contains("both"),
+        "{e}"
+    );
+}

@@ -575,13 +575,21 @@ fn merge_sweep(sources: &[Source], errs: &mut Vec<ConfigError>) -> Sweep {
         let Some(Value::Table(t)) = s.table.get("sweep") else {
             continue;
         };
-        for (mode, dst) in [("grid", &mut grid), ("zip", &mut zip)] {
-            if let Some(Value::Table(entries)) = t.get(mode) {
-                for (k, v) in entries {
-                    if let Value::Array(list) = v {
-                        dst.retain(|(x, _)| x != k);
-                        dst.push((k.clone(), list.clone()));
-                    }
+        // A later source overrides an earlier one key by key, whichever mode the key was in;
+        // an empty mode table (`zip = {}`) clears that mode.
+        for mode in ["grid", "zip"] {
+            let Some(Value::Table(entries)) = t.get(mode) else {
+                continue;
+            };
+            if entries.is_empty() {
+                if mode == "grid" { &mut grid } else { &mut zip }.clear();
+            }
+            for (k, v) in entries {
+                if let Value::Array(list) = v {
+                    grid.retain(|(x, _)| x != k);
+                    zip.retain(|(x, _)| x != k);
+                    let dst = if mode == "grid" { &mut grid } else { &mut zip };
+                    dst.push((k.clone(), list.clone()));
                 }
             }
         }

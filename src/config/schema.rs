@@ -272,7 +272,7 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "segmentation.loss",
-        Kind::Choice(&["ce", "oeem"]),
+        Kind::Choice(&["ce", "oeem", "oeem-balanced"]),
         "segmentation loss",
     ),
     f(

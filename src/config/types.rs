@@ -306,6 +306,9 @@ pub enum SegLoss {
     Ce,
     /// Online easy-example mining weighting (OEEM).
     Oeem,
+    /// OEEM with the weights normalised within each pseudo-label class of an image, so each
+    /// class keeps its share of the loss and easy examples are mined within classes.
+    OeemBalanced,
 }
 
 /// Segmentation settings.

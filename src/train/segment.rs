@@ -245,6 +245,11 @@ pub fn argmax_labels(prob: &[f32], w: u32, h: u32) -> GrayImage {
 /// pixel losses are re-weighted by `n · softmax(−ℓ)` over its labelled pixels (weights
 /// detached), so the easy — likely correctly pseudo-labelled — pixels dominate and the hard
 /// ones, likely label noise, are down-weighted.
+///
+/// `OeemBalanced` normalises the same weights within each pseudo-label class of an image
+/// (`n_c · softmax_c(−ℓ)`), so every class keeps the total weight it has under cross-entropy.
+/// Plain OEEM can feed on itself: early on the majority class is the easy one, its pixels gain
+/// weight, and on GlaS one seed's segmenter ended up predicting background everywhere.
 pub fn seg_loss(logits: &Tensor, labels: &[u8], kind: SegLoss) -> Result<Tensor> {
     let (b, k, h, w) = logits.dims4()?;
     let n = h * w;
@@ -264,7 +269,7 @@ pub fn seg_loss(logits: &Tensor, labels: &[u8], kind: SegLoss) -> Result<Tensor>
     let valid_t = Tensor::from_vec(valid.clone(), (b, h, w), dev)?;
     let total = valid.iter().sum::<f32>().max(1.0) as f64;
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
-    let pix = (logp * onehot)?.sum(1)?.neg()?; // (B, H, W), 0 where ignored
+    let pix = (logp * &onehot)?.sum(1)?.neg()?; // (B, H, W), 0 where ignored
     match kind {
         SegLoss::Ce => Ok((pix.sum_all()? / total)?),
         SegLoss::Oeem => {
@@ -273,6 +278,18 @@ pub fn seg_loss(logits: &Tensor, labels: &[u8], kind: SegLoss) -> Result<Tensor>
             let z = e.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)?; // (B, 1, 1)
             let nv = valid_t.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)?;
             let wgt = e.broadcast_div(&(z + 1e-12)?)?.broadcast_mul(&nv)?;
+            Ok(((pix * wgt)?.sum_all()? / total)?)
+        }
+        SegLoss::OeemBalanced => {
+            let e = (pix.detach().neg()?.exp()? * &valid_t)?;
+            let mut wgt = Tensor::zeros_like(&e)?;
+            for c in 0..k {
+                let oc = onehot.narrow(1, c, 1)?.squeeze(1)?; // (B, H, W)
+                let ec = (&e * &oc)?;
+                let zc = ec.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)?;
+                let nc = oc.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)?;
+                wgt = (wgt + ec.broadcast_div(&(zc + 1e-12)?)?.broadcast_mul(&nc)?)?;
+            }
             Ok(((pix * wgt)?.sum_all()? / total)?)
         }
     }
@@ -567,6 +584,46 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(b < a, "{b} !< {a}");
+    }
+
+    #[test]
+    fn balanced_oeem_keeps_each_class_share() {
+        // Three pixels: two of class 0 (logits favour class 0 strongly / weakly), one of class 1.
+        // Per class the weights are n_c · softmax(−ℓ), so class 1's single pixel keeps weight 1
+        // and class 0's two pixels share weight 2 by their ease.
+        let z = [3f32, 0.5, 0.0];
+        let logits = Tensor::from_vec(
+            vec![z[0], z[1], z[2], 0.0, 0.0, 1.0],
+            (1, 2, 1, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let got = seg_loss(&logits, &[0, 0, 1], SegLoss::OeemBalanced)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let ce = |a: f32, b: f32| -(a - (a.exp() + b.exp()).ln());
+        let l = [ce(z[0], 0.0), ce(z[1], 0.0), ce(1.0, z[2])];
+        let (e0, e1) = ((-l[0]).exp(), (-l[1]).exp());
+        let w = [2.0 * e0 / (e0 + e1), 2.0 * e1 / (e0 + e1), 1.0];
+        let want = (w[0] * l[0] + w[1] * l[1] + w[2] * l[2]) / 3.0;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // Equal losses within each class: the same as cross-entropy.
+        let flat = Tensor::from_vec(
+            vec![1f32, 1.0, 0.0, 0.0, 0.0, 1.0],
+            (1, 2, 1, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let a = seg_loss(&flat, &[0, 0, 1], SegLoss::Ce)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let b = seg_loss(&flat, &[0, 0, 1], SegLoss::OeemBalanced)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((a - b).abs() < 1e-6);
     }
 
     #[test]
