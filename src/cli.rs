@@ -534,6 +534,9 @@ pub fn schema_text() -> String {
     if let (Some(t), Ok(l)) = (v.as_table_mut(), toml::Value::try_from(&d.labels)) {
         t.insert("labels".into(), l);
     }
+    if let Some(cam) = v.get_mut("cam").and_then(|c| c.as_table_mut()) {
+        cam.insert("balance".into(), "none".into());
+    }
     let rows: Vec<Vec<String>> = schema::FIELDS
         .iter()
         .map(|f| {

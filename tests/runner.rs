@@ -639,12 +639,13 @@ fn first_png(root: &std::path::Path) -> std::path::PathBuf {
 
 /// Patch-level labels (the OEEM protocol) on the synthetic data: window labels match the
 /// masks, the classifier is multi-label, and on training images every window that holds one
-/// class only is that class in the pseudo label (the stitched CAM obeys the window labels).
+/// class only is that class in the pseudo label (the stitched CAM obeys the window labels,
+/// also after `cam.balance` recentres the rest).
 #[test]
 fn patch_labels_train_a_multi_label_classifier_whose_windows_decide_pseudo_labels() {
     let sb = Sandbox::new();
     let text = format!(
-        "{MINIMAL}\n[labels]\nlevel = \"patch\"\npatch_size = 16\npatch_stride = 16\n[loss]\nvariant = \"bce\"\n[cam]\nthreshold = 0.5\n"
+        "{MINIMAL}\n[labels]\nlevel = \"patch\"\npatch_size = 16\npatch_stride = 16\n[loss]\nvariant = \"bce\"\n[cam]\nthreshold = 0.5\nbalance = \"median\"\n"
     );
     let m = sb.write("m.toml", &text);
     let o = sb.run(&["run", m.to_str().unwrap(), "--no-report"]);

@@ -161,6 +161,46 @@ pub fn stitch(
     quantize(&d, w, h)
 }
 
+/// Pixels of an image of `dims` covered by at least one window with both labels.
+pub fn two_label_pixels(dims: (u32, u32), windows: &[Patch]) -> Vec<bool> {
+    let (w, h) = dims;
+    let mut m = vec![false; (w * h) as usize];
+    for p in windows.iter().filter(|p| p.labels == [true, true]) {
+        for yy in p.y..p.y + p.h {
+            let row = (yy * w) as usize;
+            m[row + p.x as usize..row + (p.x + p.w) as usize].fill(true);
+        }
+    }
+    m
+}
+
+/// The stored level (0–255) of the median of a 256-bin histogram; 128 when it is empty.
+pub fn median_level(hist: &[u64; 256]) -> u8 {
+    let n: u64 = hist.iter().sum();
+    if n == 0 {
+        return 128;
+    }
+    let mut acc = 0;
+    for (v, &c) in hist.iter().enumerate() {
+        acc += c;
+        if 2 * acc >= n {
+            return v as u8;
+        }
+    }
+    255
+}
+
+/// Shift a stored margin map by `delta` levels, clamped to 0–255. Pixels at 0 and 255 (decided
+/// by single-label windows) stay where they are.
+pub fn shift(map: &mut GrayImage, delta: i32) {
+    for p in map.pixels_mut() {
+        let v = p.0[0];
+        if v != 0 && v != 255 {
+            p.0[0] = (v as i32 + delta).clamp(1, 254) as u8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +241,24 @@ mod tests {
             .map(|v: &f64| (v * 255.0).round() as u8)
             .collect();
         assert_eq!(d.into_raw(), want);
+    }
+
+    #[test]
+    fn median_and_shift_by_hand() {
+        let mut h = [0u64; 256];
+        h[10] = 1;
+        h[100] = 2;
+        h[200] = 1;
+        assert_eq!(median_level(&h), 100);
+        assert_eq!(median_level(&[0; 256]), 128);
+        let mut m = GrayImage::from_raw(4, 1, vec![0, 100, 250, 255]).unwrap();
+        shift(&mut m, 28);
+        assert_eq!(m.into_raw(), [0, 128, 254, 255]);
+        let both = two_label_pixels((10, 1), &[patch(0, [true, false]), patch(5, [true, true])]);
+        assert_eq!(
+            both,
+            [false, false, false, false, false, true, true, true, true, false]
+        );
     }
 
     #[test]

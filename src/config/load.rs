@@ -13,7 +13,8 @@ use toml::{Table, Value};
 use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
 use super::{
-    CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant, SegInit, SplitMethod,
+    CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant, SegInit,
+    SplitMethod,
 };
 
 /// Environment variables with the `WSSS_` prefix that are settings of the program rather than
@@ -686,6 +687,13 @@ fn semantic(
                 "\"classifier\" reuses the classifier's feature extractor, so segmentation.encoder and segmentation.width must equal backbone.arch and backbone.width (here {:?}/{} vs {:?}/{})",
                 c.segmentation.encoder, c.segmentation.width, c.backbone.arch, c.backbone.width
             ),
+        );
+    }
+    if c.cam.balance != CamBalance::None && !c.labels.patch() {
+        push(
+            "cam.balance",
+            "recentres the margin map of patch-level labels: it needs labels.level = \"patch\""
+                .into(),
         );
     }
     if c.labels.patch() {

@@ -228,6 +228,11 @@ pub static FIELDS: &[Field] = &[
     ),
     f("cam.tta", Kind::Bool, "average CAMs over flips and scales"),
     f(
+        "cam.balance",
+        Kind::Choice(&["none", "median"]),
+        "patch labels: recentre the margin map at the median pixel of the training images' two-label windows",
+    ),
+    f(
         "loss.variant",
         Kind::Choice(&[
             "ce",
@@ -676,7 +681,8 @@ mod tests {
         let mut cfg = ExperimentConfig::default();
         cfg.backbone.pretrained = Some("x".into());
         cfg.cam.background_threshold = Some(0.1);
-        cfg.labels.level = crate::config::LabelLevel::Patch; // the default is not serialised
+        cfg.labels.level = crate::config::LabelLevel::Patch; // the defaults are not serialised
+        cfg.cam.balance = crate::config::CamBalance::Median;
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);
         got.sort();

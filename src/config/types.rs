@@ -227,6 +227,29 @@ pub struct CamConfig {
     pub refine: Refine,
     /// Average CAMs over flips and scales.
     pub tta: bool,
+    /// Patch-level labels: recentre the stored margin map per run (left out of the saved
+    /// config while `none`, so earlier runs keep their hashes).
+    #[serde(skip_serializing_if = "CamBalance::is_none")]
+    pub balance: CamBalance,
+}
+
+/// Recentring of the patch-level margin map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CamBalance {
+    /// The margin as stitched: 0.5 is the argmax of the two class maps.
+    #[default]
+    None,
+    /// Shift the margin so the median pixel of the training images' two-label windows sits at
+    /// 0.5 (uses window labels only, no pixel masks).
+    Median,
+}
+
+impl CamBalance {
+    /// Whether this is `None`.
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
 }
 
 impl Default for CamConfig {
@@ -238,6 +261,7 @@ impl Default for CamConfig {
             normalize: CamNorm::Minmax,
             refine: Refine::None,
             tta: false,
+            balance: CamBalance::None,
         }
     }
 }

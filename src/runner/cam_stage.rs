@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use super::stage::{Stage, StageInput};
 use crate::cam::{self, CamSettings};
-use crate::config::ExperimentConfig;
+use crate::config::{CamBalance, ExperimentConfig};
 use crate::data::loader::Images;
 use crate::data::patches::{self, Patch};
 use crate::data::DatasetIndex;
@@ -117,6 +117,9 @@ impl Stage for CamStage {
         if c.labels.patch() {
             slice["labels"] = serde_json::to_value(&c.labels).unwrap_or_default();
         }
+        if !c.cam.balance.is_none() {
+            slice["balance"] = serde_json::to_value(c.cam.balance).unwrap_or_default();
+        }
         slice
     }
 
@@ -157,6 +160,27 @@ impl Stage for CamStage {
         let mut hists = vec![Hist::new(); splits.len()];
         let mut with_mask = vec![0usize; splits.len()];
         let mut cam_secs = 0.0;
+        // `cam.balance = "median"`: a first pass over the training images finds the median
+        // margin of their two-label windows; every map is then shifted to put it at 0.5.
+        let mut balance_delta = 0i32;
+        if patch && cfg.cam.balance == CamBalance::Median {
+            let mut hist = [0u64; 256];
+            for &i in items
+                .iter()
+                .filter(|&&i| split.get(&idx.samples[i].patient) == Some(&Split::Train))
+            {
+                let img = images.get(i)?;
+                let (d, wins) = patch_map(&clf, cfg, idx, i, &img, true, &settings, input.device)?;
+                let both = cam::patch::two_label_pixels(d.dimensions(), &wins);
+                for (v, b) in d.as_raw().iter().zip(both) {
+                    if b {
+                        hist[*v as usize] += 1;
+                    }
+                }
+            }
+            balance_delta = 128 - cam::patch::median_level(&hist) as i32;
+            tracing::info!("cam.balance: margin shifted by {balance_delta}/255");
+        }
         let pb = crate::progress::bar(items.len() as u64, "cam");
         for chunk in items.chunks(bs) {
             let t = Instant::now();
@@ -171,7 +195,10 @@ impl Stage for CamStage {
                     .zip(&refs)
                     .map(|(&i, img)| {
                         let train = split.get(&idx.samples[i].patient) == Some(&Split::Train);
-                        patch_map(&clf, cfg, idx, i, img, train, &settings, input.device)
+                        let (mut d, _) =
+                            patch_map(&clf, cfg, idx, i, img, train, &settings, input.device)?;
+                        cam::patch::shift(&mut d, balance_delta);
+                        Ok(d)
                     })
                     .collect::<Result<Vec<_>>>()?
             } else {
@@ -287,6 +314,7 @@ impl Stage for CamStage {
                 "layer": settings.layer,
                 "tta": cfg.cam.tta,
                 "images": items.len(),
+                "balance_shift": balance_delta as f64 / 255.0,
                 "cam_images_per_s": if cam_secs > 0.0 { items.len() as f64 / cam_secs } else { 0.0 },
                 "seconds": t0.elapsed().as_secs_f64(),
             }),
@@ -311,7 +339,7 @@ fn patch_map(
     train: bool,
     settings: &CamSettings,
     dev: &Device,
-) -> Result<GrayImage> {
+) -> Result<(GrayImage, Vec<Patch>)> {
     let l = &cfg.labels;
     let wins = if train {
         patches::for_samples(idx, &[i], l)?
@@ -342,12 +370,8 @@ fn patch_map(
     };
     let scale = cfg.train.image_size as f64 / l.patch_size as f64;
     let maps = cam::patch::full_maps(&clf.model, img, settings, scale, dev)?;
-    Ok(cam::patch::stitch(
-        &maps,
-        img.dimensions(),
-        &wins,
-        cfg.cam.normalize,
-    ))
+    let d = cam::patch::stitch(&maps, img.dimensions(), &wins, cfg.cam.normalize);
+    Ok((d, wins))
 }
 
 #[cfg(test)]
