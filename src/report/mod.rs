@@ -174,7 +174,7 @@ pub fn gallery_variant(exp: &Experiment) -> Option<&RunData> {
 
 /// Per-image facts of a run for captions and ranking: its prediction and scores.
 struct ImageFacts<'a> {
-    p: &'a data::Prediction,
+    p: std::borrow::Cow<'a, data::Prediction>,
     pseudo_miou: f64,
     seg_miou: f64,
 }
@@ -182,16 +182,44 @@ struct ImageFacts<'a> {
 fn image_facts(r: &RunData) -> BTreeMap<String, ImageFacts<'_>> {
     let pm = r.per_image("pseudo_images", "miou");
     let sm = r.per_image("seg_images", "miou");
+    let get = |m: &BTreeMap<String, f64>, id: &str| m.get(id).copied().unwrap_or(f64::NAN);
+    if r.classify_level() == "patch" {
+        // A patch-level classifier predicts windows, not images: the images come from the
+        // pseudo-label table, without an image-level prediction.
+        let Some(t) = r.table("pseudo_images") else {
+            return BTreeMap::new();
+        };
+        let col = |c: &str| data::strs(t, c).unwrap_or_default();
+        let (ids, pats, cls, sps) = (col("id"), col("patient"), col("class"), col("split"));
+        return (0..ids.len().min(pats.len()).min(cls.len()).min(sps.len()))
+            .map(|i| {
+                let p = data::Prediction {
+                    id: ids[i].clone(),
+                    patient: pats[i].clone(),
+                    class: cls[i].clone(),
+                    split: sps[i].clone(),
+                    predicted: String::new(),
+                    correct: true,
+                    p_positive: f64::NAN,
+                };
+                let facts = ImageFacts {
+                    p: std::borrow::Cow::Owned(p),
+                    pseudo_miou: get(&pm, &ids[i]),
+                    seg_miou: get(&sm, &ids[i]),
+                };
+                (ids[i].clone(), facts)
+            })
+            .collect();
+    }
     r.predictions
         .iter()
         .map(|p| {
-            let get = |m: &BTreeMap<String, f64>| m.get(&p.id).copied().unwrap_or(f64::NAN);
             (
                 p.id.clone(),
                 ImageFacts {
-                    p,
-                    pseudo_miou: get(&pm),
-                    seg_miou: get(&sm),
+                    p: std::borrow::Cow::Borrowed(p),
+                    pseudo_miou: get(&pm, &p.id),
+                    seg_miou: get(&sm, &p.id),
                 },
             )
         })
@@ -199,10 +227,14 @@ fn image_facts(r: &RunData) -> BTreeMap<String, ImageFacts<'_>> {
 }
 
 fn caption(id: &str, f: &ImageFacts) -> String {
-    let mut c = format!(
-        "{id} · patient {} · {} → {} (p = {:.2})",
-        f.p.patient, f.p.class, f.p.predicted, f.p.p_positive
-    );
+    let mut c = if f.p.p_positive.is_finite() {
+        format!(
+            "{id} · patient {} · {} → {} (p = {:.2})",
+            f.p.patient, f.p.class, f.p.predicted, f.p.p_positive
+        )
+    } else {
+        format!("{id} · patient {} · {}", f.p.patient, f.p.class)
+    };
     if f.pseudo_miou.is_finite() {
         c.push_str(&format!(" · pseudo mIoU {:.2}", f.pseudo_miou));
     }
@@ -235,6 +267,8 @@ fn galleries(
         }
     };
     let pos = run.positive_class().unwrap_or_default();
+    // Under patch-level labels every image may hold foreground.
+    let every_positive = run.classify_level() == "patch";
     let mut held: Vec<(&String, &ImageFacts)> = facts
         .iter()
         .filter(|(_, f)| f.p.split == split && score(f).is_finite())
@@ -253,7 +287,7 @@ fn galleries(
     let n = opts.gallery_rows;
     let best = rows_of(
         held.iter()
-            .filter(|(_, f)| f.p.class == pos)
+            .filter(|(_, f)| every_positive || f.p.class == pos)
             .take(n)
             .map(|(id, _)| *id)
             .collect(),
