@@ -105,27 +105,28 @@ fn glas_masks_follow_the_talk_protocol() {
     );
 }
 
-/// The talk's protocol manifest itself (`experiments/glas-talk.toml`: 3 seeds × weak/full),
-/// shrunk to test size with overrides, end to end through the CLI: every stage, the baselines
-/// and the report — so the real-data path cannot silently break.
-#[test]
-fn glas_talk_manifest_runs_end_to_end_reduced() {
-    let shared = require_glas!();
+/// Run a shipped GlaS manifest through the CLI with test-size overrides (`TINY` + `extra`);
+/// returns the sandbox and the run directory of its seed-0 pseudo-label variant.
+fn run_reduced(
+    shared: &std::path::Path,
+    manifest: &str,
+    extra: &[&str],
+) -> (Sandbox, std::path::PathBuf) {
     let sb = Sandbox::new();
-    let manifest = repo().join("experiments/glas-talk.toml");
+    let manifest = repo().join("experiments").join(manifest);
     let mut args: Vec<&str> = vec!["run", manifest.to_str().unwrap()];
     args.extend(TINY);
-    args.extend(["--set", "segmentation.crop_size=64"]);
+    args.extend(extra);
     let o = sb
         .cmd()
         .env("WSSS_DATASETS", repo().join("datasets.toml"))
-        .env("WSSS_SHARED_DATA", &shared)
+        .env("WSSS_SHARED_DATA", shared)
         .args(&args)
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let exp = sb.work().join("glas-talk");
-    let rd = std::fs::read_dir(&exp)
+    let name = manifest.file_stem().unwrap().to_string_lossy().to_string();
+    let rd = std::fs::read_dir(sb.work().join(name))
         .unwrap()
         .flatten()
         .map(|e| e.path())
@@ -134,6 +135,20 @@ fn glas_talk_manifest_runs_end_to_end_reduced() {
                 .contains("supervision=pseudo,train.seed=0")
         })
         .unwrap();
+    (sb, rd)
+}
+
+/// The talk's protocol manifest itself (`experiments/glas-talk.toml`: 3 seeds × weak/full),
+/// shrunk to test size with overrides, end to end through the CLI: every stage, the baselines
+/// and the report — so the real-data path cannot silently break.
+#[test]
+fn glas_talk_manifest_runs_end_to_end_reduced() {
+    let shared = require_glas!();
+    let (sb, rd) = run_reduced(
+        &shared,
+        "glas-talk.toml",
+        &["--set", "segmentation.crop_size=64"],
+    );
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(rd.join("data_summary.json")).unwrap()).unwrap();
     assert_eq!(summary["images"], 129);
@@ -186,34 +201,16 @@ fn glas_talk_manifest_runs_end_to_end_reduced() {
 #[test]
 fn glas_oeem_manifest_runs_end_to_end_reduced() {
     let shared = require_glas!();
-    let sb = Sandbox::new();
-    let manifest = repo().join("experiments/glas-oeem.toml");
-    let mut args: Vec<&str> = vec!["run", manifest.to_str().unwrap()];
-    args.extend(TINY);
-    args.extend([
-        "--set",
-        "labels.patch_size=128",
-        "--set",
-        "labels.patch_stride=128",
-    ]);
-    let o = sb
-        .cmd()
-        .env("WSSS_DATASETS", repo().join("datasets.toml"))
-        .env("WSSS_SHARED_DATA", &shared)
-        .args(&args)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let exp = sb.work().join("glas-oeem");
-    let rd = std::fs::read_dir(&exp)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.to_string_lossy()
-                .contains("supervision=pseudo,train.seed=0")
-        })
-        .unwrap();
+    let (sb, rd) = run_reduced(
+        &shared,
+        "glas-oeem.toml",
+        &[
+            "--set",
+            "labels.patch_size=128",
+            "--set",
+            "labels.patch_stride=128",
+        ],
+    );
     use wsss::report::data::{nums, strs};
     // Held-out windows of 128 px every 128 px: ⌈(side − 128) / 128⌉ + 1 per axis (7 × 5 on a
     // 775×522 tile), the last row and column ending at the border.

@@ -154,6 +154,36 @@ impl Stage for ClassifyStage {
     }
 }
 
+/// Rows of the `classify_metrics` table: `(split, level, metric, value)`.
+#[derive(Default)]
+struct MetricRows {
+    split: Vec<String>,
+    level: Vec<String>,
+    metric: Vec<String>,
+    value: Vec<f64>,
+}
+
+impl MetricRows {
+    fn push(&mut self, split: Split, level: &str, m: &Metrics) {
+        for (name, v) in m.pairs() {
+            self.split.push(split.to_string());
+            self.level.push(level.to_string());
+            self.metric.push(name.to_string());
+            self.value.push(v);
+        }
+    }
+
+    fn write(self, out: &Path) -> Result<()> {
+        let mut t = TableBuilder::new()
+            .str("split", self.split)
+            .str("level", self.level)
+            .str("metric", self.metric)
+            .f64("value", self.value)
+            .build()?;
+        table::write(&mut t, out, "classify_metrics")
+    }
+}
+
 /// Image-level metrics, patient-level metrics and per-image predictions of every split;
 /// returns the validation accuracy.
 fn write_image_outputs(
@@ -167,7 +197,7 @@ fn write_image_outputs(
     let idx = input.dataset;
     let classes = &idx.spec.classes;
     let pos = idx.spec.positive;
-    let (mut m_split, mut m_level, mut m_name, mut m_val) = (vec![], vec![], vec![], vec![]);
+    let mut rows = MetricRows::default();
     let (mut p_id, mut p_pat, mut p_cls, mut p_split, mut p_pred) =
         (vec![], vec![], vec![], vec![], vec![]);
     let mut p_prob: Vec<Vec<f64>> = vec![vec![]; classes.len()];
@@ -202,12 +232,7 @@ fn write_image_outputs(
             if s == Split::Valid && level == "image" {
                 valid_acc = m.accuracy;
             }
-            for (name, v) in m.pairs() {
-                m_split.push(s.to_string());
-                m_level.push(level.to_string());
-                m_name.push(name.to_string());
-                m_val.push(v);
-            }
+            rows.push(s, level, &m);
         }
         for (j, &i) in items.iter().enumerate() {
             let smp = &idx.samples[i];
@@ -225,13 +250,7 @@ fn write_image_outputs(
             }
         }
     }
-    let mut metrics = TableBuilder::new()
-        .str("split", m_split)
-        .str("level", m_level)
-        .str("metric", m_name)
-        .f64("value", m_val)
-        .build()?;
-    table::write(&mut metrics, out, "classify_metrics")?;
+    rows.write(out)?;
     let correct: Vec<String> = p_cls
         .iter()
         .zip(&p_pred)
@@ -263,7 +282,7 @@ fn write_patch_outputs(
     let t = &cfg.train;
     let idx = input.dataset;
     let names = patches::LABELS;
-    let (mut m_split, mut m_level, mut m_name, mut m_val) = (vec![], vec![], vec![], vec![]);
+    let mut metrics = MetricRows::default();
     let mut rows: Vec<(Split, Patch, [f32; 2])> = Vec::new();
     let mut valid_acc = f64::NAN;
     // Training windows are many and their scores say little (the classifier saw them); the
@@ -291,24 +310,13 @@ fn write_patch_outputs(
             if s == Split::Valid && label == patches::FOREGROUND {
                 valid_acc = m.accuracy;
             }
-            for (name, v) in m.pairs() {
-                m_split.push(s.to_string());
-                m_level.push(level.to_string());
-                m_name.push(name.to_string());
-                m_val.push(v);
-            }
+            metrics.push(s, level, &m);
         }
         for (p, q) in wins.iter().zip(&pr.probs) {
             rows.push((s, *p, [q[0], q[1]]));
         }
     }
-    let mut metrics = TableBuilder::new()
-        .str("split", m_split)
-        .str("level", m_level)
-        .str("metric", m_name)
-        .f64("value", m_val)
-        .build()?;
-    table::write(&mut metrics, out, "classify_metrics")?;
+    metrics.write(out)?;
     let sample = |p: &Patch| &idx.samples[p.sample];
     let label_of = |present: bool| names[usize::from(present)].to_string();
     let fg = |r: &(Split, Patch, [f32; 2])| r.2[patches::FOREGROUND] >= 0.5;
