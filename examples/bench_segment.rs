@@ -3,6 +3,8 @@
 //!   including upsampling to a 775×522 GlaS tile and 8-bit quantisation: images/s;
 //! - the pseudo-label + metric pass (threshold rule and confusion matrix) over 775×522 maps:
 //!   megapixels/s;
+//! - data loading: decoding 775×522 PNG tiles and making augmented 224² training views
+//!   (random resized crop, flips, rotations, colour and stain jitter): images/s;
 //! - DeepLab V3+ (ResNet-18 encoder at torchvision widths, OS16): one AdamW training step and
 //!   inference at 256², batch 8: images/s; and sliding-window inference of one 775×522 tile
 //!   with 256² windows: seconds.
@@ -79,6 +81,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             BATCH as f64 / t
         );
     }
+
+    // Data loading: 16 PNG tiles on disk, decoded every time (no cache), augmented to 224².
+    let dir = tempfile::tempdir()?;
+    let samples: Vec<wsss::data::Sample> = (0..16)
+        .map(|i| {
+            let path = dir.path().join(format!("t{i}.png"));
+            img.save(&path)?;
+            Ok(wsss::data::Sample {
+                id: format!("t{i}"),
+                image: path,
+                mask: None,
+                class: 0,
+                patient: "P".into(),
+                image_bytes: 0,
+                mask_bytes: 0,
+            })
+        })
+        .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+    let images = wsss::data::loader::Images::new(&samples, u64::MAX);
+    let items: Vec<usize> = (0..samples.len()).collect();
+    let aug = wsss::data::loader::Augment::default();
+    let (t, _, _) = common::time(&dev, reps, || {
+        wsss::data::loader::batch(&images, &items, 224, Some(&aug), 7, &dev)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(())
+    })?;
+    println!(
+        "| data loading: decode 16 PNG tiles of 775×522 + augment to 224² | {t:.3} | {:.1} images/s | {none} |",
+        samples.len() as f64 / t
+    );
 
     let cam_map = GrayImage::from_fn(775, 522, |x, y| image::Luma([((x + y) % 256) as u8]));
     let truth = GrayImage::from_fn(775, 522, |x, _| image::Luma([u8::from(x > 300)]));
