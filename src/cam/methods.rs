@@ -30,6 +30,20 @@ pub fn class_maps(
     method: CamMethod,
     layer: usize,
 ) -> Result<Tensor> {
+    class_maps_of(model, x, &[class], method, layer)?
+        .pop()
+        .ok_or_else(|| Error::stage("cam", "no class map"))
+}
+
+/// [`class_maps`] of several classes from one forward pass (one backward pass per class for
+/// the gradient methods), in the order of `classes`.
+pub fn class_maps_of(
+    model: &Backbone,
+    x: &Tensor,
+    classes: &[usize],
+    method: CamMethod,
+    layer: usize,
+) -> Result<Vec<Tensor>> {
     if layer >= BLOCKS {
         return Err(Error::Usage(format!(
             "backbone.cam_layer = {layer}: blocks are numbered 0 to {}",
@@ -43,14 +57,17 @@ pub fn class_maps(
                 "cam.method = \"cam\" reads the last block (the head's input); backbone.cam_layer = {layer} needs a gradient method (gradcam, gradcam++, layercam)"
             )));
         }
-        let w = model.head_weight().narrow(0, class, 1)?; // (1, C)
         let a = &blocks[layer];
         let (b, c, h, ww) = a.dims4()?;
-        let m = w
-            .broadcast_as((b, 1, c))?
-            .contiguous()?
-            .matmul(&a.reshape((b, c, h * ww))?)?;
-        return Ok(m.reshape((b, h, ww))?);
+        let flat = a.reshape((b, c, h * ww))?;
+        return classes
+            .iter()
+            .map(|&class| {
+                let w = model.head_weight().narrow(0, class, 1)?; // (1, C)
+                let m = w.broadcast_as((b, 1, c))?.contiguous()?.matmul(&flat)?;
+                Ok(m.reshape((b, h, ww))?)
+            })
+            .collect();
     }
     let a = Var::from_tensor(&blocks[layer].detach())?;
     let feats = if layer == BLOCKS - 1 {
@@ -62,13 +79,23 @@ pub fn class_maps(
             .pop()
             .ok_or_else(|| Error::stage("cam", "no feature blocks"))?
     };
-    let score = model.head_logits(&feats)?.narrow(1, class, 1)?.sum_all()?;
-    let grads = score.backward()?;
-    let g = grads
-        .get(a.as_tensor())
-        .ok_or_else(|| Error::stage("cam", "no gradient reached the CAM layer"))?
-        .clone();
-    let a = a.as_tensor();
+    let logits = model.head_logits(&feats)?;
+    classes
+        .iter()
+        .map(|&class| {
+            let score = logits.narrow(1, class, 1)?.sum_all()?;
+            let grads = score.backward()?;
+            let g = grads
+                .get(a.as_tensor())
+                .ok_or_else(|| Error::stage("cam", "no gradient reached the CAM layer"))?
+                .clone();
+            gradient_map(a.as_tensor(), &g, method)
+        })
+        .collect()
+}
+
+/// A gradient method's map from the activations `a` and their gradient `g`.
+fn gradient_map(a: &Tensor, g: &Tensor, method: CamMethod) -> Result<Tensor> {
     let m = match method {
         CamMethod::Gradcam => {
             let alpha = g.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
@@ -76,7 +103,7 @@ pub fn class_maps(
         }
         CamMethod::GradcamPlusPlus => {
             let g2 = g.sqr()?;
-            let g3 = (&g2 * &g)?;
+            let g3 = (&g2 * g)?;
             let sum_a = a.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)?;
             let denom = ((&g2 * 2.0)? + g3.broadcast_mul(&sum_a)?)?;
             // a = g² / denom where denom ≠ 0, else 0.

@@ -33,39 +33,9 @@ use crate::error::{Error, Result};
 use crate::model::ops::resize_bilinear;
 use crate::model::Backbone;
 
-/// Sigmoid probabilities `[background, foreground]` of the classifier on each window crop,
-/// `batch` crops at a time.
-pub fn window_probs(
-    model: &Backbone,
-    crops: &[RgbImage],
-    size: u32,
-    batch: usize,
-    dev: &Device,
-) -> Result<Vec<[f32; 2]>> {
-    let mut out = Vec::with_capacity(crops.len());
-    for chunk in crops.chunks(batch.max(1)) {
-        let mut data = Vec::with_capacity(chunk.len() * 3 * (size * size) as usize);
-        for c in chunk {
-            data.extend(to_chw(&imageops::resize(
-                c,
-                size,
-                size,
-                FilterType::Triangle,
-            )));
-        }
-        let x = Tensor::from_vec(data, (chunk.len(), 3, size as usize, size as usize), dev)?;
-        let (_, logits) = model.forward_t(&x, false, None)?;
-        let p = candle_nn::ops::sigmoid(&logits)?
-            .to_device(&Device::Cpu)?
-            .to_vec2::<f32>()?;
-        out.extend(p.into_iter().map(|r| [r[BACKGROUND], r[FOREGROUND]]));
-    }
-    Ok(out)
-}
-
 /// Raw (ReLU'd) maps of the background and foreground classes at the image's own size,
-/// from one fully convolutional pass at `scale` (averaged with a horizontal flip under
-/// `s.tta`). Row-major, `[background, foreground]`.
+/// from one fully convolutional pass at `scale` for both classes (averaged with a horizontal
+/// flip under `s.tta`). Row-major, `[background, foreground]`.
 pub fn full_maps(
     model: &Backbone,
     image: &RgbImage,
@@ -77,35 +47,30 @@ pub fn full_maps(
     let rw = ((w as f64 * scale).round() as u32).max(32);
     let rh = ((h as f64 * scale).round() as u32).max(32);
     let small = imageops::resize(image, rw, rh, FilterType::Triangle);
-    let mut out = [vec![], vec![]];
-    for (slot, class) in [(0, BACKGROUND), (1, FOREGROUND)] {
-        let mut acc: Option<Tensor> = None;
-        for flip in if s.tta {
-            vec![false, true]
+    let mut acc: Option<Tensor> = None; // (2, h', w'): background, foreground
+    for flip in [false, true].into_iter().take(if s.tta { 2 } else { 1 }) {
+        let view = if flip {
+            imageops::flip_horizontal(&small)
         } else {
-            vec![false]
-        } {
-            let mut v = small.clone();
-            if flip {
-                imageops::flip_horizontal_in_place(&mut v);
-            }
-            let x = Tensor::from_vec(to_chw(&v), (1, 3, rh as usize, rw as usize), dev)?;
-            let mut m = methods::class_maps(model, &x, class, s.method, s.layer)?.relu()?;
-            if flip {
-                m = m.flip(&[2])?;
-            }
-            acc = Some(match acc {
-                None => m,
-                Some(a) => (a + m)?,
-            });
+            small.clone()
+        };
+        let x = Tensor::from_vec(to_chw(&view), (1, 3, rh as usize, rw as usize), dev)?;
+        let maps = methods::class_maps_of(model, &x, &[BACKGROUND, FOREGROUND], s.method, s.layer)?;
+        let mut m = Tensor::cat(&maps, 0)?.relu()?;
+        if flip {
+            m = m.flip(&[2])?;
         }
-        let m = acc.ok_or_else(|| Error::stage("cam", "no views"))?;
-        out[slot] = resize_bilinear(&m.unsqueeze(1)?, h as usize, w as usize)?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        acc = Some(match acc {
+            None => m,
+            Some(a) => (a + m)?,
+        });
     }
-    Ok(out)
+    let m = acc.ok_or_else(|| Error::stage("cam", "no views"))?;
+    let up = resize_bilinear(&m.unsqueeze(1)?, h as usize, w as usize)?.to_device(&Device::Cpu)?;
+    Ok([
+        up.get(0)?.flatten_all()?.to_vec1::<f32>()?,
+        up.get(1)?.flatten_all()?.to_vec1::<f32>()?,
+    ])
 }
 
 /// Stitch the margin map `D` (module docs) of an image of `dims` from its class maps
@@ -190,14 +155,20 @@ pub fn median_level(hist: &[u64; 256]) -> u8 {
     255
 }
 
-/// Shift a stored margin map by `delta` levels, clamped to 0–255. Pixels at 0 and 255 (decided
-/// by single-label windows) stay where they are.
+/// A stored margin level shifted by `delta` levels, clamped to 1–254; levels 0 and 255
+/// (decided by single-label windows) stay where they are.
+pub fn shift_level(v: u8, delta: i32) -> u8 {
+    if v == 0 || v == 255 {
+        v
+    } else {
+        (v as i32 + delta).clamp(1, 254) as u8
+    }
+}
+
+/// Shift every pixel of a stored margin map by `delta` levels ([`shift_level`]).
 pub fn shift(map: &mut GrayImage, delta: i32) {
     for p in map.pixels_mut() {
-        let v = p.0[0];
-        if v != 0 && v != 255 {
-            p.0[0] = (v as i32 + delta).clamp(1, 254) as u8;
-        }
+        p.0[0] = shift_level(p.0[0], delta);
     }
 }
 

@@ -74,6 +74,17 @@ impl Hist {
         }
     }
 
+    /// The histograms of the maps after [`cam::patch::shift`] by `delta` levels.
+    fn shift(&mut self, delta: i32) {
+        for counts in [&mut self.fg, &mut self.bg] {
+            let mut moved = [0u64; 256];
+            for (v, &c) in counts.iter().enumerate() {
+                moved[cam::patch::shift_level(v as u8, delta) as usize] += c;
+            }
+            *counts = moved;
+        }
+    }
+
     /// Confusion of the rule "foreground iff stored value ≥ `level`".
     fn confusion_at(&self, level: usize) -> Confusion {
         let mut c = Confusion::new(2);
@@ -136,19 +147,19 @@ impl Stage for CamStage {
                 .upstream_dir("classify")?
                 .join("classifier.safetensors"),
         )?;
+        let patch = cfg.labels.patch();
         let settings = CamSettings {
             method: cfg.cam.method,
             layer: cam_layer(&cfg.backbone.cam_layer),
             tta: cfg.cam.tta,
             normalize: cfg.cam.normalize,
             size: cfg.train.image_size,
-            class: if cfg.labels.patch() {
+            class: if patch {
                 patches::FOREGROUND
             } else {
                 idx.spec.positive
             },
         };
-        let patch = cfg.labels.patch();
         let images = Images::new(&idx.samples, bytes);
         let dir = out.join(CAM_DIR);
         mkdirs(&dir)?;
@@ -160,27 +171,16 @@ impl Stage for CamStage {
         let mut hists = vec![Hist::new(); splits.len()];
         let mut with_mask = vec![0usize; splits.len()];
         let mut cam_secs = 0.0;
-        // `cam.balance = "median"`: a first pass over the training images finds the median
-        // margin of their two-label windows; every map is then shifted to put it at 0.5.
-        let mut balance_delta = 0i32;
-        if patch && cfg.cam.balance == CamBalance::Median {
-            let mut hist = [0u64; 256];
-            for &i in items
-                .iter()
-                .filter(|&&i| split.get(&idx.samples[i].patient) == Some(&Split::Train))
-            {
-                let img = images.get(i)?;
-                let (d, wins) = patch_map(&clf, cfg, idx, i, &img, true, &settings, input.device)?;
-                let both = cam::patch::two_label_pixels(d.dimensions(), &wins);
-                for (v, b) in d.as_raw().iter().zip(both) {
-                    if b {
-                        hist[*v as usize] += 1;
-                    }
-                }
-            }
-            balance_delta = 128 - cam::patch::median_level(&hist) as i32;
-            tracing::info!("cam.balance: margin shifted by {balance_delta}/255");
-        }
+        // `cam.balance = "median"`: margins of the training images' two-label windows.
+        let mut two_label_hist = [0u64; 256];
+        let patch_cams = PatchCams {
+            clf: &clf,
+            cfg,
+            idx,
+            images: &images,
+            settings: &settings,
+            dev: input.device,
+        };
         let pb = crate::progress::bar(items.len() as u64, "cam");
         for chunk in items.chunks(bs) {
             let t = Instant::now();
@@ -195,9 +195,13 @@ impl Stage for CamStage {
                     .zip(&refs)
                     .map(|(&i, img)| {
                         let train = split.get(&idx.samples[i].patient) == Some(&Split::Train);
-                        let (mut d, _) =
-                            patch_map(&clf, cfg, idx, i, img, train, &settings, input.device)?;
-                        cam::patch::shift(&mut d, balance_delta);
+                        let (d, wins) = patch_cams.map(i, img, train)?;
+                        if train {
+                            let both = cam::patch::two_label_pixels(d.dimensions(), &wins);
+                            for (v, b) in d.as_raw().iter().zip(both) {
+                                two_label_hist[*v as usize] += u64::from(b);
+                            }
+                        }
                         Ok(d)
                     })
                     .collect::<Result<Vec<_>>>()?
@@ -249,6 +253,23 @@ impl Stage for CamStage {
             pb.inc(chunk.len() as u64);
         }
         pb.finish_and_clear();
+        // Recentre after the fact: shifting is a map of stored levels, so the stored maps are
+        // rewritten and the quality histograms remapped, without a second network pass.
+        let mut balance_delta = 0i32;
+        if patch && cfg.cam.balance == CamBalance::Median {
+            balance_delta = 128 - cam::patch::median_level(&two_label_hist) as i32;
+            tracing::info!("cam.balance: margin shifted by {balance_delta}/255");
+            items.par_iter().try_for_each(|&i| -> Result<()> {
+                let path = dir.join(format!("{}.png", cam::file_stem(&idx.samples[i].id)));
+                let bad = |e: image::ImageError| Error::io(&path, std::io::Error::other(e));
+                let mut m = image::open(&path).map_err(bad)?.into_luma8();
+                cam::patch::shift(&mut m, balance_delta);
+                m.save(&path).map_err(bad)
+            })?;
+            for h in &mut hists {
+                h.shift(balance_delta);
+            }
+        }
 
         // Curves and threshold-free scores.
         let (mut c_split, mut c_t, mut c_miou, mut c_fg, mut c_prec, mut c_rec) =
@@ -327,56 +348,87 @@ impl Stage for CamStage {
     }
 }
 
-/// The stitched margin map of one image under patch-level labels: the windows of a training
-/// image carry their mask-derived labels, the others the classifier's predicted labels.
-#[allow(clippy::too_many_arguments)]
-fn patch_map(
-    clf: &Classifier,
-    cfg: &ExperimentConfig,
-    idx: &DatasetIndex,
-    i: usize,
-    img: &RgbImage,
-    train: bool,
-    settings: &CamSettings,
-    dev: &Device,
-) -> Result<(GrayImage, Vec<Patch>)> {
-    let l = &cfg.labels;
-    let wins = if train {
-        patches::for_samples(idx, &[i], l)?
-    } else {
-        let raw = patches::windows(img.dimensions(), l.patch_size, l.patch_stride);
-        let crops: Vec<RgbImage> = raw
-            .iter()
-            .map(|&(x, y, w, h)| image::imageops::crop_imm(img, x, y, w, h).to_image())
-            .collect();
-        let probs = cam::patch::window_probs(
-            &clf.model,
-            &crops,
-            cfg.train.image_size,
-            (cfg.train.batch_size as usize * 2).max(1),
-            dev,
-        )?;
-        raw.into_iter()
-            .zip(probs)
-            .map(|((x, y, w, h), p)| Patch {
-                sample: i,
-                x,
-                y,
-                w,
-                h,
-                labels: [p[0] >= 0.5, p[1] >= 0.5],
-            })
-            .collect()
-    };
-    let scale = cfg.train.image_size as f64 / l.patch_size as f64;
-    let maps = cam::patch::full_maps(&clf.model, img, settings, scale, dev)?;
-    let d = cam::patch::stitch(&maps, img.dimensions(), &wins, cfg.cam.normalize);
-    Ok((d, wins))
+/// What the stitched margin maps of patch-level labels need.
+struct PatchCams<'a> {
+    clf: &'a Classifier,
+    cfg: &'a ExperimentConfig,
+    idx: &'a DatasetIndex,
+    images: &'a Images<'a>,
+    settings: &'a CamSettings,
+    dev: &'a Device,
+}
+
+impl PatchCams<'_> {
+    /// The margin map of sample `i` (unshifted) and its labelled windows: a training image's
+    /// windows carry their mask-derived labels, the others the classifier's predicted labels.
+    fn map(&self, i: usize, img: &RgbImage, train: bool) -> Result<(GrayImage, Vec<Patch>)> {
+        let (cfg, l) = (self.cfg, &self.cfg.labels);
+        let wins = if train {
+            patches::for_samples(self.idx, &[i], l)?
+        } else {
+            let mut wins: Vec<Patch> =
+                patches::windows(img.dimensions(), l.patch_size, l.patch_stride)
+                    .into_iter()
+                    .map(|(x, y, w, h)| Patch {
+                        sample: i,
+                        x,
+                        y,
+                        w,
+                        h,
+                        labels: [false; 2],
+                    })
+                    .collect();
+            let batch = (cfg.train.batch_size as usize * 2).max(1);
+            let pr = self.clf.predict(
+                self.images,
+                &wins,
+                cfg.train.image_size,
+                batch,
+                true,
+                self.dev,
+            )?;
+            for (p, q) in wins.iter_mut().zip(&pr.probs) {
+                p.labels = [q[patches::BACKGROUND] >= 0.5, q[patches::FOREGROUND] >= 0.5];
+            }
+            wins
+        };
+        let scale = cfg.train.image_size as f64 / l.patch_size as f64;
+        let maps = cam::patch::full_maps(&self.clf.model, img, self.settings, scale, self.dev)?;
+        let d = cam::patch::stitch(&maps, img.dimensions(), &wins, cfg.cam.normalize);
+        Ok((d, wins))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifting_the_histogram_equals_shifting_the_maps() {
+        let vals: Vec<u8> = vec![0, 1, 60, 127, 128, 200, 254, 255, 90];
+        let truth = [1, 0, 1, 0, 1, 1, 0, 0, 1];
+        let count = |vs: &[u8]| {
+            let mut h = Hist::new();
+            for (&v, &g) in vs.iter().zip(&truth) {
+                if g == 1 {
+                    h.fg[v as usize] += 1
+                } else {
+                    h.bg[v as usize] += 1
+                }
+            }
+            h
+        };
+        for delta in [-200, -50, 0, 37, 300] {
+            let mut h = count(&vals);
+            h.shift(delta);
+            let moved: Vec<u8> = vals
+                .iter()
+                .map(|&v| cam::patch::shift_level(v, delta))
+                .collect();
+            let direct = count(&moved);
+            assert_eq!((h.fg, h.bg), (direct.fg, direct.bg), "delta {delta}");
+        }
+    }
 
     #[test]
     fn histogram_confusion_matches_direct_counting() {

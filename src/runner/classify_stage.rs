@@ -92,10 +92,7 @@ impl Stage for ClassifyStage {
         let patch = cfg.labels.patch();
         let windows = |s: Split| patches::for_samples(idx, &job.items(s), &cfg.labels);
         let ex = if patch {
-            Examples::Patches {
-                train: windows(Split::Train)?,
-                valid: windows(Split::Valid)?,
-            }
+            Examples::patches(&windows(Split::Train)?, &windows(Split::Valid)?)
         } else {
             Examples::images(&job)
         };

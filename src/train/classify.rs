@@ -177,99 +177,112 @@ impl Classifier {
     }
 }
 
-/// What the classifier learns from.
+/// What one example should make the classifier say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One class of the dataset (image-level labels; softmax).
+    Class(usize),
+    /// `[background present, foreground present]` (a window; one sigmoid per label).
+    Labels([bool; 2]),
+}
+
+/// One example: what the network sees and what it should say.
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    /// A whole image or a window of it.
+    pub view: View,
+    /// Its label.
+    pub target: Target,
+}
+
+impl Example {
+    /// Write the target row (one-hot class or multi-hot labels) into `row`.
+    fn write_target(&self, row: &mut [f32]) {
+        match self.target {
+            Target::Class(c) => row[c] = 1.0,
+            Target::Labels(l) => {
+                for (r, present) in row.iter_mut().zip(l) {
+                    *r = f32::from(u8::from(present));
+                }
+            }
+        }
+    }
+    /// Whether the output scored by the selection metric (`scored`) should be on: the example
+    /// is of that class, or has that label.
+    fn truth(&self, scored: usize) -> bool {
+        match self.target {
+            Target::Class(c) => c == scored,
+            Target::Labels(l) => l[scored],
+        }
+    }
+    /// Balanced-sampling group: the class, or whether the scored label is present.
+    fn group(&self, scored: usize) -> usize {
+        match self.target {
+            Target::Class(c) => c,
+            Target::Labels(l) => usize::from(l[scored]),
+        }
+    }
+}
+
+/// What the classifier learns from: training and validation examples, and the output the
+/// selection metric scores (the positive class, or the foreground label).
 #[derive(Debug, Clone)]
-pub enum Examples {
-    /// Whole images (sample indices), one class each.
-    Images {
-        /// Training samples.
-        train: Vec<usize>,
-        /// Validation samples.
-        valid: Vec<usize>,
-    },
-    /// Labelled windows, multi-label (`[background, foreground]`).
-    Patches {
-        /// Training windows.
-        train: Vec<Patch>,
-        /// Validation windows.
-        valid: Vec<Patch>,
-    },
+pub struct Examples {
+    /// Training examples.
+    pub train: Vec<Example>,
+    /// Validation examples.
+    pub valid: Vec<Example>,
+    /// Multi-label (sigmoid per output) rather than one class per example (softmax).
+    pub multi_label: bool,
+    /// Output scored by the selection metric.
+    pub scored: usize,
 }
 
 impl Examples {
-    /// The image-level examples of a job's train and valid splits.
+    /// Whole images of a job's train and valid splits, one class each.
     pub fn images(job: &Job) -> Self {
-        Self::Images {
-            train: job.items(Split::Train),
-            valid: job.items(Split::Valid),
+        let of = |s: Split| -> Vec<Example> {
+            job.items(s)
+                .into_iter()
+                .map(|i| Example {
+                    view: i.into(),
+                    target: Target::Class(job.idx.samples[i].class),
+                })
+                .collect()
+        };
+        Self {
+            train: of(Split::Train),
+            valid: of(Split::Valid),
+            multi_label: false,
+            scored: job.idx.spec.positive,
         }
     }
-    fn len(&self, valid: bool) -> usize {
-        match (self, valid) {
-            (Self::Images { train, .. }, false) => train.len(),
-            (Self::Images { valid, .. }, true) => valid.len(),
-            (Self::Patches { train, .. }, false) => train.len(),
-            (Self::Patches { valid, .. }, true) => valid.len(),
+    /// Labelled windows, scored on the foreground label.
+    pub fn patches(train: &[Patch], valid: &[Patch]) -> Self {
+        let of = |ps: &[Patch]| -> Vec<Example> {
+            ps.iter()
+                .map(|p| Example {
+                    view: (*p).into(),
+                    target: Target::Labels(p.labels),
+                })
+                .collect()
+        };
+        Self {
+            train: of(train),
+            valid: of(valid),
+            multi_label: true,
+            scored: FOREGROUND,
         }
     }
-    fn multi_label(&self) -> bool {
-        matches!(self, Self::Patches { .. })
+}
+
+/// Target rows `(n, k)` of `examples`.
+fn targets(examples: &[&Example], k: usize) -> Vec<f32> {
+    let mut v = vec![0f32; examples.len() * k];
+    for (row, e) in v.chunks_mut(k).zip(examples) {
+        e.write_target(row);
     }
-    /// Views of examples `ids` of one set.
-    fn views(&self, valid: bool, ids: &[usize]) -> Vec<View> {
-        match (self, valid) {
-            (Self::Images { train, .. }, false) => ids.iter().map(|&i| train[i].into()).collect(),
-            (Self::Images { valid, .. }, true) => ids.iter().map(|&i| valid[i].into()).collect(),
-            (Self::Patches { train, .. }, false) => ids.iter().map(|&i| train[i].into()).collect(),
-            (Self::Patches { valid, .. }, true) => ids.iter().map(|&i| valid[i].into()).collect(),
-        }
-    }
-    /// Targets `(n, k)`: one-hot classes, or multi-hot window labels.
-    fn targets(&self, idx: &DatasetIndex, valid: bool, ids: &[usize], k: usize) -> Vec<f32> {
-        let mut v = vec![0f32; ids.len() * k];
-        for (r, &i) in ids.iter().enumerate() {
-            match (self, valid) {
-                (Self::Images { train, valid: va }, _) => {
-                    let s = if valid { va[i] } else { train[i] };
-                    v[r * k + idx.samples[s].class] = 1.0;
-                }
-                (Self::Patches { train, valid: va }, _) => {
-                    let p = if valid { va[i] } else { train[i] };
-                    v[r * k..r * k + 2].copy_from_slice(&p.target());
-                }
-            }
-        }
-        v
-    }
-    /// The binary truth scored by the selection metric: positive class (images) or
-    /// foreground present (windows).
-    fn truth(&self, idx: &DatasetIndex, valid: bool, i: usize) -> usize {
-        match (self, valid) {
-            (Self::Images { train, .. }, false) => {
-                usize::from(idx.samples[train[i]].class == idx.spec.positive)
-            }
-            (Self::Images { valid, .. }, true) => {
-                usize::from(idx.samples[valid[i]].class == idx.spec.positive)
-            }
-            (Self::Patches { train, .. }, false) => usize::from(train[i].labels[FOREGROUND]),
-            (Self::Patches { valid, .. }, true) => usize::from(valid[i].labels[FOREGROUND]),
-        }
-    }
-    /// Index of the output scored by the selection metric.
-    fn scored_output(&self, idx: &DatasetIndex) -> usize {
-        match self {
-            Self::Images { .. } => idx.spec.positive,
-            Self::Patches { .. } => FOREGROUND,
-        }
-    }
-    /// Balanced-sampling group of a training example: its class, or whether it contains
-    /// foreground.
-    fn group(&self, idx: &DatasetIndex, i: usize) -> usize {
-        match self {
-            Self::Images { train, .. } => idx.samples[train[i]].class,
-            Self::Patches { train, .. } => usize::from(train[i].labels[FOREGROUND]),
-        }
-    }
+    v
 }
 
 /// Number of classifier outputs: the dataset's classes, or the two window labels.
@@ -312,14 +325,12 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
     let cfg = job.cfg;
     let t = &cfg.train;
     let k = outputs(cfg, job.idx);
-    let multi = ex.multi_label();
-    let scored = ex.scored_output(job.idx);
+    let (multi, scored) = (ex.multi_label, ex.scored);
     let dev = job.device;
     let clf = Classifier::build(cfg, k, dev, job.manifest_dir)?;
     let trainable = clf.trainable(cfg.backbone.freeze_blocks);
     let mut opt = Optimizer::new(t.optimizer, trainable, t.lr, t.weight_decay, t.momentum)?;
-    let n_train = ex.len(false);
-    let n_valid = ex.len(true);
+    let (n_train, n_valid) = (ex.train.len(), ex.valid.len());
     let aug = if multi {
         Augment {
             min_crop_area: 1.0,
@@ -358,7 +369,7 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
             let by_group: Vec<Vec<usize>> = (0..groups)
                 .map(|c| {
                     (0..n_train)
-                        .filter(|&i| ex.group(job.idx, i) == c)
+                        .filter(|&i| ex.train[i].group(scored) == c)
                         .collect()
                 })
                 .collect();
@@ -383,9 +394,10 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
             }
             let step = epoch as f64 + bi as f64 / steps_per_epoch as f64;
             opt.set_lr(lr_at(t.schedule, t.lr, step, t.epochs, t.warmup_epochs));
-            let views = ex.views(false, chunk);
+            let batch: Vec<&Example> = chunk.iter().map(|&i| &ex.train[i]).collect();
+            let views: Vec<View> = batch.iter().map(|e| e.view).collect();
             let x = loader::batch(images, &views, t.image_size, Some(&aug), rng.random(), dev)?;
-            let target = ex.targets(job.idx, false, chunk, k);
+            let target = targets(&batch, k);
             let yt = Tensor::from_vec(target.clone(), (chunk.len(), k), dev)?;
             let c = clf.model.feature_channels();
             let mask: Vec<f32> = (0..chunk.len() * c)
@@ -436,18 +448,12 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
         train_secs += t0.elapsed().as_secs_f64();
         seen += n;
 
-        let all_valid: Vec<usize> = (0..n_valid).collect();
-        let pv = clf.predict(
-            images,
-            &ex.views(true, &all_valid),
-            t.image_size,
-            bs * 2,
-            multi,
-            dev,
-        )?;
-        let vt = ex.targets(job.idx, true, &all_valid, k);
+        let valid: Vec<&Example> = ex.valid.iter().collect();
+        let views: Vec<View> = valid.iter().map(|e| e.view).collect();
+        let pv = clf.predict(images, &views, t.image_size, bs * 2, multi, dev)?;
+        let vt = targets(&valid, k);
         let vp: Vec<f64> = pv.probs.iter().map(|p| p[scored] as f64).collect();
-        let truth_pos: Vec<usize> = (0..n_valid).map(|i| ex.truth(job.idx, true, i)).collect();
+        let truth_pos: Vec<usize> = valid.iter().map(|e| usize::from(e.truth(scored))).collect();
         let m = Metrics::compute(&truth_pos, &vp);
         let vloss = pv
             .probs
