@@ -71,6 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             normalize: CamNorm::Minmax,
             size: 224,
             class: 1,
+            contrast: false,
         };
         let (t, _, _) = common::time(&dev, reps, || {
             cam::cams(&clf, &imgs, &s, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;

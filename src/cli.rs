@@ -536,6 +536,7 @@ pub fn schema_text() -> String {
     }
     if let Some(cam) = v.get_mut("cam").and_then(|c| c.as_table_mut()) {
         cam.insert("balance".into(), "none".into());
+        cam.insert("contrast".into(), false.into());
     }
     let rows: Vec<Vec<String>> = schema::FIELDS
         .iter()

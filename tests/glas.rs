@@ -154,6 +154,20 @@ fn glas_talk_manifest_runs_end_to_end_reduced() {
     assert_eq!(summary["images"], 129);
     assert_eq!(summary["patients"], 14);
     assert_eq!(summary["max_size"], serde_json::json!([775, 522]));
+    // image labels learned on windows: window- and image-level metrics, one prediction and
+    // one full-size CAM per image
+    let metrics = std::fs::read_to_string(rd.join("classify_metrics.csv")).unwrap();
+    assert!(metrics.contains("valid,window,auc") && metrics.contains("valid,image,auc"));
+    let preds = wsss::table::read_parquet(&rd.join("predictions.parquet")).unwrap();
+    assert_eq!(preds.height(), 129);
+    let mut cams = 0;
+    for e in std::fs::read_dir(rd.join("cams")).unwrap().flatten() {
+        let tile = shared.join("glas/images").join(e.file_name());
+        let dims = image::image_dimensions(e.path()).unwrap();
+        assert_eq!(dims, image::image_dimensions(&tile).unwrap(), "{tile:?}");
+        cams += 1;
+    }
+    assert_eq!(cams, 129);
     // held-out patients are reported, and none of them trains
     let valid = summary["patients_per_split"]["valid"].as_array().unwrap();
     let train = summary["patients_per_split"]["train"].as_array().unwrap();

@@ -142,8 +142,12 @@ fn shipped_manifests_validate() {
         "glas-cam.toml",
         "glas-weak-vs-full.toml",
         "glas-talk.toml",
+        "glas-talk-tile.toml",
         "glas-talk-t03.toml",
         "glas-talk-gpu.toml",
+        "glas-oeem.toml",
+        "glas-oeem-loss.toml",
+        "glas-oeem-gpu.toml",
     ] {
         let o = sb
             .cmd()

@@ -727,3 +727,104 @@ fn patch_labels_train_a_multi_label_classifier_whose_windows_decide_pseudo_label
     let e = stderr(&o);
     assert!(e.contains("loss.variant") && e.contains("bce"), "{e}");
 }
+
+/// Image labels learned on windows (`labels.level = "image-windows"`) on the synthetic data:
+/// the classifier is trained and scored on windows that carry their image's class (the
+/// confusion counts add up to the window grid), images get one prediction each, the CAM is a
+/// map at each image's size, negative images are all background in their pseudo labels, and
+/// the window grid is part of the classifier's cache key while the CAM contrast is not.
+#[test]
+fn image_labels_on_windows_train_on_windows_and_map_whole_images() {
+    let sb = Sandbox::new();
+    let text = format!(
+        "{MINIMAL}\n[labels]\nlevel = \"image-windows\"\npatch_size = 32\npatch_stride = 16\n"
+    );
+    let m = sb.write("m.toml", &text);
+    let o = sb.run(&["run", m.to_str().unwrap(), "--no-report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rd = first_dir(sb.work().join("t"));
+    let split = wsss::table::read_parquet(&rd.join("split.parquet")).unwrap();
+    let col = |name: &str| wsss::report::data::strs(&split, name).unwrap();
+    let (ids, sp, classes) = (col("id"), col("split"), col("class"));
+
+    // Window-level metrics count every window of the held-out images: 64² images, 32-px
+    // windows every 16 px → 3 × 3 per image; image-level rows count the images.
+    let cm = wsss::table::read_parquet(&rd.join("classify_metrics.parquet")).unwrap();
+    let (ms, ml, mm, mv) = (
+        wsss::report::data::strs(&cm, "split").unwrap(),
+        wsss::report::data::strs(&cm, "level").unwrap(),
+        wsss::report::data::strs(&cm, "metric").unwrap(),
+        wsss::report::data::nums(&cm, "value").unwrap(),
+    );
+    let count = |level: &str| -> f64 {
+        (0..cm.height())
+            .filter(|&i| ms[i] == "valid" && ml[i] == level)
+            .filter(|&i| ["tn", "fp", "fn", "tp"].contains(&mm[i].as_str()))
+            .map(|i| mv[i])
+            .sum()
+    };
+    let held_out = sp.iter().filter(|s| *s == "valid").count() as f64;
+    assert!(held_out > 0.0);
+    assert_eq!(count("window"), held_out * 9.0);
+    assert_eq!(count("image"), held_out);
+
+    // One prediction per image, probabilities summing to one.
+    let p = wsss::table::read_parquet(&rd.join("predictions.parquet")).unwrap();
+    assert_eq!(p.height(), ids.len());
+    let (pa, pb) = (
+        wsss::report::data::nums(&p, "p_normal").unwrap(),
+        wsss::report::data::nums(&p, "p_malignant").unwrap(),
+    );
+    assert!(pa.iter().zip(&pb).all(|(a, b)| (a + b - 1.0).abs() < 1e-5));
+
+    // CAMs at each image's size; negative images all background in their pseudo labels,
+    // positive ones with foreground (min-max normalised maps reach 1).
+    let mut positives = 0;
+    for i in (0..ids.len()).filter(|&i| sp[i] == "train") {
+        let stem = ids[i].replace(['/', '\\', ':'], "_");
+        let cam = image::open(rd.join("cams").join(format!("{stem}.png"))).unwrap();
+        assert_eq!((cam.width(), cam.height()), (64, 64));
+        let pl =
+            wsss::cam::read_labels(&rd.join("pseudo_labels").join(format!("{stem}.png"))).unwrap();
+        let fg = pl.pixels().filter(|v| v.0[0] == 1).count();
+        if classes[i] == "malignant" {
+            assert!(fg > 0, "{}", ids[i]);
+            positives += 1;
+        } else {
+            assert_eq!(fg, 0, "{}", ids[i]);
+        }
+    }
+    assert!(positives > 0);
+
+    // The window grid changes the classifier; the CAM contrast only the CAM and later stages.
+    let o = sb.run(&[
+        "run",
+        m.to_str().unwrap(),
+        "--no-report",
+        "--set",
+        "cam.contrast=true",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("4 stage run(s), 2 cached"), "{out}");
+    let o = sb.run(&[
+        "plan",
+        m.to_str().unwrap(),
+        "--set",
+        "labels.patch_stride=32",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.matches("to run").count(), 5, "{out}");
+    assert_eq!(out.matches("cached").count(), 1, "{out}");
+
+    // A stride larger than the window would leave pixels out: bad input naming the key.
+    let bad = sb.write(
+        "bad.toml",
+        &text.replace("patch_stride = 16", "patch_stride = 40"),
+    );
+    let o = sb.run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("labels.patch_stride"), "{e}");
+}

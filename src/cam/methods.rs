@@ -12,6 +12,9 @@
 //! - **LayerCAM** (Jiang et al., TIP 2021): `relu(Σ_k relu(g_kij) A_kij)`, pixel-wise weights,
 //!   which keep boundary detail on shallower blocks.
 //!
+//! With `contrast` every method maps the class's logit minus the mean of the other logits
+//! instead of the class's logit alone (see [`class_maps`]).
+//!
 //! Gradient methods may read any block (`backbone.cam_layer`): the network is resumed from the
 //! block's output held as a variable, so its gradient is available without hooks.
 
@@ -22,17 +25,33 @@ use crate::error::{Error, Result};
 use crate::model::backbone::{Backbone, BLOCKS};
 
 /// Raw class maps `(B, h, w)` of `class` for a batch `x`, read at block `layer` (0-based;
-/// `BLOCKS − 1` is the last). Batch norm runs in inference mode.
+/// `BLOCKS − 1` is the last). Batch norm runs in inference mode. With `contrast`, the map is
+/// of the class's logit *minus the mean of the other classes' logits* (for CAM: the head's
+/// weight difference), i.e. the evidence that decides a softmax between the classes; evidence
+/// every class shares (tissue that benign and malignant tiles both show) cancels.
 pub fn class_maps(
     model: &Backbone,
     x: &Tensor,
     class: usize,
     method: CamMethod,
     layer: usize,
+    contrast: bool,
 ) -> Result<Tensor> {
-    class_maps_of(model, x, &[class], method, layer)?
+    class_maps_of(model, x, &[class], method, layer, contrast)?
         .pop()
         .ok_or_else(|| Error::stage("cam", "no class map"))
+}
+
+/// The score whose evidence is mapped: row `class` of `w` (`(k, …)`, a head weight or the
+/// logits transposed), or under `contrast` that row minus the mean of the others.
+fn score_row(w: &Tensor, class: usize, contrast: bool) -> Result<Tensor> {
+    let row = w.narrow(0, class, 1)?;
+    let k = w.dim(0)?;
+    if !contrast || k < 2 {
+        return Ok(row);
+    }
+    let others = ((w.sum_keepdim(0)? - &row)? / (k - 1) as f64)?;
+    Ok((row - others)?)
 }
 
 /// [`class_maps`] of several classes from one forward pass (one backward pass per class for
@@ -43,6 +62,7 @@ pub fn class_maps_of(
     classes: &[usize],
     method: CamMethod,
     layer: usize,
+    contrast: bool,
 ) -> Result<Vec<Tensor>> {
     if layer >= BLOCKS {
         return Err(Error::Usage(format!(
@@ -63,7 +83,7 @@ pub fn class_maps_of(
         return classes
             .iter()
             .map(|&class| {
-                let w = model.head_weight().narrow(0, class, 1)?; // (1, C)
+                let w = score_row(model.head_weight(), class, contrast)?; // (1, C)
                 let m = w.broadcast_as((b, 1, c))?.contiguous()?.matmul(&flat)?;
                 Ok(m.reshape((b, h, ww))?)
             })
@@ -83,7 +103,7 @@ pub fn class_maps_of(
     classes
         .iter()
         .map(|&class| {
-            let score = logits.narrow(1, class, 1)?.sum_all()?;
+            let score = score_row(&logits.t()?, class, contrast)?.sum_all()?;
             let grads = score.backward()?;
             let g = grads
                 .get(a.as_tensor())
@@ -165,8 +185,8 @@ mod tests {
             let m = model(arch);
             let x = input();
             for class in 0..2 {
-                let cam = class_maps(&m, &x, class, CamMethod::Cam, BLOCKS - 1).unwrap();
-                let gc = class_maps(&m, &x, class, CamMethod::Gradcam, BLOCKS - 1).unwrap();
+                let cam = class_maps(&m, &x, class, CamMethod::Cam, BLOCKS - 1, false).unwrap();
+                let gc = class_maps(&m, &x, class, CamMethod::Gradcam, BLOCKS - 1, false).unwrap();
                 let (_, h, w) = cam.dims3().unwrap();
                 let expect = (cam.relu().unwrap() / (h * w) as f64).unwrap();
                 let diff = (&gc - &expect)
@@ -187,6 +207,35 @@ mod tests {
         }
     }
 
+    /// The contrast map of a two-class CAM is the difference of the two class maps, and
+    /// Grad-CAM of the logit difference is it over h·w (before the ReLU both are linear in the
+    /// head's weights).
+    #[test]
+    fn contrast_is_the_difference_of_class_maps() {
+        let m = model(Arch::Vgg16);
+        let x = input();
+        let maps = class_maps_of(&m, &x, &[0, 1], CamMethod::Cam, BLOCKS - 1, false).unwrap();
+        let c1 = class_maps(&m, &x, 1, CamMethod::Cam, BLOCKS - 1, true).unwrap();
+        let expect = (&maps[1] - &maps[0]).unwrap();
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let scale = max_abs(&expect);
+        assert!(scale > 0.0);
+        assert!(max_abs(&(&c1 - &expect).unwrap()) <= 1e-5 * scale.max(1.0));
+        let c0 = class_maps(&m, &x, 0, CamMethod::Cam, BLOCKS - 1, true).unwrap();
+        assert!(max_abs(&(&c0 + &expect).unwrap()) <= 1e-5 * scale.max(1.0));
+        let gc = class_maps(&m, &x, 1, CamMethod::Gradcam, BLOCKS - 1, true).unwrap();
+        let (_, h, w) = c1.dims3().unwrap();
+        let gexpect = (c1.relu().unwrap() / (h * w) as f64).unwrap();
+        assert!(max_abs(&(&gc - &gexpect).unwrap()) <= 1e-5 * max_abs(&gexpect).max(1.0));
+    }
+
     #[test]
     fn every_method_on_every_block_gives_a_nonnegative_map() {
         let m = model(Arch::Vgg16);
@@ -197,14 +246,14 @@ mod tests {
             CamMethod::Layercam,
         ] {
             for layer in [2, 4] {
-                let s = class_maps(&m, &x, 1, method, layer).unwrap();
+                let s = class_maps(&m, &x, 1, method, layer, false).unwrap();
                 let side = 48 >> layer.min(4);
                 assert_eq!(s.dims(), [2, side, side], "{method:?} {layer}");
                 let min = s.min_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(min >= 0.0);
             }
         }
-        let e = class_maps(&m, &x, 1, CamMethod::Cam, 2).unwrap_err();
+        let e = class_maps(&m, &x, 1, CamMethod::Cam, 2, false).unwrap_err();
         assert!(e.to_string().contains("gradient method"), "{e}");
     }
 }

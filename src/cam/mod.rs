@@ -43,6 +43,8 @@ pub struct CamSettings {
     pub size: u32,
     /// Class whose evidence is mapped.
     pub class: usize,
+    /// Map the class's evidence against the other classes (`cam.contrast`).
+    pub contrast: bool,
 }
 
 /// Test-time views: (scale, horizontal flip).
@@ -85,7 +87,8 @@ pub fn cams(
         }
         let x =
             Tensor::from_vec(data, (images.len(), 3, side, side), &Device::Cpu)?.to_device(dev)?;
-        let mut m = methods::class_maps(model, &x, s.class, s.method, s.layer)?.relu()?;
+        let mut m =
+            methods::class_maps(model, &x, s.class, s.method, s.layer, s.contrast)?.relu()?;
         if flip {
             m = m.flip(&[2])?;
         }

@@ -33,29 +33,57 @@ use crate::error::{Error, Result};
 use crate::model::ops::resize_bilinear;
 use crate::model::Backbone;
 
-/// Raw (ReLU'd) maps of the background and foreground classes at the image's own size,
-/// from one fully convolutional pass at `scale` for both classes (averaged with a horizontal
-/// flip under `s.tta`). Row-major, `[background, foreground]`.
+/// `img` mirrored outward by `pad` pixels on every side (the edge pixel is not repeated:
+/// column −1 is column 1); `pad` is capped at one less than the smaller side.
+pub fn reflect_pad(img: &RgbImage, pad: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let pad = pad.min(w.min(h).saturating_sub(1));
+    let mirror = |i: i64, n: i64| -> u32 {
+        let i = if i < 0 { -i } else { i };
+        (if i >= n { 2 * (n - 1) - i } else { i }) as u32
+    };
+    RgbImage::from_fn(w + 2 * pad, h + 2 * pad, |x, y| {
+        let sx = mirror(x as i64 - pad as i64, w as i64);
+        let sy = mirror(y as i64 - pad as i64, h as i64);
+        *img.get_pixel(sx, sy)
+    })
+}
+
+/// Raw (ReLU'd) maps of `classes` at the image's own size, from one fully convolutional pass
+/// at `scale` (averaged with a horizontal flip under `s.tta`); row-major, in `classes` order.
+///
+/// `pad` (pixels at `scale`) mirrors the image outward before the pass and crops the maps back:
+/// the tile's border then has tissue around it, as every interior pixel has, instead of the
+/// network's zero padding, which otherwise leaves a band of low evidence along the border.
 pub fn full_maps(
     model: &Backbone,
     image: &RgbImage,
     s: &CamSettings,
     scale: f64,
+    pad: u32,
+    classes: &[usize],
     dev: &Device,
-) -> Result<[Vec<f32>; 2]> {
+) -> Result<Vec<Vec<f32>>> {
     let (w, h) = image.dimensions();
     let rw = ((w as f64 * scale).round() as u32).max(32);
     let rh = ((h as f64 * scale).round() as u32).max(32);
-    let small = imageops::resize(image, rw, rh, FilterType::Triangle);
-    let mut acc: Option<Tensor> = None; // (2, h', w'): background, foreground
+    let resized = imageops::resize(image, rw, rh, FilterType::Triangle);
+    let small = if pad > 0 {
+        reflect_pad(&resized, pad)
+    } else {
+        resized
+    };
+    let (pw, ph) = small.dimensions();
+    let pad = (pw - rw) / 2;
+    let mut acc: Option<Tensor> = None; // (classes, h', w')
     for flip in [false, true].into_iter().take(if s.tta { 2 } else { 1 }) {
         let view = if flip {
             imageops::flip_horizontal(&small)
         } else {
             small.clone()
         };
-        let x = Tensor::from_vec(to_chw(&view), (1, 3, rh as usize, rw as usize), dev)?;
-        let maps = methods::class_maps_of(model, &x, &[BACKGROUND, FOREGROUND], s.method, s.layer)?;
+        let x = Tensor::from_vec(to_chw(&view), (1, 3, ph as usize, pw as usize), dev)?;
+        let maps = methods::class_maps_of(model, &x, classes, s.method, s.layer, s.contrast)?;
         let mut m = Tensor::cat(&maps, 0)?.relu()?;
         if flip {
             m = m.flip(&[2])?;
@@ -65,16 +93,38 @@ pub fn full_maps(
             Some(a) => (a + m)?,
         });
     }
-    let m = acc.ok_or_else(|| Error::stage("cam", "no views"))?;
-    let up = resize_bilinear(&m.unsqueeze(1)?, h as usize, w as usize)?.to_device(&Device::Cpu)?;
-    Ok([
-        up.get(0)?.flatten_all()?.to_vec1::<f32>()?,
-        up.get(1)?.flatten_all()?.to_vec1::<f32>()?,
-    ])
+    let mut m = acc
+        .ok_or_else(|| Error::stage("cam", "no views"))?
+        .unsqueeze(1)?;
+    if pad > 0 {
+        let (p, rw, rh) = (pad as usize, rw as usize, rh as usize);
+        m = resize_bilinear(&m, ph as usize, pw as usize)?
+            .narrow(2, p, rh)?
+            .narrow(3, p, rw)?;
+    }
+    let up = resize_bilinear(&m, h as usize, w as usize)?.to_device(&Device::Cpu)?;
+    (0..classes.len())
+        .map(|c| Ok(up.get(c)?.flatten_all()?.to_vec1::<f32>()?))
+        .collect()
+}
+
+/// The background and foreground maps of a patch-level classifier ([`full_maps`] of both
+/// labels).
+pub fn label_maps(
+    model: &Backbone,
+    image: &RgbImage,
+    s: &CamSettings,
+    scale: f64,
+    dev: &Device,
+) -> Result<[Vec<f32>; 2]> {
+    let mut m = full_maps(model, image, s, scale, 0, &[BACKGROUND, FOREGROUND], dev)?;
+    let fg = m.pop().unwrap_or_default();
+    let bg = m.pop().unwrap_or_default();
+    Ok([bg, fg])
 }
 
 /// Stitch the margin map `D` (module docs) of an image of `dims` from its class maps
-/// (`[background, foreground]`, as from [`full_maps`]) and its labelled windows, quantised to
+/// (`[background, foreground]`, as from [`label_maps`]) and its labelled windows, quantised to
 /// 8 bits.
 pub fn stitch(
     maps: &[Vec<f32>; 2],
@@ -175,6 +225,21 @@ pub fn shift(map: &mut GrayImage, delta: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reflect_padding_by_hand() {
+        // 3×2 image, pixel value = 10·x + y in the red channel.
+        let img = RgbImage::from_fn(3, 2, |x, y| image::Rgb([(10 * x + y) as u8, 0, 0]));
+        let p = reflect_pad(&img, 1);
+        assert_eq!(p.dimensions(), (5, 4));
+        let row = |y: u32| (0..5).map(|x| p.get_pixel(x, y).0[0]).collect::<Vec<_>>();
+        assert_eq!(row(1), vec![10, 0, 10, 20, 10]); // image row 0 with mirrored ends
+        assert_eq!(row(0), row(2)); // row −1 mirrors row 1
+        assert_eq!(row(3), row(1)); // row 2 mirrors row 0
+        assert_eq!(row(2), vec![11, 1, 11, 21, 11]);
+        // Capped at one less than the smaller side.
+        assert_eq!(reflect_pad(&img, 5).dimensions(), (5, 4));
+    }
 
     fn patch(x: u32, labels: [bool; 2]) -> Patch {
         Patch {

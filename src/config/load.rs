@@ -696,22 +696,26 @@ fn semantic(
                 .into(),
         );
     }
-    if c.labels.patch() {
-        if c.loss.variant != LossVariant::Bce {
-            push(
-                "loss.variant",
-                "must be `bce` with labels.level = \"patch\": patch labels are multi-label (a window can contain background and foreground)".into(),
-            );
-        }
-        if c.labels.patch_stride > c.labels.patch_size {
-            push(
-                "labels.patch_stride",
-                format!(
-                    "{} is larger than labels.patch_size = {}: windows would leave pixels out",
-                    c.labels.patch_stride, c.labels.patch_size
-                ),
-            );
-        }
+    if c.cam.contrast && c.labels.patch() {
+        push(
+            "cam.contrast",
+            "contrasts the positive class with the others of a softmax; patch labels are two independent sigmoids (their margin map already contrasts them): set it to false".into(),
+        );
+    }
+    if c.labels.patch() && c.loss.variant != LossVariant::Bce {
+        push(
+            "loss.variant",
+            "must be `bce` with labels.level = \"patch\": patch labels are multi-label (a window can contain background and foreground)".into(),
+        );
+    }
+    if c.labels.windows() && c.labels.patch_stride > c.labels.patch_size {
+        push(
+            "labels.patch_stride",
+            format!(
+                "{} is larger than labels.patch_size = {}: windows would leave pixels out",
+                c.labels.patch_stride, c.labels.patch_size
+            ),
+        );
     }
     if let Some(bg) = c.cam.background_threshold {
         if bg > c.cam.threshold {

@@ -101,18 +101,18 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "labels.level",
-        Kind::Choice(&["image", "patch"]),
-        "classifier labels: one class per image, or multi-label windows derived from the masks (OEEM)",
+        Kind::Choice(&["image", "patch", "image-windows"]),
+        "classifier labels: one class per image, multi-label windows derived from the masks (OEEM), or windows that carry their image's class",
     ),
     f(
         "labels.patch_size",
         Kind::Int { min: 16, max: 8192 },
-        "patch: window side in image pixels (the classifier sees it resized to train.image_size)",
+        "patch, image-windows: window side in image pixels (the classifier sees it resized to train.image_size)",
     ),
     f(
         "labels.patch_stride",
         Kind::Int { min: 1, max: 8192 },
-        "patch: window step in image pixels",
+        "patch, image-windows: window step in image pixels",
     ),
     f(
         "labels.min_fraction",
@@ -227,6 +227,11 @@ pub static FIELDS: &[Field] = &[
         "refinement of the CAM before thresholding",
     ),
     f("cam.tta", Kind::Bool, "average CAMs over flips and scales"),
+    f(
+        "cam.contrast",
+        Kind::Bool,
+        "map the positive class's logit minus the other classes' (evidence that tells the classes apart) instead of its logit alone",
+    ),
     f(
         "cam.balance",
         Kind::Choice(&["none", "median"]),
@@ -683,6 +688,7 @@ mod tests {
         cfg.cam.background_threshold = Some(0.1);
         cfg.labels.level = crate::config::LabelLevel::Patch; // the defaults are not serialised
         cfg.cam.balance = crate::config::CamBalance::Median;
+        cfg.cam.contrast = true;
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);
         got.sort();

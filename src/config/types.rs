@@ -227,10 +227,20 @@ pub struct CamConfig {
     pub refine: Refine,
     /// Average CAMs over flips and scales.
     pub tta: bool,
+    /// Map the positive class's evidence *against* the other classes (its logit minus theirs)
+    /// rather than its logit alone (left out of the saved config while `false`, so earlier runs
+    /// keep their hashes).
+    #[serde(skip_serializing_if = "is_false")]
+    pub contrast: bool,
     /// Patch-level labels: recentre the stored margin map per run (left out of the saved
     /// config while `none`, so earlier runs keep their hashes).
     #[serde(skip_serializing_if = "CamBalance::is_none")]
     pub balance: CamBalance,
+}
+
+/// Serde helper: skip a `false` flag.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Recentring of the patch-level margin map.
@@ -261,6 +271,7 @@ impl Default for CamConfig {
             normalize: CamNorm::Minmax,
             refine: Refine::None,
             tta: false,
+            contrast: false,
             balance: CamBalance::None,
         }
     }
@@ -428,17 +439,21 @@ pub enum LabelLevel {
     /// Multi-label windows cut from each image, labelled "contains background" / "contains
     /// foreground" from the mask (the OEEM protocol).
     Patch,
+    /// Image-level labels learned on windows: each window carries its image's class (no masks
+    /// are read). The CAM is then computed over the whole image at the windows' scale, so its
+    /// evidence is local instead of a tile-wide blob.
+    ImageWindows,
 }
 
 /// Label derivation (`[labels]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LabelsConfig {
-    /// Image-level or patch-level labels.
+    /// Image-level or patch-level labels, or image-level labels on windows.
     pub level: LabelLevel,
-    /// `patch`: window side in pixels of the image.
+    /// `patch`, `image-windows`: window side in pixels of the image.
     pub patch_size: u32,
-    /// `patch`: window step in pixels.
+    /// `patch`, `image-windows`: window step in pixels.
     pub patch_stride: u32,
     /// `patch`: a class is present when it covers more than this share of the window's
     /// labelled pixels.
@@ -464,6 +479,10 @@ impl LabelsConfig {
     /// Whether the classifier learns patch-level labels.
     pub fn patch(&self) -> bool {
         self.level == LabelLevel::Patch
+    }
+    /// Whether the classifier learns from windows (patch labels, or image labels on windows).
+    pub fn windows(&self) -> bool {
+        self.level != LabelLevel::Image
     }
 }
 

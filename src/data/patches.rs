@@ -1,4 +1,5 @@
-//! Patch-level labels derived from masks (the OEEM protocol, `labels.level = "patch"`).
+//! Patch-level labels derived from masks (the OEEM protocol, `labels.level = "patch"`), and the
+//! unlabelled windows that carry their image's class (`labels.level = "image-windows"`).
 //!
 //! Each image is cut into square windows of `patch_size` pixels every `patch_stride` pixels
 //! (the last row and column are moved back to end at the image border, so every pixel is
@@ -12,6 +13,7 @@
 use image::GrayImage;
 use rayon::prelude::*;
 
+use super::loader::View;
 use super::mask::{self, IGNORE};
 use super::scan::DatasetIndex;
 use crate::config::LabelsConfig;
@@ -138,6 +140,33 @@ pub fn for_samples(idx: &DatasetIndex, items: &[usize], cfg: &LabelsConfig) -> R
                 ))
             })?;
             Ok(derive(i, &truth, cfg.patch_size, cfg.patch_stride, cfg.min_fraction))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in per {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
+/// The windows of the samples `items`, in order, each to carry its image's class
+/// (`labels.level = "image-windows"`): no mask is read, only each image's size (from its file
+/// header).
+pub fn image_windows(idx: &DatasetIndex, items: &[usize], cfg: &LabelsConfig) -> Result<Vec<View>> {
+    let per: Vec<Result<Vec<View>>> = items
+        .par_iter()
+        .map(|&i| {
+            let p = &idx.samples[i].image;
+            let dims = image::image_dimensions(p).map_err(|e| {
+                Error::dataset(format!("image {}: cannot read its size: {e}", p.display()))
+            })?;
+            Ok(windows(dims, cfg.patch_size, cfg.patch_stride)
+                .into_iter()
+                .map(|win| View {
+                    sample: i,
+                    window: Some(win),
+                })
+                .collect())
         })
         .collect();
     let mut out = Vec::new();

@@ -13,6 +13,9 @@
 //! the foreground and background CAMs ([`crate::cam::patch`]); windows of training images
 //! carry their mask-derived labels, windows of other images the classifier's predictions.
 //! Every image then counts as a positive image in the histograms (foreground can be anywhere).
+//!
+//! With image labels learned on windows (`labels.level = "image-windows"`) the stored map is the
+//! positive class's CAM over the whole image at the windows' scale, normalised per image.
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,7 +24,7 @@ use rayon::prelude::*;
 
 use super::stage::{Stage, StageInput};
 use crate::cam::{self, CamSettings};
-use crate::config::{CamBalance, ExperimentConfig};
+use crate::config::{CamBalance, ExperimentConfig, LabelLevel};
 use crate::data::loader::Images;
 use crate::data::patches::{self, Patch};
 use crate::data::DatasetIndex;
@@ -125,8 +128,14 @@ impl Stage for CamStage {
             "normalize": c.cam.normalize,
             "layer": c.backbone.cam_layer,
         });
-        if c.labels.patch() {
+        if c.labels.windows() {
             slice["labels"] = serde_json::to_value(&c.labels).unwrap_or_default();
+        }
+        if c.labels.level == LabelLevel::ImageWindows {
+            slice["border"] = "reflect".into();
+        }
+        if c.cam.contrast {
+            slice["contrast"] = serde_json::Value::Bool(true);
         }
         if !c.cam.balance.is_none() {
             slice["balance"] = serde_json::to_value(c.cam.balance).unwrap_or_default();
@@ -154,6 +163,7 @@ impl Stage for CamStage {
             tta: cfg.cam.tta,
             normalize: cfg.cam.normalize,
             size: cfg.train.image_size,
+            contrast: cfg.cam.contrast,
             class: if patch {
                 patches::FOREGROUND
             } else {
@@ -173,7 +183,7 @@ impl Stage for CamStage {
         let mut cam_secs = 0.0;
         // `cam.balance = "median"`: margins of the training images' two-label windows.
         let mut two_label_hist = [0u64; 256];
-        let patch_cams = PatchCams {
+        let window_cams = WindowCams {
             clf: &clf,
             cfg,
             idx,
@@ -195,7 +205,7 @@ impl Stage for CamStage {
                     .zip(&refs)
                     .map(|(&i, img)| {
                         let train = split.get(&idx.samples[i].patient) == Some(&Split::Train);
-                        let (d, wins) = patch_cams.map(i, img, train)?;
+                        let (d, wins) = window_cams.map(i, img, train)?;
                         if train {
                             let both = cam::patch::two_label_pixels(d.dimensions(), &wins);
                             for (v, b) in d.as_raw().iter().zip(both) {
@@ -204,6 +214,10 @@ impl Stage for CamStage {
                         }
                         Ok(d)
                     })
+                    .collect::<Result<Vec<_>>>()?
+            } else if cfg.labels.windows() {
+                refs.iter()
+                    .map(|img| window_cams.whole(img))
                     .collect::<Result<Vec<_>>>()?
             } else {
                 cam::cams(&clf.model, &refs, &settings, input.device)?
@@ -348,8 +362,9 @@ impl Stage for CamStage {
     }
 }
 
-/// What the stitched margin maps of patch-level labels need.
-struct PatchCams<'a> {
+/// What the maps of window-trained classifiers need: the stitched margin maps of patch-level
+/// labels, and the whole-image CAMs of image labels learned on windows.
+struct WindowCams<'a> {
     clf: &'a Classifier,
     cfg: &'a ExperimentConfig,
     idx: &'a DatasetIndex,
@@ -358,7 +373,7 @@ struct PatchCams<'a> {
     dev: &'a Device,
 }
 
-impl PatchCams<'_> {
+impl WindowCams<'_> {
     /// The margin map of sample `i` (unshifted) and its labelled windows: a training image's
     /// windows carry their mask-derived labels, the others the classifier's predicted labels.
     fn map(&self, i: usize, img: &RgbImage, train: bool) -> Result<(GrayImage, Vec<Patch>)> {
@@ -393,9 +408,36 @@ impl PatchCams<'_> {
             wins
         };
         let scale = cfg.train.image_size as f64 / l.patch_size as f64;
-        let maps = cam::patch::full_maps(&self.clf.model, img, self.settings, scale, self.dev)?;
+        let maps = cam::patch::label_maps(&self.clf.model, img, self.settings, scale, self.dev)?;
         let d = cam::patch::stitch(&maps, img.dimensions(), &wins, cfg.cam.normalize);
         Ok((d, wins))
+    }
+
+    /// Image labels learned on windows: the positive class's CAM over the whole image, at the
+    /// scale the classifier saw windows (`train.image_size / labels.patch_size`), the image
+    /// mirrored outward by half a window so its border is mapped like its interior, normalised
+    /// per image.
+    fn whole(&self, img: &RgbImage) -> Result<GrayImage> {
+        let l = &self.cfg.labels;
+        let size = self.cfg.train.image_size;
+        let scale = size as f64 / l.patch_size as f64;
+        let class = self.settings.class;
+        let mut maps = cam::patch::full_maps(
+            &self.clf.model,
+            img,
+            self.settings,
+            scale,
+            size / 2,
+            &[class],
+            self.dev,
+        )?;
+        let m = maps.pop().unwrap_or_default();
+        let (w, h) = img.dimensions();
+        Ok(cam::quantize(
+            &cam::normalize(&m, self.cfg.cam.normalize),
+            w,
+            h,
+        ))
     }
 }
 

@@ -3,17 +3,19 @@
 //! metrics of every split (image and patient level) and the per-image predictions that the
 //! misclassification analysis reads.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
 use super::stage::{Stage, StageInput};
-use crate::data::loader::Images;
+use crate::config::LabelLevel;
+use crate::data::loader::{Images, View};
 use crate::data::patches::{self, Patch};
 use crate::data::Split;
 use crate::error::Result;
 use crate::metrics::classification::{by_patient, Metrics};
 use crate::table::{self, TableBuilder};
-use crate::train::classify::{self, Classifier, Examples, Job};
+use crate::train::classify::{self, Classifier, Examples, Job, Predictions};
 use crate::util::fs::write_json;
 
 /// See the module docs.
@@ -65,9 +67,11 @@ impl Stage for ClassifyStage {
             "classes": input.dataset.spec.classes,
             "positive": input.dataset.spec.positive,
         });
+        if c.labels.windows() {
+            slice["labels"] = serde_json::to_value(&c.labels).unwrap_or_default();
+        }
         if c.labels.patch() {
             // Window labels come from the masks, so their encoding counts too.
-            slice["labels"] = serde_json::to_value(&c.labels).unwrap_or_default();
             slice["negative_masks"] =
                 serde_json::to_value(input.dataset.spec.negative_masks).unwrap_or_default();
         }
@@ -91,10 +95,15 @@ impl Stage for ClassifyStage {
         let cfg = &input.variant.config;
         let patch = cfg.labels.patch();
         let windows = |s: Split| patches::for_samples(idx, &job.items(s), &cfg.labels);
-        let ex = if patch {
-            Examples::patches(&windows(Split::Train)?, &windows(Split::Valid)?)
-        } else {
-            Examples::images(&job)
+        let views = |s: Split| patches::image_windows(idx, &job.items(s), &cfg.labels);
+        let ex = match cfg.labels.level {
+            LabelLevel::Patch => {
+                Examples::patches(&windows(Split::Train)?, &windows(Split::Valid)?)
+            }
+            LabelLevel::ImageWindows => {
+                Examples::image_windows(&job, &views(Split::Train)?, &views(Split::Valid)?)
+            }
+            LabelLevel::Image => Examples::images(&job),
         };
         let (clf, summary) = classify::train(&job, &images, &ex)?;
         crate::model::weights::save(&clf.vars, &out.join("classifier.safetensors"))?;
@@ -190,7 +199,8 @@ fn write_image_outputs(
     clf: &Classifier,
     out: &Path,
 ) -> Result<f64> {
-    let t = &input.variant.config.train;
+    let cfg = &input.variant.config;
+    let t = &cfg.train;
     let idx = input.dataset;
     let classes = &idx.spec.classes;
     let pos = idx.spec.positive;
@@ -204,14 +214,21 @@ fn write_image_outputs(
         if items.is_empty() {
             continue;
         }
-        let pr = clf.predict(
-            images,
-            &items,
-            t.image_size,
-            (t.batch_size * 2) as usize,
-            false,
-            input.device,
-        )?;
+        let bs = (t.batch_size * 2) as usize;
+        let pr = if cfg.labels.windows() {
+            // Image-level labels on windows: an image's probabilities are its windows' mean.
+            let wins = patches::image_windows(idx, &items, &cfg.labels)?;
+            let pw = clf.predict(images, &wins, t.image_size, bs, false, input.device)?;
+            let wt: Vec<usize> = wins
+                .iter()
+                .map(|v| usize::from(idx.samples[v.sample].class == pos))
+                .collect();
+            let wp: Vec<f64> = pw.probs.iter().map(|p| p[pos] as f64).collect();
+            rows.push(s, "window", &Metrics::compute(&wt, &wp));
+            mean_by_sample(&items, &wins, &pw.probs)
+        } else {
+            clf.predict(images, &items, t.image_size, bs, false, input.device)?
+        };
         let truth: Vec<usize> = items
             .iter()
             .map(|&i| usize::from(idx.samples[i].class == pos))
@@ -264,6 +281,27 @@ fn write_image_outputs(
     let mut preds = b.str("predicted", p_pred).str("correct", correct).build()?;
     table::write(&mut preds, out, "predictions")?;
     Ok(valid_acc)
+}
+
+/// Per-image means of window probabilities: row `j` averages the rows of `probs` whose window
+/// belongs to `items[j]`.
+fn mean_by_sample(items: &[usize], wins: &[View], probs: &[Vec<f32>]) -> Predictions {
+    let k = probs.first().map_or(0, Vec::len);
+    let row: BTreeMap<usize, usize> = items.iter().enumerate().map(|(j, &i)| (i, j)).collect();
+    let mut sum = vec![vec![0f32; k]; items.len()];
+    let mut n = vec![0usize; items.len()];
+    for (v, p) in wins.iter().zip(probs) {
+        if let Some(&j) = row.get(&v.sample) {
+            for (a, b) in sum[j].iter_mut().zip(p) {
+                *a += b;
+            }
+            n[j] += 1;
+        }
+    }
+    for (r, c) in sum.iter_mut().zip(n) {
+        r.iter_mut().for_each(|a| *a /= c.max(1) as f32);
+    }
+    Predictions { probs: sum }
 }
 
 /// Window-level metrics of both labels and per-window predictions of the held-out splits, and
@@ -391,4 +429,30 @@ fn write_patch_outputs(
         .build()?;
     table::write(&mut wins, out, "patches")?;
     Ok(valid_acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_probabilities_are_their_windows_means() {
+        let win = |sample: usize| View {
+            sample,
+            window: Some((0, 0, 8, 8)),
+        };
+        // Images 7 and 3 (in that row order); a window of image 9 belongs to neither.
+        let wins = [win(3), win(7), win(3), win(9), win(3)];
+        let probs = vec![
+            vec![0.2, 0.8],
+            vec![0.9, 0.1],
+            vec![0.5, 0.5],
+            vec![0.0, 1.0],
+            vec![0.8, 0.2],
+        ];
+        let p = mean_by_sample(&[7, 3], &wins, &probs);
+        assert_eq!(p.probs.len(), 2);
+        assert!((p.probs[0][0] - 0.9).abs() < 1e-6 && (p.probs[0][1] - 0.1).abs() < 1e-6);
+        assert!((p.probs[1][0] - 0.5).abs() < 1e-6 && (p.probs[1][1] - 0.5).abs() < 1e-6);
+    }
 }

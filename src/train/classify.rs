@@ -257,6 +257,29 @@ impl Examples {
             scored: job.idx.spec.positive,
         }
     }
+    /// Windows of a job's train and valid images (`train`, `valid`), each with its image's
+    /// class (image-level labels learned on windows).
+    pub fn image_windows(job: &Job, train: &[View], valid: &[View]) -> Self {
+        let of = |vs: &[View]| -> Vec<Example> {
+            vs.iter()
+                .map(|&view| Example {
+                    view,
+                    target: Target::Class(job.idx.samples[view.sample].class),
+                })
+                .collect()
+        };
+        Self {
+            train: of(train),
+            valid: of(valid),
+            multi_label: false,
+            scored: job.idx.spec.positive,
+        }
+    }
+    /// Whether the examples are windows (whose label holds for the whole window only, and
+    /// whose scale the CAM stage reuses: no random resized crop).
+    pub fn windows(&self) -> bool {
+        self.train.iter().any(|e| e.view.window.is_some())
+    }
     /// Labelled windows, scored on the foreground label.
     pub fn patches(train: &[Patch], valid: &[Patch]) -> Self {
         let of = |ps: &[Patch]| -> Vec<Example> {
@@ -331,7 +354,7 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
     let trainable = clf.trainable(cfg.backbone.freeze_blocks);
     let mut opt = Optimizer::new(t.optimizer, trainable, t.lr, t.weight_decay, t.momentum)?;
     let (n_train, n_valid) = (ex.train.len(), ex.valid.len());
-    let aug = if multi {
+    let aug = if ex.windows() {
         Augment {
             min_crop_area: 1.0,
             ..Augment::default()
