@@ -128,20 +128,31 @@ pub fn derive(
 /// The labelled windows of the samples `items`, in order, from their ground-truth masks
 /// (after the registry's `negative_masks` rule). A sample without a mask is bad input.
 pub fn for_samples(idx: &DatasetIndex, items: &[usize], cfg: &LabelsConfig) -> Result<Vec<Patch>> {
-    let per: Vec<Result<Vec<Patch>>> = items
-        .par_iter()
-        .map(|&i| {
-            let s = &idx.samples[i];
-            let truth = mask::ground_truth(&idx.spec, s)?.ok_or_else(|| {
-                Error::dataset(format!(
-                    "labels.level = \"patch\" derives window labels from masks, but image `{}` ({}) has none",
-                    s.id,
-                    s.image.display()
-                ))
-            })?;
-            Ok(derive(i, &truth, cfg.patch_size, cfg.patch_stride, cfg.min_fraction))
-        })
-        .collect();
+    per_sample(items, |i| {
+        let s = &idx.samples[i];
+        let truth = mask::ground_truth(&idx.spec, s)?.ok_or_else(|| {
+            Error::dataset(format!(
+                "labels.level = \"patch\" derives window labels from masks, but image `{}` ({}) has none",
+                s.id,
+                s.image.display()
+            ))
+        })?;
+        Ok(derive(
+            i,
+            &truth,
+            cfg.patch_size,
+            cfg.patch_stride,
+            cfg.min_fraction,
+        ))
+    })
+}
+
+/// `f` of every sample of `items` in parallel, concatenated in `items` order.
+fn per_sample<T: Send>(
+    items: &[usize],
+    f: impl Fn(usize) -> Result<Vec<T>> + Sync,
+) -> Result<Vec<T>> {
+    let per: Vec<Result<Vec<T>>> = items.par_iter().map(|&i| f(i)).collect();
     let mut out = Vec::new();
     for p in per {
         out.extend(p?);
@@ -153,27 +164,19 @@ pub fn for_samples(idx: &DatasetIndex, items: &[usize], cfg: &LabelsConfig) -> R
 /// (`labels.level = "image-windows"`): no mask is read, only each image's size (from its file
 /// header).
 pub fn image_windows(idx: &DatasetIndex, items: &[usize], cfg: &LabelsConfig) -> Result<Vec<View>> {
-    let per: Vec<Result<Vec<View>>> = items
-        .par_iter()
-        .map(|&i| {
-            let p = &idx.samples[i].image;
-            let dims = image::image_dimensions(p).map_err(|e| {
-                Error::dataset(format!("image {}: cannot read its size: {e}", p.display()))
-            })?;
-            Ok(windows(dims, cfg.patch_size, cfg.patch_stride)
-                .into_iter()
-                .map(|win| View {
-                    sample: i,
-                    window: Some(win),
-                })
-                .collect())
-        })
-        .collect();
-    let mut out = Vec::new();
-    for p in per {
-        out.extend(p?);
-    }
-    Ok(out)
+    per_sample(items, |i| {
+        let p = &idx.samples[i].image;
+        let dims = image::image_dimensions(p).map_err(|e| {
+            Error::dataset(format!("image {}: cannot read its size: {e}", p.display()))
+        })?;
+        Ok(windows(dims, cfg.patch_size, cfg.patch_stride)
+            .into_iter()
+            .map(|win| View {
+                sample: i,
+                window: Some(win),
+            })
+            .collect())
+    })
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ impl Stage for ClassifyStage {
                 Examples::patches(&windows(Split::Train)?, &windows(Split::Valid)?)
             }
             LabelLevel::ImageWindows => {
-                Examples::image_windows(&job, &views(Split::Train)?, &views(Split::Valid)?)
+                Examples::classes(&job, &views(Split::Train)?, &views(Split::Valid)?)
             }
             LabelLevel::Image => Examples::images(&job),
         };

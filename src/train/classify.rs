@@ -241,25 +241,12 @@ pub struct Examples {
 impl Examples {
     /// Whole images of a job's train and valid splits, one class each.
     pub fn images(job: &Job) -> Self {
-        let of = |s: Split| -> Vec<Example> {
-            job.items(s)
-                .into_iter()
-                .map(|i| Example {
-                    view: i.into(),
-                    target: Target::Class(job.idx.samples[i].class),
-                })
-                .collect()
-        };
-        Self {
-            train: of(Split::Train),
-            valid: of(Split::Valid),
-            multi_label: false,
-            scored: job.idx.spec.positive,
-        }
+        let whole = |s: Split| -> Vec<View> { job.items(s).into_iter().map(View::from).collect() };
+        Self::classes(job, &whole(Split::Train), &whole(Split::Valid))
     }
-    /// Windows of a job's train and valid images (`train`, `valid`), each with its image's
-    /// class (image-level labels learned on windows).
-    pub fn image_windows(job: &Job, train: &[View], valid: &[View]) -> Self {
+    /// Views (whole images, or windows of them: image-level labels learned on windows) of a
+    /// job's train and valid splits, each with its image's class.
+    pub fn classes(job: &Job, train: &[View], valid: &[View]) -> Self {
         let of = |vs: &[View]| -> Vec<Example> {
             vs.iter()
                 .map(|&view| Example {
