@@ -1,170 +1,261 @@
-//! A 2-D convolution whose forward and both backward products run as large GEMMs on the CPU.
+//! Convolution, ReLU and 2×2 max-pool for the CPU as candle custom ops over the kernels of
+//! `wsss-kernels` (`crates/kernels`), so the models use them transparently through autograd.
 //!
-//! candle's CPU conv backward computes the input gradient with a direct transposed-conv loop
-//! and the weight gradient as a conv with a 9-column GEMM, ~10× the forward's time. Here a
-//! conv is `im2col` (a custom op with its exact adjoint `col2im` as backward) followed by a
-//! matrix product, so autograd differentiates the product with two big GEMMs
-//! (`∂cols = ∂out · W`, `∂W = ∂outᵀ · cols`) and `col2im` scatters `∂cols` back, in parallel
-//! over channel planes. Layout: `cols` is `(B, C·kh·kw, L)` with rows `(c, ky, kx)` — the
-//! order of `weight.reshape(O, C·kh·kw)` — and `L = H_out·W_out` positions, so each row is
-//! filled by contiguous copies (stride 1) and `W · cols` comes out in NCHW without a transpose.
-//! Tensors that need no gradient (the input image) never get a `col2im`.
+//! Why: candle's CPU conv backward computes the input gradient with a direct transposed-conv
+//! loop and the weight gradient as a conv with a 9-column GEMM (~10× the forward's time), and
+//! its ReLU and max-pool backward make several single-threaded passes (its max-pool gradient is
+//! also scaled by ¼ when a window has one maximum). Here a conv layer is one op whose forward
+//! is `W · cols` with bias (and ReLU) fused, and whose backward is the ReLU mask, `∂y · colsᵀ`
+//! and `col2im(Wᵀ · ∂y)` — large GEMMs, the patch matrix `cols` read straight from the image
+//! and never stored (see `wsss_kernels::conv`). Inputs that need no gradient (the image) get
+//! no `∂x`.
 //!
 //! Used for `f32` on the CPU with `groups = 1`; other cases (CUDA, f16, grouped) use candle's
-//! conv, so the GPU path keeps cuDNN.
+//! ops, so the GPU path keeps cuDNN.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,
+};
 use candle_nn::Conv2dConfig;
-use rayon::prelude::*;
-
-/// Geometry of one convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Geom {
-    b: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-    dil: usize,
-}
-
-impl Geom {
-    fn out(&self) -> (usize, usize) {
-        let o = |n: usize, k: usize| (n + 2 * self.pad - self.dil * (k - 1) - 1) / self.stride + 1;
-        (o(self.h, self.kh), o(self.w, self.kw))
-    }
-    fn ck(&self) -> usize {
-        self.c * self.kh * self.kw
-    }
-}
-
-struct Im2Col(Geom);
-struct Col2Im(Geom);
+use wsss_kernels::conv::{Geom, BAND_BYTES};
+use wsss_kernels::elementwise;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("im2col/col2im need a contiguous input"),
+        None => candle_core::bail!("conv kernels need a contiguous input"),
     }
 }
 
-/// Output positions `ox` whose input column `ox·stride + off` lies in `[0, w)`.
-fn valid_range(off: isize, stride: usize, w: usize, wo: usize) -> (usize, usize) {
-    let s = stride as isize;
-    // smallest ox with ox·s + off ≥ 0, and first ox with ox·s + off ≥ w
-    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
-    let hi = if (w as isize) - off <= 0 {
-        0
+/// The conv layer `relu?(conv(x, w) + bias)`, arguments `(x, w, bias)`.
+struct ConvOp {
+    g: Geom,
+    relu: bool,
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        let (x, w, b) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let y = wsss_kernels::conv::forward(&g, self.relu, x, w, b);
+        let (ho, wo) = g.out();
+        Ok((CpuStorage::F32(y), Shape::from((g.b, g.o, ho, wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.g;
+        let grad = if self.relu {
+            grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?
+        } else {
+            grad.contiguous()?
+        };
+        let op = ConvBwd {
+            g,
+            need_x: x.track_op(),
+            need_w: w.track_op(),
+        };
+        let packed = grad.apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &op)?;
+        let nx = if op.need_x { g.b * g.c * g.h * g.w } else { 0 };
+        let nw = if op.need_w {
+            g.o * g.c * g.kh * g.kw
+        } else {
+            0
+        };
+        let dx = match op.need_x {
+            true => Some(packed.narrow(0, 0, nx)?.reshape((g.b, g.c, g.h, g.w))?),
+            false => None,
+        };
+        let dw = match op.need_w {
+            true => Some(packed.narrow(0, nx, nw)?.reshape((g.o, g.c, g.kh, g.kw))?),
+            false => None,
+        };
+        let db = match bias.track_op() {
+            true => Some(packed.narrow(0, nx + nw, g.o)?),
+            false => None,
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// The conv's backward, arguments `(∂y before ReLU, x, w)`; output `[∂x | ∂W | ∂b]` flattened
+/// (`∂x`, `∂W` only where needed), one op so the three come from one pass over the images.
+struct ConvBwd {
+    g: Geom,
+    need_x: bool,
+    need_w: bool,
+}
+
+impl CustomOp3 for ConvBwd {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (gr, x, w) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let gr = wsss_kernels::conv::backward(&self.g, (self.need_x, self.need_w), gr, x, w);
+        let mut out = gr.dx;
+        out.extend_from_slice(&gr.dw);
+        out.extend_from_slice(&gr.db);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// `grad · [res > 0]`, arguments `(grad, res)`: ReLU's backward from its output.
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (gr, y) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let out = elementwise::relu_grad(gr, y);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `max(x, 0)`, multi-threaded, with a one-pass backward.
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "relu-par"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = elementwise::relu(contiguous_f32(s, l)?);
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?))
+    }
+}
+
+fn fast_path(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// ReLU: the multi-threaded kernel on the CPU in f32, candle's elsewhere.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !fast_path(x) {
+        return x.relu();
+    }
+    let x = x.contiguous()?;
+    if x.track_op() {
+        x.apply_op1(Relu)
     } else {
-        ((w as isize - off) + s - 1) / s
-    };
-    let lo = (lo.max(0) as usize).min(wo);
-    (lo, (hi.max(0) as usize).min(wo).max(lo))
+        x.apply_op1_no_bwd(&Relu)
+    }
 }
 
-impl CustomOp1 for Im2Col {
+/// 2×2 stride-2 max-pool (odd trailing rows/columns dropped, like candle's and PyTorch's
+/// default); the gradient goes to the first maximum of each window (PyTorch's rule).
+struct MaxPool2;
+
+impl CustomOp1 for MaxPool2 {
     fn name(&self) -> &'static str {
-        "im2col"
+        "max-pool-2x2"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let x = contiguous_f32(s, l)?;
-        let (ho, wo) = g.out();
-        let l_out = ho * wo;
-        let kk = g.kh * g.kw;
-        let mut cols = vec![0f32; g.b * g.ck() * l_out];
-        // One (b, c) per task: its kh·kw rows of L values are contiguous in `cols`.
-        cols.par_chunks_mut(kk * l_out)
-            .enumerate()
-            .for_each(|(bc, out)| {
-                let plane = &x[bc * g.h * g.w..(bc + 1) * g.h * g.w];
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let row = &mut out[(ky * g.kw + kx) * l_out..][..l_out];
-                        let xoff = (kx * g.dil) as isize - g.pad as isize;
-                        let (lo, hi) = valid_range(xoff, g.stride, g.w, wo);
-                        for oy in 0..ho {
-                            let iy = (oy * g.stride + ky * g.dil) as isize - g.pad as isize;
-                            if iy < 0 || iy as usize >= g.h || lo >= hi {
-                                continue; // stays zero
-                            }
-                            let src = &plane[iy as usize * g.w..][..g.w];
-                            let dst = &mut row[oy * wo..][..wo];
-                            if g.stride == 1 {
-                                let i0 = (lo as isize + xoff) as usize;
-                                dst[lo..hi].copy_from_slice(&src[i0..i0 + (hi - lo)]);
-                            } else {
-                                for ox in lo..hi {
-                                    dst[ox] =
-                                        src[(ox as isize * g.stride as isize + xoff) as usize];
-                                }
-                            }
-                        }
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(cols), Shape::from((g.b, g.ck(), l_out))))
+        let (b, c, h, w) = l.shape().dims4()?;
+        let out = elementwise::max_pool2(contiguous_f32(s, l)?, b * c, h, w);
+        Ok((CpuStorage::F32(out), Shape::from((b, c, h / 2, w / 2))))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op2_no_bwd(&arg.contiguous()?, &MaxPool2Grad)?,
+        ))
     }
 }
 
-impl CustomOp1 for Col2Im {
+/// Backward of [`MaxPool2`], arguments `(∂y, x)`.
+struct MaxPool2Grad;
+
+impl CustomOp2 for MaxPool2Grad {
     fn name(&self) -> &'static str {
-        "col2im"
+        "max-pool-2x2-grad"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let cols = contiguous_f32(s, l)?;
-        let (ho, wo) = g.out();
-        let l_out = ho * wo;
-        let kk = g.kh * g.kw;
-        let mut x = vec![0f32; g.b * g.c * g.h * g.w];
-        // One (b, c) plane per task, reading its own kh·kw rows of `cols`.
-        x.par_chunks_mut(g.h * g.w)
-            .enumerate()
-            .for_each(|(bc, plane)| {
-                let rows = &cols[bc * kk * l_out..][..kk * l_out];
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let row = &rows[(ky * g.kw + kx) * l_out..][..l_out];
-                        let xoff = (kx * g.dil) as isize - g.pad as isize;
-                        let (lo, hi) = valid_range(xoff, g.stride, g.w, wo);
-                        for oy in 0..ho {
-                            let iy = (oy * g.stride + ky * g.dil) as isize - g.pad as isize;
-                            if iy < 0 || iy as usize >= g.h || lo >= hi {
-                                continue;
-                            }
-                            let dst = &mut plane[iy as usize * g.w..][..g.w];
-                            let src = &row[oy * wo..][..wo];
-                            if g.stride == 1 {
-                                let i0 = (lo as isize + xoff) as usize;
-                                for (d, v) in dst[i0..i0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
-                                    *d += v;
-                                }
-                            } else {
-                                for ox in lo..hi {
-                                    dst[(ox as isize * g.stride as isize + xoff) as usize] +=
-                                        src[ox];
-                                }
-                            }
-                        }
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(x), Shape::from((g.b, g.c, g.h, g.w))))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l2.shape().dims4()?;
+        let (gr, x) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let dx = elementwise::max_pool2_grad(gr, x, b * c, h, w);
+        Ok((CpuStorage::F32(dx), l2.shape().clone()))
     }
 }
 
-/// `conv2d(x, weight) + bias` through im2col + GEMM (CPU, f32, groups = 1).
+/// 2×2 stride-2 max-pool: the multi-threaded kernel on the CPU in f32, candle's elsewhere.
+pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    if !fast_path(x) {
+        return x.max_pool2d(2);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    if h < 2 || w < 2 {
+        candle_core::bail!("max-pool 2×2: input {h}×{w} is smaller than the window");
+    }
+    let x = x.contiguous()?;
+    if x.track_op() {
+        x.apply_op1(MaxPool2)
+    } else {
+        x.apply_op1_no_bwd(&MaxPool2)
+    }
+}
+
+/// `conv2d(x, weight) + bias` through the GEMM kernels (CPU, f32, groups = 1).
 pub fn conv2d_gemm(
     x: &Tensor,
     weight: &Tensor,
@@ -172,6 +263,24 @@ pub fn conv2d_gemm(
     stride: usize,
     padding: usize,
     dilation: usize,
+) -> Result<Tensor> {
+    conv2d_banded(
+        x,
+        weight,
+        bias,
+        (stride, padding, dilation),
+        false,
+        BAND_BYTES,
+    )
+}
+
+fn conv2d_banded(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    (stride, padding, dilation): (usize, usize, usize),
+    relu: bool,
+    band_bytes: usize,
 ) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (o, ci, kh, kw) = weight.dims4()?;
@@ -183,27 +292,31 @@ pub fn conv2d_gemm(
         c,
         h,
         w,
+        o,
         kh,
         kw,
         stride,
         pad: padding,
         dil: dilation,
+        band_bytes,
     };
-    let (ho, wo) = g.out();
-    let x = x.contiguous()?;
-    let cols = if x.track_op() {
-        x.apply_op1(Im2Col(g))?
-    } else {
-        x.apply_op1_no_bwd(&Im2Col(g))?
-    }; // (B, CK, L)
-    let wm = weight
-        .reshape((1, o, g.ck()))?
-        .broadcast_as((b, o, g.ck()))?;
-    let mut y = wm.matmul(&cols)?; // (B, O, L): already NCHW
-    if let Some(bias) = bias {
-        y = y.broadcast_add(&bias.reshape((1, o, 1))?)?;
+    if !g.valid() {
+        candle_core::bail!(
+            "conv2d: {h}×{w} input with padding {padding}, stride {stride}, dilation {dilation} \
+             does not fit a {kh}×{kw} kernel"
+        );
     }
-    y.reshape((b, o, ho, wo))
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(o, DType::F32, x.device())?,
+    };
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let op = ConvOp { g, relu };
+    if x.track_op() || weight.track_op() || bias.track_op() {
+        x.apply_op3(&weight, &bias, op)
+    } else {
+        x.apply_op3_no_bwd(&weight, &bias, &op)
+    }
 }
 
 /// A conv layer: candle-nn's `Conv2d` interface, with the GEMM path on the CPU.
@@ -223,40 +336,47 @@ impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
-}
 
-/// Largest `im2col` buffer (bytes) the GEMM path builds for one layer. The buffer is kept for
-/// the backward pass, so this bounds the extra training memory per layer; larger layers (a
-/// full-width VGG-16's first blocks at 224² with a big batch) use candle's direct conv.
-pub const GEMM_MAX_COLS_BYTES: usize = 384 << 20;
+    fn gemm_path(&self, x: &Tensor) -> bool {
+        fast_path(x) && self.weight.dtype() == DType::F32 && self.cfg.groups == 1
+    }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn candle_conv(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.cfg;
-        let (b, ci, h, w) = x.dims4()?;
-        let (_, _, kh, kw) = self.weight.dims4()?;
-        let out = |n: usize, k: usize| {
-            (n + 2 * c.padding).saturating_sub(c.dilation * (k - 1) + 1) / c.stride + 1
-        };
-        let cols_bytes = b * ci * kh * kw * out(h, kh) * out(w, kw) * 4;
-        if x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && c.groups == 1
-            && cols_bytes <= GEMM_MAX_COLS_BYTES
-        {
-            return conv2d_gemm(
-                x,
-                &self.weight,
-                self.bias.as_ref(),
-                c.stride,
-                c.padding,
-                c.dilation,
-            );
-        }
         let y = x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
+        }
+    }
+
+    fn gemm(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let c = &self.cfg;
+        let settings = (c.stride, c.padding, c.dilation);
+        conv2d_banded(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            settings,
+            relu,
+            BAND_BYTES,
+        )
+    }
+
+    /// `relu(conv(x))`, with bias and ReLU fused into the conv on the CPU path.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        match self.gemm_path(x) {
+            true => self.gemm(x, true),
+            false => self.candle_conv(x)?.relu(),
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.gemm_path(x) {
+            true => self.gemm(x, false),
+            false => self.candle_conv(x),
         }
     }
 }
@@ -298,14 +418,24 @@ mod tests {
     fn gemm_conv_matches_candle_conv_and_its_gradients() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         let mut checked = 0;
-        for case in 0..60 {
+        for case in 0..90 {
             let b: usize = rng.random_range(1..4);
             let c = rng.random_range(1..6);
             let o = rng.random_range(1..7);
             let k: usize = [1, 2, 3, 5][rng.random_range(0..4)];
-            let stride: usize = rng.random_range(1..4);
+            // Every fifth case a 1×1 stride-1 unpadded conv (the path without im2col).
+            let pointwise = case % 5 == 0;
+            let k = if pointwise { 1 } else { k };
+            let stride: usize = if pointwise { 1 } else { rng.random_range(1..4) };
             let dil: usize = rng.random_range(1..4);
-            let pad = rng.random_range(0..(dil * (k / 2) + 2));
+            let pad = if pointwise {
+                0
+            } else {
+                rng.random_range(0..(dil * (k / 2) + 2))
+            };
+            // Fused ReLU on odd cases; bands of one row up to the whole image.
+            let relu = case % 2 == 1;
+            let band_bytes = [1, 200, 4096, BAND_BYTES][rng.random_range(0..4)];
             let min = dil * (k - 1) + 1;
             let h = rng.random_range(min.saturating_sub(2 * pad).max(1)..min + 9);
             let w = rng.random_range(min.saturating_sub(2 * pad).max(1)..min + 9);
@@ -322,13 +452,13 @@ mod tests {
                 let p = rand_t(&mut r, y.dims());
                 (y * p).unwrap().sum_all().unwrap()
             };
-            let ours = conv2d_gemm(
+            let ours = conv2d_banded(
                 x.as_tensor(),
                 wt.as_tensor(),
                 Some(bias.as_tensor()),
-                stride,
-                pad,
-                dil,
+                (stride, pad, dil),
+                relu,
+                band_bytes,
             )
             .unwrap();
             // Reference: candle's stride-1 conv, subsampled (candle's own strided backward
@@ -349,6 +479,11 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap())
                 .unwrap();
+            let reference = if relu {
+                reference.relu().unwrap()
+            } else {
+                reference
+            };
             assert_eq!(ours.dims(), reference.dims(), "case {case}");
             assert!(rel_err(&ours, &reference) < 1e-4, "case {case}: forward");
             let g1 = probe(&ours, case).backward().unwrap();
@@ -358,12 +493,85 @@ mod tests {
                 let r = g2.get(v.as_tensor()).unwrap();
                 assert!(
                     rel_err(a, r) < 1e-4,
-                    "case {case} (b{b} c{c} o{o} k{k} s{stride} p{pad} d{dil} {h}x{w}): {name} gradient"
+                    "case {case} (b{b} c{c} o{o} k{k} s{stride} p{pad} d{dil} {h}x{w} relu {relu} band {band_bytes}): {name} gradient"
                 );
             }
             checked += 1;
         }
-        assert!(checked >= 40, "only {checked} shapes checked");
+        assert!(checked >= 60, "only {checked} shapes checked");
+    }
+
+    /// The multi-threaded ReLU equals candle's (value and gradient) and the 2×2 max-pool equals
+    /// candle's value and the gradient's formula (random inputs, so no ties), on even and odd
+    /// sizes.
+    #[test]
+    fn relu_and_max_pool_match_candle() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (b, c, h, w) in [(1, 1, 2, 2), (2, 3, 7, 5), (3, 4, 16, 9), (1, 2, 3, 4)] {
+            let x = Var::from_tensor(&rand_t(&mut rng, &[b, c, h, w])).unwrap();
+            let p = rand_t(&mut rng, &[b, c, h, w]);
+            let ours = relu(x.as_tensor()).unwrap();
+            let theirs = x.as_tensor().relu().unwrap();
+            assert!(rel_err(&ours, &theirs) < 1e-6);
+            let g1 = (&ours * &p).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&theirs * &p)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(rel_err(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-6);
+
+            let ours = max_pool2(x.as_tensor()).unwrap();
+            let theirs = x.as_tensor().max_pool2d(2).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "{b}x{c}x{h}x{w}");
+            assert!(rel_err(&ours, &theirs) < 1e-6);
+            // Gradient by formula (candle's own max-pool backward scales it by 1/4): each
+            // window's output gradient lands on its maximum; odd trailing rows/columns get 0.
+            let (ho, wo) = (h / 2, w / 2);
+            let q = rand_t(&mut rng, ours.dims());
+            let g = (&ours * &q).unwrap().sum_all().unwrap().backward().unwrap();
+            let crop = x
+                .as_tensor()
+                .narrow(2, 0, 2 * ho)
+                .unwrap()
+                .narrow(3, 0, 2 * wo)
+                .unwrap();
+            let up = |t: &Tensor| t.upsample_nearest2d(2 * ho, 2 * wo).unwrap();
+            let mask = crop.eq(&up(&ours)).unwrap().to_dtype(DType::F32).unwrap();
+            let expect = (up(&q) * mask)
+                .unwrap()
+                .pad_with_zeros(2, 0, h - 2 * ho)
+                .unwrap()
+                .pad_with_zeros(3, 0, w - 2 * wo)
+                .unwrap();
+            assert!(
+                rel_err(g.get(&x).unwrap(), &expect) < 1e-6,
+                "{b}x{c}x{h}x{w}"
+            );
+        }
+    }
+
+    /// A window of equal values sends its gradient to the first one only (PyTorch's rule),
+    /// so the gradient's total is the output gradient's.
+    #[test]
+    fn max_pool_ties_go_to_the_first_maximum() {
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 2, 4), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let g = max_pool2(x.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = g
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(d, vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -15,10 +15,12 @@
 //! op has no backward pass).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use super::norm::BatchNorm;
 
 use super::backbone::{BackboneSpec, Features};
-use super::conv::Conv2d;
+use super::conv::{self, Conv2d};
 use super::ops::resize_bilinear;
 use super::resnet::{bn, conv};
 use crate::config::Arch;
@@ -67,7 +69,7 @@ impl ConvBn {
         })
     }
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+        conv::relu(&self.bn.forward_t(&self.conv.forward(x)?, train)?)
     }
 }
 
@@ -148,7 +150,7 @@ impl DeepLab {
         let pooled = high.mean_keepdim(3)?.mean_keepdim(2)?;
         // Image pooling: batch norm over a 1×1 map needs more than one image to train on.
         let p = self.pool.conv.forward(&pooled)?;
-        let p = self.pool.bn.forward_t(&p, train && x.dim(0)? > 1)?.relu()?;
+        let p = conv::relu(&self.pool.bn.forward_t(&p, train && x.dim(0)? > 1)?)?;
         branches.push(
             p.broadcast_as((p.dim(0)?, p.dim(1)?, hh, hw))?
                 .contiguous()?,

@@ -6,6 +6,7 @@ pub mod backbone;
 pub mod conv;
 pub mod deeplab;
 pub mod init;
+pub mod norm;
 pub mod ops;
 pub mod resnet;
 pub mod vgg;

@@ -8,9 +8,11 @@
 //! 3×3 convs by 2, so the CAM features have stride 16 like the VGG backbone's.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
-use super::conv::Conv2d;
+use super::norm::BatchNorm;
+
+use super::conv::{self, Conv2d};
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +95,7 @@ pub(crate) fn conv(
 }
 
 pub(crate) fn bn(vb: VarBuilder, c: usize) -> Result<BatchNorm> {
-    candle_nn::batch_norm(c, 1e-5, vb)
+    super::norm::batch_norm(c, 1e-5, vb)
 }
 
 #[derive(Debug, Clone)]
@@ -157,14 +159,14 @@ impl Block {
         for (i, (c, b)) in self.convs.iter().enumerate() {
             y = b.forward_t(&c.forward(&y)?, train)?;
             if i + 1 < n {
-                y = y.relu()?;
+                y = conv::relu(&y)?;
             }
         }
         let id = match &self.downsample {
             Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
             None => x.clone(),
         };
-        (y + id)?.relu()
+        conv::relu(&(y + id)?)
     }
 }
 
@@ -261,9 +263,7 @@ impl ResNet {
         let mut x = x.clone();
         for b in start..5 {
             x = if b == 0 {
-                self.bn1
-                    .forward_t(&self.conv1.forward(&x)?, train)?
-                    .relu()?
+                conv::relu(&self.bn1.forward_t(&self.conv1.forward(&x)?, train)?)?
             } else {
                 if b == 1 {
                     x = super::ops::max_pool_3x3_s2(&x)?;

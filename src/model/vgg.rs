@@ -10,9 +10,11 @@
 //! bias, BN weight 1 and bias 0.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
-use super::conv::Conv2d;
+use super::norm::BatchNorm;
+
+use super::conv::{self, Conv2d};
 
 /// torchvision's VGG-16 layout ("D"): channel counts, `None` = max-pool.
 pub const VGG16: [Option<usize>; 18] = [
@@ -159,7 +161,7 @@ impl Vgg {
                         },
                     );
                     let bn = if cfg.batch_norm {
-                        Some(candle_nn::batch_norm(
+                        Some(super::norm::batch_norm(
                             out_c,
                             1e-5,
                             fvb.pp((idx + 1).to_string()),
@@ -200,14 +202,13 @@ impl Vgg {
         let mut x = x.clone();
         for (b, block) in self.blocks.iter().enumerate().skip(start) {
             if b > 0 && !(b == 4 && self.cfg.output_stride_8) {
-                x = x.max_pool2d(2)?;
+                x = conv::max_pool2(&x)?;
             }
-            for (conv, bn) in block {
-                x = conv.forward(&x)?;
-                if let Some(bn) = bn {
-                    x = bn.forward_t(&x, train)?;
-                }
-                x = x.relu()?;
+            for (layer, bn) in block {
+                x = match bn {
+                    Some(bn) => conv::relu(&bn.forward_t(&layer.forward(&x)?, train)?)?,
+                    None => layer.forward_relu(&x)?,
+                };
             }
             outs.push(x.clone());
         }

@@ -37,7 +37,9 @@ impl Stage for ClassifyStage {
         "classify"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: VGG's 2×2 max-pool passes the whole gradient to each window's maximum (candle's
+        // passed a quarter of it), and the CPU conv/batch-norm kernels sum in another order.
+        2
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data"]

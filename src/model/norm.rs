@@ -1,0 +1,325 @@
+//! Batch normalisation with candle-nn's parameters and semantics (torchvision names `weight`,
+//! `bias`, `running_mean`, `running_var`; momentum 0.1; unbiased running variance), computed
+//! on the CPU by the kernels of `wsss_kernels::norm` as one custom op per layer — statistics,
+//! normalisation and the affine map in two passes, the backward in two — instead of candle's
+//! chain of transposes, copies and broadcasts (a dozen single-threaded passes each way).
+//! Other devices and dtypes use candle-nn's `BatchNorm`.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Layout, ModuleT, Result, Shape, Tensor, Var,
+};
+use candle_nn::VarBuilder;
+use wsss_kernels::norm;
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("batch-norm kernels need a contiguous input"),
+    }
+}
+
+/// `(B, C, H·W)` of an NCHW tensor's layout.
+fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
+    let (b, c, h, w) = l.shape().dims4()?;
+    Ok((b, c, h * w))
+}
+
+/// Per-channel `[mean; biased variance]` of `x`, shape `(2, C)`.
+struct Stats;
+
+impl CustomOp1 for Stats {
+    fn name(&self) -> &'static str {
+        "batch-norm-stats"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, hw) = dims(l)?;
+        let (mut mean, var) = norm::channel_stats(contiguous_f32(s, l)?, b, c, hw);
+        mean.extend(var);
+        Ok((CpuStorage::F32(mean), Shape::from((2, c))))
+    }
+}
+
+/// `y = (x − mean)·invstd·w + bias`, arguments `(x, w, bias)`.
+struct Normalize {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    batch_stats: bool,
+}
+
+impl CustomOp3 for Normalize {
+    fn name(&self) -> &'static str {
+        "batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, hw) = dims(l1)?;
+        let (x, w, bias) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let scale: Vec<f32> = w.iter().zip(&self.invstd).map(|(w, s)| w * s).collect();
+        let shift: Vec<f32> = (0..c).map(|i| bias[i] - self.mean[i] * scale[i]).collect();
+        let y = norm::affine(x, &scale, &shift, c, hw);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = NormalizeBwd {
+            mean: self.mean.clone(),
+            invstd: self.invstd.clone(),
+            batch_stats: self.batch_stats,
+        };
+        let packed =
+            grad.contiguous()?
+                .apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &op)?;
+        let (n, c) = (x.elem_count(), w.elem_count());
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, c)?;
+        let db = packed.narrow(0, n + c, c)?;
+        Ok((
+            x.track_op().then_some(dx),
+            w.track_op().then_some(dw),
+            bias.track_op().then_some(db),
+        ))
+    }
+}
+
+/// Backward of [`Normalize`], arguments `(∂y, x, w)`; output `[∂x | ∂w | ∂bias]` flattened.
+struct NormalizeBwd {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    batch_stats: bool,
+}
+
+impl CustomOp3 for NormalizeBwd {
+    fn name(&self) -> &'static str {
+        "batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bch = dims(l2)?;
+        let (g, x, w) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let stats = (&self.mean[..], &self.invstd[..], w);
+        let (mut dx, dw, db) = norm::backward(g, x, stats, bch, self.batch_stats);
+        dx.extend(dw);
+        dx.extend(db);
+        let n = dx.len();
+        Ok((CpuStorage::F32(dx), Shape::from(n)))
+    }
+}
+
+/// A batch-norm layer (affine, `eps` given, momentum 0.1).
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    candle: candle_nn::BatchNorm,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+}
+
+const MOMENTUM: f64 = 0.1;
+
+/// A batch-norm layer over `c` channels, its tensors from `vb` under candle-nn's (and
+/// torchvision's) names.
+pub fn batch_norm(c: usize, eps: f64, vb: VarBuilder) -> Result<BatchNorm> {
+    let candle = candle_nn::batch_norm(c, eps, vb)?;
+    let (weight, bias) = match candle.weight_and_bias() {
+        Some((w, b)) => (w.clone(), b.clone()),
+        None => candle_core::bail!("batch-norm without affine parameters"),
+    };
+    // Shares the storage of the VarMap's variables (they are variables already), so running
+    // statistics updated here are the ones checkpoints save.
+    let running_mean = Var::from_tensor(candle.running_mean())?;
+    let running_var = Var::from_tensor(candle.running_var())?;
+    Ok(BatchNorm {
+        candle,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        eps,
+    })
+}
+
+impl BatchNorm {
+    fn fused(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let (b, _, h, w) = x.dims4()?;
+        let (mean, var) = if train {
+            let s = x.apply_op1_no_bwd(&Stats)?.to_vec2::<f32>()?;
+            let (mean, var) = (s[0].clone(), s[1].clone());
+            let n = (b * h * w) as f64;
+            let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+            let m = MOMENTUM as f32;
+            let blend = |run: &Var, batch: &[f32], k: f64| -> Result<()> {
+                let old = run.as_tensor().to_vec1::<f32>()?;
+                let new: Vec<f32> = old
+                    .iter()
+                    .zip(batch)
+                    .map(|(o, v)| o * (1.0 - m) + v * (k as f32) * m)
+                    .collect();
+                run.set(&Tensor::from_vec(new, old.len(), x.device())?)
+            };
+            blend(&self.running_mean, &mean, 1.0)?;
+            blend(&self.running_var, &var, unbias)?;
+            (mean, var)
+        } else {
+            (
+                self.running_mean.as_tensor().to_vec1::<f32>()?,
+                self.running_var.as_tensor().to_vec1::<f32>()?,
+            )
+        };
+        let invstd = var
+            .iter()
+            .map(|v| 1.0 / (*v as f64 + self.eps).sqrt() as f32)
+            .collect();
+        let op = Normalize {
+            mean,
+            invstd,
+            batch_stats: train,
+        };
+        if x.track_op() || self.weight.track_op() || self.bias.track_op() {
+            x.apply_op3(&self.weight, &self.bias, op)
+        } else {
+            x.apply_op3_no_bwd(&self.weight, &self.bias, &op)
+        }
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let fast = x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4;
+        if fast && self.weight.dtype() == DType::F32 {
+            self.fused(x, train)
+        } else {
+            self.candle.forward_t(x, train)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap().max(1e-6)
+    }
+
+    /// Output, running statistics and the gradients of input, weight and bias equal
+    /// candle-nn's batch norm, in training and in evaluation, over random shapes.
+    #[test]
+    fn matches_candle_nn() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for (case, (b, c, h, w)) in [(2, 3, 4, 5), (1, 4, 3, 3), (4, 2, 1, 1), (3, 5, 7, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let n = b * c * h * w;
+            let rand = |rng: &mut rand_chacha::ChaCha8Rng, n: usize, lo: f32, hi: f32| {
+                (0..n)
+                    .map(|_| rng.random_range(lo..hi))
+                    .collect::<Vec<f32>>()
+            };
+            let xv = rand(&mut rng, n, -2.0, 3.0);
+            let (wv, bv) = (rand(&mut rng, c, 0.5, 1.5), rand(&mut rng, c, -0.5, 0.5));
+            let (mv, vv) = (rand(&mut rng, c, -0.2, 0.2), rand(&mut rng, c, 0.5, 2.0));
+            let probe =
+                Tensor::from_vec(rand(&mut rng, n, -1.0, 1.0), (b, c, h, w), &Device::Cpu).unwrap();
+            for train in [true, false] {
+                let make = || {
+                    let mut vm = candle_nn::VarMap::new();
+                    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+                    let bn = batch_norm(c, 1e-5, vb).unwrap();
+                    let dev = &Device::Cpu;
+                    for (name, v) in [
+                        ("weight", &wv),
+                        ("bias", &bv),
+                        ("running_mean", &mv),
+                        ("running_var", &vv),
+                    ] {
+                        vm.set_one(name, Tensor::from_vec(v.clone(), c, dev).unwrap())
+                            .unwrap();
+                    }
+                    (vm, bn)
+                };
+                let (vm1, ours) = make();
+                let (vm2, theirs) = make();
+                let x1 = Var::from_vec(xv.clone(), (b, c, h, w), &Device::Cpu).unwrap();
+                let x2 = Var::from_vec(xv.clone(), (b, c, h, w), &Device::Cpu).unwrap();
+                let y1 = ours.forward_t(x1.as_tensor(), train).unwrap();
+                let y2 = theirs.candle.forward_t(x2.as_tensor(), train).unwrap();
+                assert!(
+                    rel_err(&y1, &y2) < 1e-4,
+                    "case {case} train {train}: output"
+                );
+                let g1 = (&y1 * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let g2 = (&y2 * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                assert!(
+                    rel_err(g1.get(&x1).unwrap(), g2.get(&x2).unwrap()) < 1e-3,
+                    "case {case} train {train}: input gradient"
+                );
+                for name in ["weight", "bias"] {
+                    let t1 = vm1.data().lock().unwrap()[name].as_tensor().clone();
+                    let t2 = vm2.data().lock().unwrap()[name].as_tensor().clone();
+                    assert!(
+                        rel_err(g1.get(&t1).unwrap(), g2.get(&t2).unwrap()) < 1e-4,
+                        "case {case} train {train}: {name} gradient"
+                    );
+                }
+                for name in ["running_mean", "running_var"] {
+                    let t1 = vm1.data().lock().unwrap()[name].as_tensor().clone();
+                    let t2 = vm2.data().lock().unwrap()[name].as_tensor().clone();
+                    assert!(
+                        rel_err(&t1, &t2) < 1e-5,
+                        "case {case} train {train}: {name}"
+                    );
+                }
+            }
+        }
+    }
+}

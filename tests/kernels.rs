@@ -1,0 +1,268 @@
+//! The CPU kernels (`crates/kernels`) against independent formulas: the packed GEMM against the
+//! three-loop product, and the convolution's forward and both gradients against a direct
+//! (seven-loop) convolution and its adjoints, at sizes past every blocking boundary (depth over
+//! the 256-deep blocks, rows over the 72-row blocks, columns over the 16-wide panels, the input
+//! gradient split into several bands).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use wsss_kernels::conv::{self, Geom};
+use wsss_kernels::sgemm::{sgemm, tile, Strided, MR, NR};
+
+fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (*g as f64 - w).abs() <= tol * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
+/// `sgemm` equals the three-loop product (in f64) on shapes around and past the block sizes,
+/// with transposed operands, accumulation into `C`, a row stride wider than `n`, and 1–3
+/// threads.
+#[test]
+fn sgemm_equals_the_three_loop_product() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let shapes = [
+        (1, 1, 1),
+        (5, 17, 3),
+        (6, 16, 256),
+        (7, 33, 257),
+        (73, 40, 300),
+        (150, 70, 520),
+        (13, 3100, 20),
+        (64, 100, 0),
+    ];
+    for (case, &(m, n, k)) in shapes.iter().enumerate() {
+        for variant in 0..4 {
+            let (at, bt, accumulate) = (variant & 1 == 1, variant & 2 == 2, variant % 3 == 0);
+            let threads = 1 + (case + variant) % 3;
+            let a = rand_vec(&mut rng, m * k);
+            let b = rand_vec(&mut rng, k * n);
+            let ldc = n + variant;
+            let mut c = rand_vec(&mut rng, m * ldc);
+            let av = if at {
+                Strided {
+                    data: &a,
+                    rs: 1,
+                    cs: m,
+                }
+            } else {
+                Strided {
+                    data: &a,
+                    rs: k,
+                    cs: 1,
+                }
+            };
+            let bv = if bt {
+                Strided {
+                    data: &b,
+                    rs: 1,
+                    cs: k,
+                }
+            } else {
+                Strided {
+                    data: &b,
+                    rs: n,
+                    cs: 1,
+                }
+            };
+            let mut want: Vec<f64> = c.iter().map(|&v| v as f64).collect();
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f64 = (0..k)
+                        .map(|p| {
+                            av.data[i * av.rs + p * av.cs] as f64
+                                * bv.data[p * bv.rs + j * bv.cs] as f64
+                        })
+                        .sum();
+                    let w = &mut want[i * ldc + j];
+                    *w = if accumulate { *w + s } else { s };
+                }
+            }
+            sgemm((m, n, k), &mut c, ldc, accumulate, &av, &bv, threads);
+            // Columns past n in each row are untouched.
+            assert_close(&c, &want, 1e-5, &format!("{m}x{n}x{k} variant {variant}"));
+        }
+    }
+}
+
+/// The SIMD register tile equals the portable one.
+#[test]
+fn simd_tile_equals_portable_tile() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for kc in [1, 7, 256] {
+        let a = rand_vec(&mut rng, kc * MR);
+        let b = rand_vec(&mut rng, kc * NR);
+        let (s, p) = (tile(kc, &a, &b, true), tile(kc, &a, &b, false));
+        for (x, y) in s.iter().zip(&p) {
+            assert!((x - y).abs() < 1e-4, "kc {kc}: {x} vs {y}");
+        }
+    }
+}
+
+/// Direct convolution in f64: `y[b][o][oy][ox] = Σ w[o][c][ky][kx] · x[b][c][iy][ix]`.
+fn direct(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f64> {
+    let (ho, wo) = g.out();
+    let mut y = vec![0f64; g.b * g.o * ho * wo];
+    for b in 0..g.b {
+        for o in 0..g.o {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut s = 0f64;
+                    for c in 0..g.c {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.stride + ky * g.dil) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + kx * g.dil) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                    continue;
+                                }
+                                let xi = ((b * g.c + c) * g.h + iy as usize) * g.w + ix as usize;
+                                let wi = ((o * g.c + c) * g.kh + ky) * g.kw + kx;
+                                s += x[xi] as f64 * w[wi] as f64;
+                            }
+                        }
+                    }
+                    y[((b * g.o + o) * ho + oy) * wo + ox] = s;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Forward, and both gradients by the adjoint identities of the direct convolution: for the
+/// linear map `y = conv(x, w)`, `⟨∂y, conv(e_i, w)⟩ = ∂x_i` — computed here by summing
+/// `∂y · w` over every (output, tap) pair that reads `x_i` — and likewise for `∂w`.
+#[test]
+fn conv_equals_the_direct_convolution_and_its_adjoints() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    // (b, c, h, w, o, k, stride, pad, dil, band_bytes)
+    let cases = [
+        (2, 30, 9, 11, 80, 3, 1, 1, 1, 2_000), // K = 270 > 256, O = 80 > 72, several bands
+        (1, 4, 20, 13, 7, 3, 2, 1, 1, 1),      // stride 2, one output row per band, batch 1
+        (3, 6, 10, 10, 9, 3, 1, 2, 2, 1 << 20), // dilation 2
+        (2, 33, 6, 7, 20, 1, 1, 0, 1, 1 << 20), // 1×1: the input is its own patch matrix
+        (2, 5, 12, 40, 3, 5, 1, 2, 1, 50_000), // 5×5, 40 wide: 16-wide panels span rows
+    ];
+    for (i, &(b, c, h, w, o, k, stride, pad, dil, band_bytes)) in cases.iter().enumerate() {
+        let g = Geom {
+            b,
+            c,
+            h,
+            w,
+            o,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+            dil,
+            band_bytes,
+        };
+        let (ho, wo) = g.out();
+        let x = rand_vec(&mut rng, b * c * h * w);
+        let wt = rand_vec(&mut rng, o * c * k * k);
+        let bias = rand_vec(&mut rng, o);
+        let y = conv::forward(&g, false, &x, &wt, &bias);
+        let mut want = direct(&g, &x, &wt);
+        for (j, v) in want.iter_mut().enumerate() {
+            *v += bias[(j / (ho * wo)) % o] as f64;
+        }
+        assert_close(&y, &want, 1e-5, &format!("case {i}: forward"));
+
+        let dy = rand_vec(&mut rng, b * o * ho * wo);
+        let gr = conv::backward(&g, (true, true), &dy, &x, &wt);
+        let (mut dx, mut dw, mut db) = (vec![0f64; x.len()], vec![0f64; wt.len()], vec![0f64; o]);
+        for bi in 0..b {
+            for oi in 0..o {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let d = dy[((bi * o + oi) * ho + oy) * wo + ox] as f64;
+                        db[oi] += d;
+                        for ci in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * stride + ky * dil) as isize - pad as isize;
+                                    let ix = (ox * stride + kx * dil) as isize - pad as isize;
+                                    if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                        continue;
+                                    }
+                                    let xi = ((bi * c + ci) * h + iy as usize) * w + ix as usize;
+                                    let wi = ((oi * c + ci) * k + ky) * k + kx;
+                                    dx[xi] += d * wt[wi] as f64;
+                                    dw[wi] += d * x[xi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_close(&gr.dx, &dx, 1e-5, &format!("case {i}: input gradient"));
+        assert_close(&gr.dw, &dw, 1e-5, &format!("case {i}: weight gradient"));
+        assert_close(&gr.db, &db, 1e-5, &format!("case {i}: bias gradient"));
+        // Without the input gradient nothing of its size is returned; ∂W is unchanged.
+        let only_w = conv::backward(&g, (false, true), &dy, &x, &wt);
+        assert!(only_w.dx.is_empty());
+        assert_close(
+            &only_w.dw,
+            &dw,
+            1e-5,
+            &format!("case {i}: weight gradient alone"),
+        );
+    }
+}
+
+/// The conv's outputs and gradients are the same bit for bit on 1, 2 or 3 threads (fixed
+/// summation order), so runs reproduce across machines with different core counts.
+#[test]
+fn conv_results_do_not_depend_on_the_thread_count() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    // 7 images: groups of images side by side; 2: one group, each GEMM split across threads.
+    for b in [7, 2] {
+        let g = Geom {
+            b,
+            c: 12,
+            h: 15,
+            w: 13,
+            o: 20,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            band_bytes: 4_000,
+        };
+        let (ho, wo) = g.out();
+        let x = rand_vec(&mut rng, g.b * g.c * g.h * g.w);
+        let w = rand_vec(&mut rng, g.o * g.c * 9);
+        let bias = rand_vec(&mut rng, g.o);
+        let dy = rand_vec(&mut rng, g.b * g.o * ho * wo);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool");
+            pool.install(|| {
+                let y = conv::forward(&g, true, &x, &w, &bias);
+                let gr = conv::backward(&g, (true, true), &dy, &x, &w);
+                (y, gr.dx, gr.dw, gr.db)
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            assert!(
+                run(threads) == one,
+                "batch {b}: {threads} threads differ from 1"
+            );
+        }
+    }
+}
