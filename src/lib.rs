@@ -10,6 +10,9 @@
 //! [`data`] (registry, scan, split, synthetic data) → [`table`] (polars tables) → [`report`]
 //! (tables, figures, galleries, HTML).
 //! The binary (`src/main.rs`) only parses arguments and calls [`cli::dispatch`].
+//! The models' CPU arithmetic (GEMM, convolution, batch norm, ReLU, max-pool, AdamW) lives in
+//! the `wsss-kernels` crate (`crates/kernels`, plain slices, always built optimised), wrapped
+//! as candle custom ops in [`model::conv`] and [`model::norm`].
 //!
 //! Exit codes are an API: [`error::EXIT_OK`] (0), [`error::EXIT_RUN_FAILED`] (1),
 //! [`error::EXIT_BAD_INPUT`] (2).

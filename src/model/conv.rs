@@ -13,20 +13,12 @@
 //! Used for `f32` on the CPU with `groups = 1`; other cases (CUDA, f16, grouped) use candle's
 //! ops, so the GPU path keeps cuDNN.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::Conv2dConfig;
 use wsss_kernels::conv::{Geom, BAND_BYTES};
 use wsss_kernels::elementwise;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv kernels need a contiguous input"),
-    }
-}
+use super::cpu_op::{apply3, contiguous_f32, split, Kernel3};
 
 /// The conv layer `relu?(conv(x, w) + bias)`, arguments `(x, w, bias)`.
 struct ConvOp {
@@ -34,70 +26,41 @@ struct ConvOp {
     relu: bool,
 }
 
-impl CustomOp3 for ConvOp {
+impl Kernel3 for ConvOp {
     fn name(&self) -> &'static str {
         "conv2d-gemm"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, [x, w, b]: [&[f32]; 3], _: [&Layout; 3]) -> Result<(Vec<f32>, Shape)> {
         let g = self.g;
-        let (x, w, b) = (
-            contiguous_f32(s1, l1)?,
-            contiguous_f32(s2, l2)?,
-            contiguous_f32(s3, l3)?,
-        );
-        let y = wsss_kernels::conv::forward(&g, self.relu, x, w, b);
         let (ho, wo) = g.out();
-        Ok((CpuStorage::F32(y), Shape::from((g.b, g.o, ho, wo))))
+        let y = wsss_kernels::conv::forward(&g, self.relu, x, w, b);
+        Ok((y, Shape::from((g.b, g.o, ho, wo))))
     }
 
-    fn bwd(
+    fn grads(
         &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: &Tensor,
+        [x, w, bias]: [&Tensor; 3],
         res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 3]> {
         let g = self.g;
         let grad = if self.relu {
             grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?
         } else {
-            grad.contiguous()?
+            grad.clone()
         };
-        let op = ConvBwd {
-            g,
-            need_x: x.track_op(),
-            need_w: w.track_op(),
-        };
-        let packed = grad.apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &op)?;
-        let nx = if op.need_x { g.b * g.c * g.h * g.w } else { 0 };
-        let nw = if op.need_w {
-            g.o * g.c * g.kh * g.kw
-        } else {
-            0
-        };
-        let dx = match op.need_x {
-            true => Some(packed.narrow(0, 0, nx)?.reshape((g.b, g.c, g.h, g.w))?),
-            false => None,
-        };
-        let dw = match op.need_w {
-            true => Some(packed.narrow(0, nx, nw)?.reshape((g.o, g.c, g.kh, g.kw))?),
-            false => None,
-        };
-        let db = match bias.track_op() {
-            true => Some(packed.narrow(0, nx + nw, g.o)?),
-            false => None,
-        };
-        Ok((dx, dw, db))
+        let (need_x, need_w) = (x.track_op(), w.track_op());
+        let packed = apply3(ConvBwd { g, need_x, need_w }, [&grad, x, w], false)?;
+        let [dx, dw, db] = split(
+            &packed,
+            [
+                need_x.then_some(&[g.b, g.c, g.h, g.w][..]),
+                need_w.then_some(&[g.o, g.c, g.kh, g.kw][..]),
+                Some(&[g.o][..]),
+            ],
+        )?;
+        Ok([dx, dw, db.filter(|_| bias.track_op())])
     }
 }
 
@@ -109,31 +72,18 @@ struct ConvBwd {
     need_w: bool,
 }
 
-impl CustomOp3 for ConvBwd {
+impl Kernel3 for ConvBwd {
     fn name(&self) -> &'static str {
         "conv2d-gemm-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (gr, x, w) = (
-            contiguous_f32(s1, l1)?,
-            contiguous_f32(s2, l2)?,
-            contiguous_f32(s3, l3)?,
-        );
+    fn run(&self, [gr, x, w]: [&[f32]; 3], _: [&Layout; 3]) -> Result<(Vec<f32>, Shape)> {
         let gr = wsss_kernels::conv::backward(&self.g, (self.need_x, self.need_w), gr, x, w);
         let mut out = gr.dx;
         out.extend_from_slice(&gr.dw);
         out.extend_from_slice(&gr.db);
         let n = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(n)))
+        Ok((out, Shape::from(n)))
     }
 }
 
@@ -307,16 +257,10 @@ fn conv2d_banded(
         );
     }
     let bias = match bias {
-        Some(b) => b.contiguous()?,
+        Some(b) => b.clone(),
         None => Tensor::zeros(o, DType::F32, x.device())?,
     };
-    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    let op = ConvOp { g, relu };
-    if x.track_op() || weight.track_op() || bias.track_op() {
-        x.apply_op3(&weight, &bias, op)
-    } else {
-        x.apply_op3_no_bwd(&weight, &bias, &op)
-    }
+    apply3(ConvOp { g, relu }, [x, weight, &bias], true)
 }
 
 /// A conv layer: candle-nn's `Conv2d` interface, with the GEMM path on the CPU.

@@ -4,6 +4,7 @@
 
 pub mod backbone;
 pub mod conv;
+mod cpu_op;
 pub mod deeplab;
 pub mod init;
 pub mod norm;

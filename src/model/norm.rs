@@ -5,19 +5,11 @@
 //! chain of transposes, copies and broadcasts (a dozen single-threaded passes each way).
 //! Other devices and dtypes use candle-nn's `BatchNorm`.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp3, DType, Layout, ModuleT, Result, Shape, Tensor, Var,
-};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, ModuleT, Result, Shape, Tensor, Var};
 use candle_nn::VarBuilder;
 use wsss_kernels::norm;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("batch-norm kernels need a contiguous input"),
-    }
-}
+use super::cpu_op::{apply3, contiguous_f32, split, Kernel3};
 
 /// `(B, C, H·W)` of an NCHW tensor's layout.
 fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
@@ -47,57 +39,37 @@ struct Normalize {
     batch_stats: bool,
 }
 
-impl CustomOp3 for Normalize {
+impl Kernel3 for Normalize {
     fn name(&self) -> &'static str {
         "batch-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (_, c, hw) = dims(l1)?;
-        let (x, w, bias) = (
-            contiguous_f32(s1, l1)?,
-            contiguous_f32(s2, l2)?,
-            contiguous_f32(s3, l3)?,
-        );
+    fn run(&self, [x, w, bias]: [&[f32]; 3], l: [&Layout; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (_, c, hw) = dims(l[0])?;
         let scale: Vec<f32> = w.iter().zip(&self.invstd).map(|(w, s)| w * s).collect();
         let shift: Vec<f32> = (0..c).map(|i| bias[i] - self.mean[i] * scale[i]).collect();
-        let y = norm::affine(x, &scale, &shift, c, hw);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((norm::affine(x, &scale, &shift, c, hw), l[0].shape().clone()))
     }
 
-    fn bwd(
+    fn grads(
         &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: &Tensor,
+        [x, w, bias]: [&Tensor; 3],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 3]> {
         let op = NormalizeBwd {
             mean: self.mean.clone(),
             invstd: self.invstd.clone(),
             batch_stats: self.batch_stats,
         };
-        let packed =
-            grad.contiguous()?
-                .apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &op)?;
-        let (n, c) = (x.elem_count(), w.elem_count());
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, c)?;
-        let db = packed.narrow(0, n + c, c)?;
-        Ok((
-            x.track_op().then_some(dx),
-            w.track_op().then_some(dw),
-            bias.track_op().then_some(db),
-        ))
+        let packed = apply3(op, [grad, x, w], false)?;
+        let c = [w.elem_count()];
+        let [dx, dw, db] = split(&packed, [Some(x.dims()), Some(&c[..]), Some(&c[..])])?;
+        Ok([
+            dx.filter(|_| x.track_op()),
+            dw.filter(|_| w.track_op()),
+            db.filter(|_| bias.track_op()),
+        ])
     }
 }
 
@@ -108,32 +80,18 @@ struct NormalizeBwd {
     batch_stats: bool,
 }
 
-impl CustomOp3 for NormalizeBwd {
+impl Kernel3 for NormalizeBwd {
     fn name(&self) -> &'static str {
         "batch-norm-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let bch = dims(l2)?;
-        let (g, x, w) = (
-            contiguous_f32(s1, l1)?,
-            contiguous_f32(s2, l2)?,
-            contiguous_f32(s3, l3)?,
-        );
+    fn run(&self, [g, x, w]: [&[f32]; 3], l: [&Layout; 3]) -> Result<(Vec<f32>, Shape)> {
         let stats = (&self.mean[..], &self.invstd[..], w);
-        let (mut dx, dw, db) = norm::backward(g, x, stats, bch, self.batch_stats);
+        let (mut dx, dw, db) = norm::backward(g, x, stats, dims(l[1])?, self.batch_stats);
         dx.extend(dw);
         dx.extend(db);
         let n = dx.len();
-        Ok((CpuStorage::F32(dx), Shape::from(n)))
+        Ok((dx, Shape::from(n)))
     }
 }
 
@@ -209,11 +167,7 @@ impl BatchNorm {
             invstd,
             batch_stats: train,
         };
-        if x.track_op() || self.weight.track_op() || self.bias.track_op() {
-            x.apply_op3(&self.weight, &self.bias, op)
-        } else {
-            x.apply_op3_no_bwd(&self.weight, &self.bias, &op)
-        }
+        apply3(op, [&x, &self.weight, &self.bias], true)
     }
 }
 

@@ -240,7 +240,10 @@ impl PackB for Patches<'_> {
 }
 
 /// `B = colsᵀ` (the weight gradient's right operand): depth is the position `l`.
-pub struct PatchesT<'a>(pub Patches<'a>);
+pub struct PatchesT<'a>(
+    /// The patch matrix it transposes.
+    pub Patches<'a>,
+);
 
 impl PackB for PatchesT<'_> {
     fn pack(&self, p0: usize, j0: usize, kc: usize, nc: usize, buf: &mut [f32]) {

@@ -8,6 +8,8 @@
 //! that `cargo test` and `cargo run` use builds wsss itself at `opt-level = 1`), and so that
 //! the numerics can be read and tested apart from the autograd glue (`wsss::model::conv`).
 
+#![warn(missing_docs)]
+
 pub mod conv;
 pub mod elementwise;
 pub mod norm;
