@@ -11,7 +11,7 @@
 //! no `∂x`.
 //!
 //! Used for `f32` on the CPU with `groups = 1`; other cases (CUDA, f16, grouped) use candle's
-//! ops, so the GPU path keeps cuDNN.
+//! ops, so the GPU path keeps candle's CUDA kernels.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::Conv2dConfig;

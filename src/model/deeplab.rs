@@ -17,10 +17,9 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::norm::BatchNorm;
-
 use super::backbone::{BackboneSpec, Features};
-use super::conv::{self, Conv2d};
+use super::conv::{relu, Conv2d};
+use super::norm::BatchNorm;
 use super::ops::resize_bilinear;
 use super::resnet::{bn, conv};
 use crate::config::Arch;
@@ -69,7 +68,7 @@ impl ConvBn {
         })
     }
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        conv::relu(&self.bn.forward_t(&self.conv.forward(x)?, train)?)
+        relu(&self.bn.forward_t(&self.conv.forward(x)?, train)?)
     }
 }
 
@@ -150,7 +149,7 @@ impl DeepLab {
         let pooled = high.mean_keepdim(3)?.mean_keepdim(2)?;
         // Image pooling: batch norm over a 1×1 map needs more than one image to train on.
         let p = self.pool.conv.forward(&pooled)?;
-        let p = conv::relu(&self.pool.bn.forward_t(&p, train && x.dim(0)? > 1)?)?;
+        let p = relu(&self.pool.bn.forward_t(&p, train && x.dim(0)? > 1)?)?;
         branches.push(
             p.broadcast_as((p.dim(0)?, p.dim(1)?, hh, hw))?
                 .contiguous()?,

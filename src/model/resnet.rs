@@ -10,9 +10,8 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
+use super::conv::{relu, Conv2d};
 use super::norm::BatchNorm;
-
-use super::conv::{self, Conv2d};
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,14 +158,14 @@ impl Block {
         for (i, (c, b)) in self.convs.iter().enumerate() {
             y = b.forward_t(&c.forward(&y)?, train)?;
             if i + 1 < n {
-                y = conv::relu(&y)?;
+                y = relu(&y)?;
             }
         }
         let id = match &self.downsample {
             Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
             None => x.clone(),
         };
-        conv::relu(&(y + id)?)
+        relu(&(y + id)?)
     }
 }
 
@@ -263,7 +262,7 @@ impl ResNet {
         let mut x = x.clone();
         for b in start..5 {
             x = if b == 0 {
-                conv::relu(&self.bn1.forward_t(&self.conv1.forward(&x)?, train)?)?
+                relu(&self.bn1.forward_t(&self.conv1.forward(&x)?, train)?)?
             } else {
                 if b == 1 {
                     x = super::ops::max_pool_3x3_s2(&x)?;

@@ -12,9 +12,8 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
-use super::norm::BatchNorm;
-
 use super::conv::{self, Conv2d};
+use super::norm::BatchNorm;
 
 /// torchvision's VGG-16 layout ("D"): channel counts, `None` = max-pool.
 pub const VGG16: [Option<usize>; 18] = [

@@ -189,7 +189,8 @@ impl<'a> Patches<'a> {
                     // The common case, a whole panel row inside the image: a fixed-size copy.
                     let i0 = (a as isize + xoff) as usize;
                     let s: &[f32; NR] = src[i0..i0 + NR].try_into().expect("NR");
-                    let d: &mut [f32; NR] = (&mut dst[t + a - ox..t + b - ox]).try_into().expect("NR");
+                    let d: &mut [f32; NR] =
+                        (&mut dst[t + a - ox..t + b - ox]).try_into().expect("NR");
                     *d = *s;
                 } else if g.stride == 1 && step == 1 {
                     let i0 = (a as isize + xoff) as usize;
@@ -228,9 +229,8 @@ impl PackB for Patches<'_> {
                 for (s, panel) in buf.chunks_mut(NR * kc).take(width / NR).enumerate() {
                     for r in 0..depth {
                         let p = q + r;
-                        let dst: &mut [f32; NR] = (&mut panel[p * NR..(p + 1) * NR])
-                            .try_into()
-                            .expect("NR");
+                        let dst: &mut [f32; NR] =
+                            (&mut panel[p * NR..(p + 1) * NR]).try_into().expect("NR");
                         *dst = rows[r * width + s * NR..][..NR].try_into().expect("NR");
                     }
                 }

@@ -135,7 +135,8 @@ fn simd() -> bool {
     {
         static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *SIMD.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -281,7 +282,14 @@ fn blocks(
                             // elements; the MR × NR tile at `at` is inside C (asserted) and in
                             // this thread's columns j_lo..j_hi.
                             unsafe {
-                                kernel_avx2(kc, ap.as_ptr(), bp.as_ptr(), out.ptr.add(at), out.ldc, add)
+                                kernel_avx2(
+                                    kc,
+                                    ap.as_ptr(),
+                                    bp.as_ptr(),
+                                    out.ptr.add(at),
+                                    out.ldc,
+                                    add,
+                                )
                             };
                             continue;
                         }
