@@ -240,8 +240,80 @@ pub fn batch<V: Copy + Into<View> + Sync>(
     .to_device(dev)?)
 }
 
+/// Runs `produce(0..n)` on a helper thread one item ahead of `consume`, which gets the items
+/// in order: the next batch is decoded and augmented while the current one trains. Stops
+/// producing when `consume` fails (its error is returned).
+pub fn prefetched<T: Send, E>(
+    n: usize,
+    produce: impl Fn(usize) -> T + Sync,
+    mut consume: impl FnMut(usize, T) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<T>(1);
+        let produce = &produce;
+        scope.spawn(move || {
+            for i in 0..n {
+                if tx.send(produce(i)).is_err() {
+                    break; // the consumer stopped
+                }
+            }
+        });
+        for (i, item) in rx.iter().enumerate().take(n) {
+            consume(i, item)?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    /// Items arrive in order, each produced once; a failing consumer stops the producer and
+    /// its error is returned.
+    #[test]
+    fn prefetched_keeps_order_and_stops_on_error() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let made = AtomicUsize::new(0);
+        let mut got = Vec::new();
+        let r: std::result::Result<(), String> = prefetched(
+            50,
+            |i| {
+                made.fetch_add(1, Ordering::SeqCst);
+                i * i
+            },
+            |i, v| {
+                assert_eq!(v, i * i);
+                got.push(v);
+                Ok(())
+            },
+        );
+        assert!(r.is_ok());
+        assert_eq!(got, (0..50).map(|i| i * i).collect::<Vec<_>>());
+        assert_eq!(made.load(Ordering::SeqCst), 50);
+
+        let made = AtomicUsize::new(0);
+        let r = prefetched(
+            1000,
+            |i| {
+                made.fetch_add(1, Ordering::SeqCst);
+                i
+            },
+            |i, _| {
+                if i == 3 {
+                    Err(format!("stop at {i}"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert_eq!(r, Err("stop at 3".to_string()));
+        // At most the failing item, one in the channel and one being sent were made.
+        assert!(
+            made.load(Ordering::SeqCst) <= 7,
+            "{}",
+            made.load(Ordering::SeqCst)
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -287,6 +287,20 @@ impl Examples {
 }
 
 /// Target rows `(n, k)` of `examples`.
+/// One training step's batch and random draws, fixed before the epoch runs.
+struct Step<'a> {
+    /// Batch index within the epoch (for the learning-rate schedule and messages).
+    bi: usize,
+    /// Indices of the training examples.
+    chunk: &'a [usize],
+    /// Augmentation seed.
+    seed: u64,
+    /// Feature dropout mask (0 or 2 per image and channel).
+    mask: Vec<f32>,
+    /// The equivariance loss's transform, if that loss is used.
+    transform: Option<GridTransform>,
+}
+
 fn targets(examples: &[&Example], k: usize) -> Vec<f32> {
     let mut v = vec![0f32; examples.len() * k];
     for (row, e) in v.chunks_mut(k).zip(examples) {
@@ -398,38 +412,63 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
         };
         let lr0 = lr_at(t.schedule, t.lr, epoch as f64, t.epochs, t.warmup_epochs);
         let (mut loss_sum, mut correct, mut n) = (0.0, 0.0f64, 0usize);
-        for (bi, chunk) in order.chunks(bs).enumerate() {
-            if chunk.len() < 2 && cfg.backbone.batch_norm {
-                continue; // batch norm needs two images
-            }
+        // Every random draw of the epoch's steps, in the order the steps make them, so that
+        // the next batch can be prepared while the current one trains.
+        let c = clf.model.feature_channels();
+        let plan: Vec<Step> = order
+            .chunks(bs)
+            .enumerate()
+            .filter(|(_, chunk)| chunk.len() >= 2 || !cfg.backbone.batch_norm)
+            .map(|(bi, chunk)| Step {
+                bi,
+                chunk,
+                seed: rng.random(),
+                mask: (0..chunk.len() * c)
+                    .map(|_| if rng.random_bool(0.5) { 2.0 } else { 0.0 })
+                    .collect(),
+                transform: matches!(cfg.loss.variant, LossVariant::Equivariance)
+                    .then(|| GridTransform::ALL[rng.random_range(0..GridTransform::ALL.len())]),
+            })
+            .collect();
+        let build = |i: usize| {
+            let views: Vec<View> = plan[i].chunk.iter().map(|&j| ex.train[j].view).collect();
+            // Built on the CPU by the helper thread; moved to the device by the training one.
+            let cpu = &Device::Cpu;
+            loader::batch(images, &views, t.image_size, Some(&aug), plan[i].seed, cpu)
+        };
+        loader::prefetched(plan.len(), build, |i, x| -> Result<()> {
+            let Step {
+                bi,
+                chunk,
+                ref mask,
+                transform,
+                ..
+            } = plan[i];
+            let x = x?.to_device(dev)?;
             let step = epoch as f64 + bi as f64 / steps_per_epoch as f64;
             opt.set_lr(lr_at(t.schedule, t.lr, step, t.epochs, t.warmup_epochs));
             let batch: Vec<&Example> = chunk.iter().map(|&i| &ex.train[i]).collect();
-            let views: Vec<View> = batch.iter().map(|e| e.view).collect();
-            let x = loader::batch(images, &views, t.image_size, Some(&aug), rng.random(), dev)?;
             let target = targets(&batch, k);
             let yt = Tensor::from_vec(target.clone(), (chunk.len(), k), dev)?;
-            let c = clf.model.feature_channels();
-            let mask: Vec<f32> = (0..chunk.len() * c)
-                .map(|_| if rng.random_bool(0.5) { 2.0 } else { 0.0 })
-                .collect();
-            let mask = Tensor::from_vec(mask, (chunk.len(), c), dev)?;
+            let mask = Tensor::from_vec(mask.clone(), (chunk.len(), c), dev)?;
             let (feats, logits) = clf.model.forward_t(&x, true, Some(&mask))?;
             let l = &cfg.loss;
-            let loss = match l.variant {
-                LossVariant::Ce => losses::cross_entropy(&logits, &yt)?,
-                LossVariant::Bce => losses::bce(&logits, &yt)?,
-                LossVariant::Focal => losses::focal(&logits, &yt, l.focal_gamma, l.focal_alpha)?,
-                LossVariant::LabelSmoothing => {
+            let loss = match (l.variant, transform) {
+                (LossVariant::Ce, _) => losses::cross_entropy(&logits, &yt)?,
+                (LossVariant::Bce, _) => losses::bce(&logits, &yt)?,
+                (LossVariant::Focal, _) => {
+                    losses::focal(&logits, &yt, l.focal_gamma, l.focal_alpha)?
+                }
+                (LossVariant::LabelSmoothing, _) => {
                     losses::label_smoothing(&logits, &yt, l.label_smoothing)?
                 }
-                LossVariant::CamArea => {
+                (LossVariant::CamArea, _) => {
                     let cam = clf.model.cam(&feats)?;
                     (losses::cross_entropy(&logits, &yt)?
                         + (losses::cam_area(&cam, &yt, scored)? * l.evidence_weight)?)?
                 }
-                LossVariant::Equivariance => {
-                    let tf = GridTransform::ALL[rng.random_range(0..GridTransform::ALL.len())];
+                (LossVariant::Equivariance, tf) => {
+                    let tf = tf.unwrap_or(GridTransform::ALL[0]);
                     let cam = clf.model.cam(&feats)?;
                     let (feats_t, _) = clf.model.forward_t(&tf.apply(&x)?, true, None)?;
                     let cam_t = clf.model.cam(&feats_t)?;
@@ -454,7 +493,8 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
                 .sum::<f64>();
             loss_sum += lv * chunk.len() as f64;
             n += chunk.len();
-        }
+            Ok(())
+        })?;
         train_secs += t0.elapsed().as_secs_f64();
         seen += n;
 

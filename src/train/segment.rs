@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::Checkpoint;
 use super::optim::{lr_at, Optimizer};
 use crate::config::{ExperimentConfig, Schedule, SegInit, SegLoss};
-use crate::data::loader::{color_jitter, to_chw, Augment, Images};
+use crate::data::loader::{self, color_jitter, to_chw, Augment, Images};
 use crate::data::mask::IGNORE;
 use crate::error::{Error, Result};
 use crate::model::deeplab::{DeepLab, DeepLabConfig};
@@ -450,18 +450,16 @@ pub fn train(
         order.shuffle(&mut rng);
         let lr0 = lr_at(Schedule::Poly, s.lr, epoch as f64, s.epochs, 0);
         let (mut loss_sum, mut n, mut correct, mut counted) = (0.0, 0usize, 0u64, 0u64);
-        for (bi, chunk) in order.chunks(bs).enumerate() {
-            if chunk.len() < 2 {
-                continue; // batch norm needs two crops
-            }
-            opt.set_lr(lr_at(
-                Schedule::Poly,
-                s.lr,
-                epoch as f64 + bi as f64 / steps as f64,
-                s.epochs,
-                0,
-            ));
-            let seed: u64 = rng.random();
+        // The batches and their augmentation seeds, drawn in step order, so that the next
+        // batch can be prepared while the current one trains.
+        let plan: Vec<(usize, &[usize], u64)> = order
+            .chunks(bs)
+            .enumerate()
+            .filter(|(_, chunk)| chunk.len() >= 2) // batch norm needs two crops
+            .map(|(bi, chunk)| (bi, chunk, rng.random()))
+            .collect();
+        let build = |i: usize| -> Result<(Tensor, Vec<u8>)> {
+            let (_, chunk, seed) = plan[i];
             let pairs: Vec<Result<(Vec<f32>, Vec<u8>)>> = chunk
                 .par_iter()
                 .enumerate()
@@ -487,7 +485,23 @@ pub fn train(
                 ys.extend(y);
             }
             let c = crop as usize;
-            let x = Tensor::from_vec(xs, (chunk.len(), 3, c, c), &Device::Cpu)?.to_device(dev)?;
+            Ok((
+                // On the CPU: the helper thread builds it, the training thread moves it.
+                Tensor::from_vec(xs, (chunk.len(), 3, c, c), &Device::Cpu)?,
+                ys,
+            ))
+        };
+        loader::prefetched(plan.len(), build, |i, batch| -> Result<()> {
+            let (bi, chunk, _) = plan[i];
+            let (x, ys) = batch?;
+            let x = x.to_device(dev)?;
+            opt.set_lr(lr_at(
+                Schedule::Poly,
+                s.lr,
+                epoch as f64 + bi as f64 / steps as f64,
+                s.epochs,
+                0,
+            ));
             let logits = seg.model.forward_t(&x, true)?;
             let loss = seg_loss(&logits, &ys, s.loss)?;
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -515,7 +529,8 @@ pub fn train(
             }
             loss_sum += lv * chunk.len() as f64;
             n += chunk.len();
-        }
+            Ok(())
+        })?;
         secs += t0.elapsed().as_secs_f64();
         seen += n;
         let row = SegEpoch {
