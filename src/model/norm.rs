@@ -95,43 +95,30 @@ impl Kernel3 for NormalizeBwd {
     }
 }
 
-/// A batch-norm layer (affine, `eps` given, momentum 0.1).
+/// A batch-norm layer (affine, `eps` given, momentum 0.1): candle-nn's, whose parameters and
+/// running statistics it reads and updates, computed by the fused kernels on the CPU.
 #[derive(Debug, Clone)]
-pub struct BatchNorm {
-    candle: candle_nn::BatchNorm,
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Var,
-    running_var: Var,
-    eps: f64,
-}
-
-const MOMENTUM: f64 = 0.1;
+pub struct BatchNorm(candle_nn::BatchNorm);
 
 /// A batch-norm layer over `c` channels, its tensors from `vb` under candle-nn's (and
 /// torchvision's) names.
 pub fn batch_norm(c: usize, eps: f64, vb: VarBuilder) -> Result<BatchNorm> {
-    let candle = candle_nn::batch_norm(c, eps, vb)?;
-    let (weight, bias) = match candle.weight_and_bias() {
-        Some((w, b)) => (w.clone(), b.clone()),
-        None => candle_core::bail!("batch-norm without affine parameters"),
-    };
-    // Shares the storage of the VarMap's variables (they are variables already), so running
-    // statistics updated here are the ones checkpoints save.
-    let running_mean = Var::from_tensor(candle.running_mean())?;
-    let running_var = Var::from_tensor(candle.running_var())?;
-    Ok(BatchNorm {
-        candle,
-        weight,
-        bias,
-        running_mean,
-        running_var,
-        eps,
-    })
+    let bn = candle_nn::batch_norm(c, eps, vb)?;
+    if bn.weight_and_bias().is_none() {
+        candle_core::bail!("batch-norm without affine parameters");
+    }
+    Ok(BatchNorm(bn))
 }
 
 impl BatchNorm {
     fn fused(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let Some((weight, bias)) = self.0.weight_and_bias() else {
+            candle_core::bail!("batch-norm without affine parameters");
+        };
+        // candle-nn holds its running statistics as variables, so these share their storage:
+        // what is set here is what checkpoints save.
+        let running_mean = Var::from_tensor(self.0.running_mean())?;
+        let running_var = Var::from_tensor(self.0.running_var())?;
         let x = x.contiguous()?;
         let (b, _, h, w) = x.dims4()?;
         let (mean, var) = if train {
@@ -139,7 +126,7 @@ impl BatchNorm {
             let (mean, var) = (s[0].clone(), s[1].clone());
             let n = (b * h * w) as f64;
             let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-            let m = MOMENTUM as f32;
+            let m = self.0.momentum() as f32;
             let blend = |run: &Var, batch: &[f32], k: f64| -> Result<()> {
                 let old = run.as_tensor().to_vec1::<f32>()?;
                 let new: Vec<f32> = old
@@ -149,35 +136,35 @@ impl BatchNorm {
                     .collect();
                 run.set(&Tensor::from_vec(new, old.len(), x.device())?)
             };
-            blend(&self.running_mean, &mean, 1.0)?;
-            blend(&self.running_var, &var, unbias)?;
+            blend(&running_mean, &mean, 1.0)?;
+            blend(&running_var, &var, unbias)?;
             (mean, var)
         } else {
             (
-                self.running_mean.as_tensor().to_vec1::<f32>()?,
-                self.running_var.as_tensor().to_vec1::<f32>()?,
+                running_mean.as_tensor().to_vec1::<f32>()?,
+                running_var.as_tensor().to_vec1::<f32>()?,
             )
         };
         let invstd = var
             .iter()
-            .map(|v| 1.0 / (*v as f64 + self.eps).sqrt() as f32)
+            .map(|v| 1.0 / (*v as f64 + self.0.eps()).sqrt() as f32)
             .collect();
         let op = Normalize {
             mean,
             invstd,
             batch_stats: train,
         };
-        apply3(op, [&x, &self.weight, &self.bias], true)
+        apply3(op, [&x, weight, bias], true)
     }
 }
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let fast = x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4;
-        if fast && self.weight.dtype() == DType::F32 {
+        if fast && self.0.running_mean().dtype() == DType::F32 {
             self.fused(x, train)
         } else {
-            self.candle.forward_t(x, train)
+            self.0.forward_t(x, train)
         }
     }
 }
@@ -236,7 +223,7 @@ mod tests {
                 let x1 = Var::from_vec(xv.clone(), (b, c, h, w), &Device::Cpu).unwrap();
                 let x2 = Var::from_vec(xv.clone(), (b, c, h, w), &Device::Cpu).unwrap();
                 let y1 = ours.forward_t(x1.as_tensor(), train).unwrap();
-                let y2 = theirs.candle.forward_t(x2.as_tensor(), train).unwrap();
+                let y2 = theirs.0.forward_t(x2.as_tensor(), train).unwrap();
                 assert!(
                     rel_err(&y1, &y2) < 1e-4,
                     "case {case} train {train}: output"

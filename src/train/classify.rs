@@ -430,45 +430,51 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
                     .then(|| GridTransform::ALL[rng.random_range(0..GridTransform::ALL.len())]),
             })
             .collect();
-        let build = |i: usize| {
-            let views: Vec<View> = plan[i].chunk.iter().map(|&j| ex.train[j].view).collect();
+        let build = |step: usize| {
+            let views: Vec<View> = plan[step].chunk.iter().map(|&j| ex.train[j].view).collect();
             // Built on the CPU by the helper thread; moved to the device by the training one.
             let cpu = &Device::Cpu;
-            loader::batch(images, &views, t.image_size, Some(&aug), plan[i].seed, cpu)
+            loader::batch(
+                images,
+                &views,
+                t.image_size,
+                Some(&aug),
+                plan[step].seed,
+                cpu,
+            )
         };
-        loader::prefetched(plan.len(), build, |i, x| -> Result<()> {
+        loader::prefetched(plan.len(), build, |step, x| -> Result<()> {
             let Step {
                 bi,
                 chunk,
                 ref mask,
                 transform,
                 ..
-            } = plan[i];
+            } = plan[step];
             let x = x?.to_device(dev)?;
-            let step = epoch as f64 + bi as f64 / steps_per_epoch as f64;
-            opt.set_lr(lr_at(t.schedule, t.lr, step, t.epochs, t.warmup_epochs));
+            let at = epoch as f64 + bi as f64 / steps_per_epoch as f64;
+            opt.set_lr(lr_at(t.schedule, t.lr, at, t.epochs, t.warmup_epochs));
             let batch: Vec<&Example> = chunk.iter().map(|&i| &ex.train[i]).collect();
             let target = targets(&batch, k);
             let yt = Tensor::from_vec(target.clone(), (chunk.len(), k), dev)?;
             let mask = Tensor::from_vec(mask.clone(), (chunk.len(), c), dev)?;
             let (feats, logits) = clf.model.forward_t(&x, true, Some(&mask))?;
             let l = &cfg.loss;
-            let loss = match (l.variant, transform) {
-                (LossVariant::Ce, _) => losses::cross_entropy(&logits, &yt)?,
-                (LossVariant::Bce, _) => losses::bce(&logits, &yt)?,
-                (LossVariant::Focal, _) => {
-                    losses::focal(&logits, &yt, l.focal_gamma, l.focal_alpha)?
-                }
-                (LossVariant::LabelSmoothing, _) => {
+            let loss = match l.variant {
+                LossVariant::Ce => losses::cross_entropy(&logits, &yt)?,
+                LossVariant::Bce => losses::bce(&logits, &yt)?,
+                LossVariant::Focal => losses::focal(&logits, &yt, l.focal_gamma, l.focal_alpha)?,
+                LossVariant::LabelSmoothing => {
                     losses::label_smoothing(&logits, &yt, l.label_smoothing)?
                 }
-                (LossVariant::CamArea, _) => {
+                LossVariant::CamArea => {
                     let cam = clf.model.cam(&feats)?;
                     (losses::cross_entropy(&logits, &yt)?
                         + (losses::cam_area(&cam, &yt, scored)? * l.evidence_weight)?)?
                 }
-                (LossVariant::Equivariance, tf) => {
-                    let tf = tf.unwrap_or(GridTransform::ALL[0]);
+                LossVariant::Equivariance => {
+                    // Drawn in the plan for this loss (the first transform otherwise).
+                    let tf = transform.unwrap_or(GridTransform::ALL[0]);
                     let cam = clf.model.cam(&feats)?;
                     let (feats_t, _) = clf.model.forward_t(&tf.apply(&x)?, true, None)?;
                     let cam_t = clf.model.cam(&feats_t)?;

@@ -458,8 +458,8 @@ pub fn train(
             .filter(|(_, chunk)| chunk.len() >= 2) // batch norm needs two crops
             .map(|(bi, chunk)| (bi, chunk, rng.random()))
             .collect();
-        let build = |i: usize| -> Result<(Tensor, Vec<u8>)> {
-            let (_, chunk, seed) = plan[i];
+        let build = |step: usize| -> Result<(Tensor, Vec<u8>)> {
+            let (_, chunk, seed) = plan[step];
             let pairs: Vec<Result<(Vec<f32>, Vec<u8>)>> = chunk
                 .par_iter()
                 .enumerate()
@@ -491,8 +491,8 @@ pub fn train(
                 ys,
             ))
         };
-        loader::prefetched(plan.len(), build, |i, batch| -> Result<()> {
-            let (bi, chunk, _) = plan[i];
+        loader::prefetched(plan.len(), build, |step, batch| -> Result<()> {
+            let (bi, chunk, _) = plan[step];
             let (x, ys) = batch?;
             let x = x.to_device(dev)?;
             opt.set_lr(lr_at(
