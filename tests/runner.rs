@@ -32,7 +32,7 @@ fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
             );
         }
     }
-    assert!(out.contains("will be generated"), "{out}");
+    assert!(out.contains("is generated on first run"), "{out}");
 
     let a = ablation();
     let run_args: Vec<&str> = ["run", a.as_str()]
@@ -459,7 +459,7 @@ fn bad_images_are_reported_with_their_paths() {
     assert!(err.contains("P01_00.png: cannot decode"), "{err}");
     assert!(err.contains("P03_01.png is 10×10 but its image"), "{err}");
 
-    // A class folder with no images, and a duplicate id.
+    // A class folder with no images, and an image without its mask (reported together).
     std::fs::remove_dir_all(root.join("images/malignant")).unwrap();
     std::fs::create_dir_all(root.join("images/malignant/P09")).unwrap();
     std::fs::copy(
@@ -476,7 +476,10 @@ fn bad_images_are_reported_with_their_paths() {
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(err.contains("class `malignant` has no images"), "{err}");
-    assert!(err.contains("duplicate image id `P02_00`"), "{err}");
+    assert!(
+        err.contains("images/normal/P01/P02_00.png has no mask"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -572,12 +575,20 @@ fn evaluate_scores_segmenter_beside_pseudo_labels_and_predict_segments_new_image
     let miou = summary["valid_miou"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&miou), "{summary}");
     // One prediction and one overlay per image, both viewable PNGs of the image's size.
-    let n = |d: &str| std::fs::read_dir(rd.join(d)).unwrap().count();
+    // Files mirror the ids (`patient/class/stem`): count the PNGs below each folder.
+    let n = |d: &str| {
+        walkdir::WalkDir::new(rd.join(d))
+            .follow_links(true)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .count()
+    };
     assert_eq!(n("predictions"), 18);
     assert_eq!(n("overlays"), 18);
     assert_eq!(n("pseudo_labels"), 18);
     assert_eq!(n("cams"), 18);
-    let p = image::open(rd.join("predictions/P01_00.png")).unwrap();
+    let p = image::open(rd.join("predictions/P01/normal/P01_00.png")).unwrap();
     assert_eq!((p.width(), p.height()), (64, 64));
     assert!(rd.join("segmenter.safetensors").is_file());
 
@@ -695,9 +706,12 @@ fn patch_labels_train_a_multi_label_classifier_whose_windows_decide_pseudo_label
     let mut checked = 0;
     for i in (0..ids.len()).filter(|&i| sp[i] == "train") {
         let mk = mask_of(i);
-        let stem = ids[i].replace(['/', '\\', ':'], "_");
-        let pl =
-            wsss::cam::read_labels(&rd.join("pseudo_labels").join(format!("{stem}.png"))).unwrap();
+        let pl = wsss::cam::read_labels(&wsss::cam::sample_file(
+            &rd.join("pseudo_labels"),
+            &ids[i],
+            "png",
+        ))
+        .unwrap();
         for (wx, wy) in (0..16).map(|k| ((k % 4) * 16, (k / 4) * 16)) {
             let px: Vec<(u32, u32)> = (0..256).map(|k| (wx + k % 16, wy + k / 16)).collect();
             let fg = px
@@ -781,11 +795,14 @@ fn image_labels_on_windows_train_on_windows_and_map_whole_images() {
     // positive ones with foreground (min-max normalised maps reach 1).
     let mut positives = 0;
     for i in (0..ids.len()).filter(|&i| sp[i] == "train") {
-        let stem = ids[i].replace(['/', '\\', ':'], "_");
-        let cam = image::open(rd.join("cams").join(format!("{stem}.png"))).unwrap();
+        let cam = image::open(wsss::cam::sample_file(&rd.join("cams"), &ids[i], "png")).unwrap();
         assert_eq!((cam.width(), cam.height()), (64, 64));
-        let pl =
-            wsss::cam::read_labels(&rd.join("pseudo_labels").join(format!("{stem}.png"))).unwrap();
+        let pl = wsss::cam::read_labels(&wsss::cam::sample_file(
+            &rd.join("pseudo_labels"),
+            &ids[i],
+            "png",
+        ))
+        .unwrap();
         let fg = pl.pixels().filter(|v| v.0[0] == 1).count();
         if classes[i] == "malignant" {
             assert!(fg > 0, "{}", ids[i]);

@@ -208,22 +208,65 @@ pub fn read_labels(path: &std::path::Path) -> Result<GrayImage> {
         .ok_or_else(|| Error::dataset(format!("{}: truncated", path.display())))
 }
 
-/// A file name for a sample id (ids may contain path separators).
-pub fn file_stem(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if matches!(c, '/' | '\\' | ':') {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+/// The file of sample `id` under `dir`, with extension `ext`: one path component per
+/// `/`-separated part of the id (folder-layout ids are `patient/class/stem`, so outputs mirror
+/// the dataset's folders), each part escaped (`%` → `%25`, `\\` → `%5C`, `:` → `%3A`; an
+/// empty part, `.` or `..` spelled with `%2E`/`%`) so that different ids never share a file.
+pub fn sample_file(dir: &std::path::Path, id: &str, ext: &str) -> std::path::PathBuf {
+    let mut p = dir.to_path_buf();
+    let parts: Vec<&str> = id.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let mut e: String = match *part {
+            "" => "%".into(),
+            "." => "%2E".into(),
+            ".." => "%2E%2E".into(),
+            _ => part
+                .chars()
+                .map(|c| match c {
+                    '%' => "%25".to_string(),
+                    '\\' => "%5C".to_string(),
+                    ':' => "%3A".to_string(),
+                    c => c.to_string(),
+                })
+                .collect(),
+        };
+        if i + 1 == parts.len() {
+            e.push('.');
+            e.push_str(ext);
+        }
+        p.push(e);
+    }
+    p
+}
+
+/// [`sample_file`], with its folder created (for writers).
+pub fn sample_file_mk(dir: &std::path::Path, id: &str, ext: &str) -> Result<std::path::PathBuf> {
+    let p = sample_file(dir, id, ext);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_files_are_one_to_one() {
+        let d = std::path::Path::new("out");
+        let f = |id: &str| sample_file(d, id, "png");
+        assert_eq!(f("train_1"), d.join("train_1.png"));
+        assert_eq!(f("P01/normal/P01_00"), d.join("P01/normal/P01_00.png"));
+        assert_eq!(f("a:b\\c%"), d.join("a%3Ab%5Cc%25.png"));
+        assert_eq!(f("../x"), d.join("%2E%2E/x.png"));
+        // Ids that the old `_` mapping sent to one file stay apart.
+        let ids = [
+            "a/b_c", "a_b/c", "a_b_c", "a%2Fb", "a/b", "a//b", "a/./b", "a/%2E/b",
+        ];
+        let files: std::collections::BTreeSet<_> = ids.iter().map(|i| f(i)).collect();
+        assert_eq!(files.len(), ids.len());
+    }
 
     #[test]
     fn threshold_rule_by_hand() {

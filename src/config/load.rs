@@ -29,6 +29,7 @@ pub const PROGRAM_ENV: &[&str] = &[
     "WSSS_ARTIFACTS_DIR",
     "WSSS_REQUIRE_BROWSER",
     "WSSS_REQUIRE_READERS",
+    "WSSS_MAX_IMAGE_MEGAPIXELS",
 ];
 
 /// Overrides applied on top of the manifest files.
@@ -351,29 +352,112 @@ fn insert_dotted(root: &mut Table, key: &str, v: Value) {
     cur.insert(parts[parts.len() - 1].to_string(), v);
 }
 
+/// What a `WSSS_*` environment variable is to the manifest loader.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum EnvRole {
+    /// A manifest override of this dotted key (`WSSS_CAM__THRESHOLD` → `cam.threshold`;
+    /// top-level keys by their name, `WSSS_DEVICE`).
+    Override(String),
+    /// Not a manifest key but close to one: warn with the suggestion.
+    NearMiss(String),
+    /// Looks like a section override (`WSSS_X__Y`) but `x` is no section: warn.
+    UnknownSection,
+    /// A program setting or some other tool's variable: ignore quietly.
+    Unrelated,
+}
+
+/// Classify one `WSSS_*` variable name. Only names that look like manifest keys are read as
+/// overrides: `WSSS_SECTION__KEY` for a known section, or a top-level key's own name; a name
+/// close to one of those gets a "did you mean"; every other name (the program's own settings,
+/// a user's unrelated variables) is left alone.
+pub(crate) fn env_role(var: &str) -> EnvRole {
+    let Some(rest) = var.strip_prefix("WSSS_") else {
+        return EnvRole::Unrelated;
+    };
+    if PROGRAM_ENV.contains(&var) || rest.is_empty() {
+        return EnvRole::Unrelated;
+    }
+    let tops: Vec<&str> = schema::children("")
+        .into_iter()
+        .filter(|t| !schema::LOADER_KEYS.contains(t))
+        .collect();
+    let lower = rest.to_lowercase();
+    let close = |name: &str, among: &[&str]| {
+        among
+            .iter()
+            .map(|c| (strsim::jaro_winkler(c, name), *c))
+            .filter(|(s, c)| *s > 0.9 || strsim::damerau_levenshtein(c, name) <= 1)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, c)| c.to_string())
+    };
+    if let Some((head, _)) = lower.split_once("__") {
+        let key = lower.replace("__", ".");
+        if schema::is_section(head) {
+            return EnvRole::Override(key);
+        }
+        let sections: Vec<&str> = tops
+            .iter()
+            .copied()
+            .filter(|t| schema::is_section(t))
+            .collect();
+        return match close(head, &sections) {
+            Some(c) => EnvRole::NearMiss(format!(
+                "WSSS_{}__{}",
+                c.to_uppercase(),
+                rest.split_once("__").map_or("", |x| x.1)
+            )),
+            None => EnvRole::UnknownSection,
+        };
+    }
+    let scalars: Vec<&str> = tops
+        .iter()
+        .copied()
+        .filter(|t| !schema::is_section(t))
+        .collect();
+    if scalars.contains(&lower.as_str()) {
+        return EnvRole::Override(lower);
+    }
+    match close(&lower, &scalars) {
+        Some(c) => EnvRole::NearMiss(format!("WSSS_{}", c.to_uppercase())),
+        None => EnvRole::Unrelated,
+    }
+}
+
 fn env_sources(env: &[(String, String)]) -> Vec<Source> {
-    let tops = schema::children("");
     let mut out = Vec::new();
     let mut vars: Vec<&(String, String)> =
         env.iter().filter(|(k, _)| k.starts_with("WSSS_")).collect();
     vars.sort();
     for (k, v) in vars {
-        if PROGRAM_ENV.contains(&k.as_str()) {
-            continue;
+        match env_role(k) {
+            EnvRole::Override(key) => {
+                let mut table = Table::new();
+                insert_dotted(&mut table, &key, parse_literal(v));
+                out.push(Source {
+                    name: format!("environment variable {k}"),
+                    table,
+                });
+            }
+            EnvRole::NearMiss(s) => tracing::warn!(
+                "ignoring {k}: not a manifest key (did you mean {s}? manifest overrides look \
+                 like WSSS_CAM__THRESHOLD=0.6)"
+            ),
+            EnvRole::UnknownSection => tracing::warn!(
+                "ignoring {k}: it looks like a manifest override, but `{}` is not a manifest \
+                 section (sections: {})",
+                k["WSSS_".len()..]
+                    .split("__")
+                    .next()
+                    .unwrap_or("")
+                    .to_lowercase(),
+                schema::children("")
+                    .into_iter()
+                    .filter(|t| schema::is_section(t) && !schema::LOADER_KEYS.contains(t))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            EnvRole::Unrelated => tracing::debug!("{k}: not a manifest key; not read"),
         }
-        let key = k["WSSS_".len()..].to_lowercase().replace("__", ".");
-        let head = key.split('.').next().unwrap_or("");
-        let name = format!("environment variable {k}");
-        if !tops.contains(&head) || schema::LOADER_KEYS.contains(&head) {
-            // Not a manifest section: some other tool's variable. Say so once, don't fail.
-            tracing::warn!(
-                "ignoring {k}: not a manifest key (manifest overrides look like WSSS_CAM__THRESHOLD=0.6)"
-            );
-            continue;
-        }
-        let mut table = Table::new();
-        insert_dotted(&mut table, &key, parse_literal(v));
-        out.push(Source { name, table });
     }
     out
 }
@@ -814,6 +898,37 @@ fn semantic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_that_look_like_manifest_keys_are_overrides() {
+        use EnvRole::*;
+        assert_eq!(
+            env_role("WSSS_CAM__THRESHOLD"),
+            Override("cam.threshold".into())
+        );
+        assert_eq!(env_role("WSSS_DEVICE"), Override("device".into()));
+        assert_eq!(env_role("WSSS_DATASET"), Override("dataset".into()));
+        assert_eq!(env_role("WSSS_NAME"), Override("name".into()));
+        // The program's own settings and unrelated variables are left alone, quietly.
+        for v in [
+            "WSSS_LOG",
+            "WSSS_WORK_DIR",
+            "WSSS_SHARED_DATA",
+            "WSSS_MAX_IMAGE_MEGAPIXELS",
+            "WSSS_HOME",
+            "WSSS_TOKEN",
+            "WSSS_EXTENDS",
+        ] {
+            assert_eq!(env_role(v), Unrelated, "{v}");
+        }
+        // Near misses say what was meant.
+        assert_eq!(env_role("WSSS_DEVIC"), NearMiss("WSSS_DEVICE".into()));
+        assert_eq!(
+            env_role("WSSS_CMA__THRESHOLD"),
+            NearMiss("WSSS_CAM__THRESHOLD".into())
+        );
+        assert_eq!(env_role("WSSS_FOO__BAR"), UnknownSection);
+    }
 
     #[test]
     fn literal_parsing() {

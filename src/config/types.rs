@@ -193,8 +193,6 @@ pub enum CamMethod {
 pub enum Refine {
     /// No refinement.
     None,
-    /// Dense CRF.
-    Crf,
     /// SLIC superpixel voting.
     Slic,
 }
@@ -479,6 +477,10 @@ impl LabelsConfig {
     /// Whether the classifier learns patch-level labels.
     pub fn patch(&self) -> bool {
         self.level == LabelLevel::Patch
+    }
+    /// Whether labels are one per image (no window setting is read).
+    pub fn is_image_level(&self) -> bool {
+        self.level == LabelLevel::Image
     }
     /// Whether the classifier learns from windows (patch labels, or image labels on windows).
     pub fn windows(&self) -> bool {

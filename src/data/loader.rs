@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::scan::Sample;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// ImageNet channel means (inputs are normalised as torchvision's pretrained models expect).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -93,9 +93,7 @@ impl<'a> Images<'a> {
     pub fn get(&self, i: usize) -> Result<std::borrow::Cow<'_, RgbImage>> {
         let decode = || -> Result<RgbImage> {
             let p = &self.samples[i].image;
-            Ok(image::open(p)
-                .map_err(|e| Error::dataset(format!("image {}: cannot decode: {e}", p.display())))?
-                .into_rgb8())
+            Ok(super::decode::open(p, "image")?.into_rgb8())
         };
         match &self.cache {
             Some(c) => {

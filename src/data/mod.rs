@@ -1,6 +1,7 @@
 //! Data: the dataset registry, scanning and checking, masks, patient-level splits and the
 //! built-in synthetic generator.
 
+pub mod decode;
 pub mod loader;
 pub mod mask;
 pub mod patches;
@@ -15,10 +16,15 @@ pub use split::{Split, SplitRow};
 
 use crate::error::Result;
 
-/// Make a dataset available and index it: synthetic entries are generated on first use.
+/// Make a dataset available, index it and decode every file: synthetic entries are generated
+/// on first use; every problem of every file is reported at once ([`scan::check`]). Every
+/// command that needs a dataset's contents goes through here, so they all give one verdict.
 pub fn open(spec: &DatasetSpec) -> Result<DatasetIndex> {
     if let Some(p) = &spec.synth {
         synth::ensure(&spec.root, &spec.classes, p)?;
     }
-    scan::index(spec)
+    let bar = crate::progress::bar(0, "checking images");
+    let r = scan::check(spec, &bar);
+    bar.finish_and_clear();
+    r
 }

@@ -85,6 +85,7 @@ struct RawEntry {
     mask_encoding: MaskEncoding,
     #[serde(default = "default_negative")]
     negative_masks: NegativeMasks,
+    lossy_mask_threshold: Option<u8>,
     #[serde(default)]
     description: String,
     // folder layout
@@ -147,8 +148,12 @@ pub enum Layout {
     Folder {
         /// Folder of `<class>/<patient>/<image>` under the root.
         images_dir: PathBuf,
-        /// Parallel mask tree, if any.
+        /// Parallel mask tree, if any. When the registry leaves `masks_dir` unset and a
+        /// `masks/` folder stands beside the images folder, that folder is used (and said so);
+        /// `masks_dir = ""` declares that the dataset has no masks.
         masks_dir: Option<PathBuf>,
+        /// Whether `masks_dir` was found beside the images rather than declared.
+        masks_inferred: bool,
         /// Appended to the image stem to name its mask (`_anno`).
         mask_suffix: String,
     },
@@ -176,6 +181,9 @@ pub struct DatasetSpec {
     pub mask_encoding: MaskEncoding,
     /// What negative-class masks mean.
     pub negative_masks: NegativeMasks,
+    /// Masks in a lossy format (JPEG) are refused unless this is set: a pixel is foreground
+    /// when its stored value is above it.
+    pub lossy_mask_threshold: Option<u8>,
     /// File layout.
     pub layout: Layout,
     /// Generator parameters, for synthetic entries.
@@ -327,8 +335,16 @@ fn resolve(name: &str, r: RawEntry, base: &Path) -> std::result::Result<DatasetS
                 LayoutKind::Synthetic => {
                     Some(PathBuf::from(r.masks_dir.as_deref().unwrap_or("masks")))
                 }
-                _ => r.masks_dir.as_ref().map(PathBuf::from),
+                _ => match r.masks_dir.as_deref() {
+                    Some("") => None,
+                    Some(m) => Some(PathBuf::from(m)),
+                    None if root.join("masks").is_dir() => Some(PathBuf::from("masks")),
+                    None => None,
+                },
             },
+            masks_inferred: r.layout == LayoutKind::Folder
+                && r.masks_dir.is_none()
+                && root.join("masks").is_dir(),
             mask_suffix: r.mask_suffix.clone(),
         },
         LayoutKind::Csv => Layout::Csv {
@@ -360,6 +376,7 @@ fn resolve(name: &str, r: RawEntry, base: &Path) -> std::result::Result<DatasetS
         positive,
         mask_encoding: r.mask_encoding,
         negative_masks: r.negative_masks,
+        lossy_mask_threshold: r.lossy_mask_threshold,
         layout,
         synth: (r.layout == LayoutKind::Synthetic).then_some(r.synth),
         description: r.description,

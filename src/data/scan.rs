@@ -21,7 +21,9 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "tif", "tiff", "bm
 /// One image of a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sample {
-    /// Unique id (CSV id column or the file stem).
+    /// Unique id: the CSV id column (or the file stem) in the CSV layout; in the folder layout
+    /// `<patient>/<class>/<file stem>`, unique by construction (scanners repeat tile names
+    /// across slides).
     pub id: String,
     /// Image path.
     pub image: PathBuf,
@@ -46,6 +48,9 @@ pub struct DatasetIndex {
     pub samples: Vec<Sample>,
     /// SHA-256 of the sorted (id, relative paths, sizes, class, patient) rows.
     pub fingerprint: String,
+    /// Width and height of each sample (same order), once decoded by [`check`]; empty after
+    /// [`index`] alone.
+    pub sizes: Vec<(u32, u32)>,
 }
 
 impl DatasetIndex {
@@ -83,6 +88,37 @@ pub struct ImageInfo {
 
 /// Index a dataset without decoding images. Collects every problem before failing.
 pub fn index(spec: &DatasetSpec) -> Result<DatasetIndex> {
+    let mut errs = Vec::new();
+    let idx = index_collect(spec, &mut errs)?;
+    if errs.is_empty() {
+        Ok(idx)
+    } else {
+        Err(Error::Dataset(errs))
+    }
+}
+
+/// Index and decode every image and mask, reporting every problem of every file in one pass
+/// (missing, duplicate, unreadable, truncated, oversized, wrong-size, lossy or colour masks,
+/// loops in linked folders); the returned index has [`DatasetIndex::sizes`] filled.
+pub fn check(spec: &DatasetSpec, progress: &indicatif::ProgressBar) -> Result<DatasetIndex> {
+    let mut errs = Vec::new();
+    let mut idx = index_collect(spec, &mut errs)?;
+    progress.set_length(idx.samples.len() as u64);
+    match verify(&idx, progress) {
+        Ok(infos) => idx.sizes = infos.iter().map(|i| (i.width, i.height)).collect(),
+        Err(Error::Dataset(e)) => errs.extend(e),
+        Err(e) => return Err(e),
+    }
+    if errs.is_empty() {
+        Ok(idx)
+    } else {
+        Err(Error::Dataset(errs))
+    }
+}
+
+/// Index a dataset, pushing every problem found onto `errs`; fails early only when the
+/// dataset cannot be listed at all (its root or CSV index is missing).
+fn index_collect(spec: &DatasetSpec, errs: &mut Vec<String>) -> Result<DatasetIndex> {
     if !spec.root.is_dir() {
         return Err(Error::dataset(format!(
             "dataset `{}`: root folder {} does not exist",
@@ -90,20 +126,24 @@ pub fn index(spec: &DatasetSpec) -> Result<DatasetIndex> {
             spec.root.display()
         )));
     }
-    let mut errs = Vec::new();
     let mut samples = match &spec.layout {
         Layout::Folder {
             images_dir,
             masks_dir,
+            masks_inferred,
             mask_suffix,
-        } => scan_folder(
-            spec,
-            images_dir,
-            masks_dir.as_deref(),
-            mask_suffix,
-            &mut errs,
-        ),
-        Layout::Csv { index, columns } => scan_csv(spec, index, columns, &mut errs)?,
+        } => {
+            if *masks_inferred {
+                tracing::info!(
+                    "dataset `{}`: masks_dir is not set in the registry; using the masks/ folder \
+                     beside the images ({}); set masks_dir = \"\" if the dataset has no masks",
+                    spec.name,
+                    spec.root.join("masks").display()
+                );
+            }
+            scan_folder(spec, images_dir, masks_dir.as_deref(), mask_suffix, errs)
+        }
+        Layout::Csv { index, columns } => scan_csv(spec, index, columns, errs)?,
     };
     samples.sort_by(|a, b| a.id.cmp(&b.id));
     for w in samples.windows(2) {
@@ -123,9 +163,6 @@ pub fn index(spec: &DatasetSpec) -> Result<DatasetIndex> {
                 spec.name
             ));
         }
-    }
-    if !errs.is_empty() {
-        return Err(Error::Dataset(errs));
     }
     let mut h = Hasher::new();
     for s in &samples {
@@ -154,6 +191,7 @@ pub fn index(spec: &DatasetSpec) -> Result<DatasetIndex> {
         spec: spec.clone(),
         samples,
         fingerprint: h.hex(),
+        sizes: Vec::new(),
     })
 }
 
@@ -180,34 +218,63 @@ fn scan_folder(
 ) -> Vec<Sample> {
     let top = spec.root.join(images_dir);
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for (ci, class) in spec.classes.iter().enumerate() {
         let cdir = top.join(class);
         if !cdir.is_dir() {
             errs.push(format!("class folder {} does not exist", cdir.display()));
             continue;
         }
+        // Linked patient folders and linked image files are followed (walkdir reports loops).
         for entry in WalkDir::new(&cdir)
-            .min_depth(2)
-            .max_depth(2)
+            .min_depth(1)
+            .follow_links(true)
             .sort_by_file_name()
         {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    errs.push(format!("cannot read {}: {e}", cdir.display()));
+                    let at = e
+                        .path()
+                        .map_or_else(|| cdir.display().to_string(), |p| p.display().to_string());
+                    match e.loop_ancestor() {
+                        Some(a) => errs.push(format!(
+                            "{at}: a link loops back to {} (a symbolic link loop); remove it",
+                            a.display()
+                        )),
+                        None => errs.push(format!("cannot read {at}: {e}")),
+                    }
                     continue;
                 }
             };
             let p = entry.path();
+            if entry.file_type().is_dir() {
+                if entry.depth() > 1 {
+                    errs.push(format!(
+                        "{} is a folder inside a patient folder: the folder layout is \
+                         <class>/<patient>/<image>",
+                        p.display()
+                    ));
+                }
+                continue;
+            }
             let ext = p
                 .extension()
                 .and_then(|e| e.to_str())
                 .map(str::to_ascii_lowercase);
-            if !entry.file_type().is_file()
-                || !ext
-                    .as_deref()
-                    .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e))
-            {
+            let is_image = ext
+                .as_deref()
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e));
+            if !is_image {
+                skipped.push(p.to_path_buf());
+                continue;
+            }
+            if entry.depth() != 2 {
+                errs.push(format!(
+                    "image {} is not in a patient folder: the folder layout is \
+                     <class>/<patient>/<image>",
+                    p.display()
+                ));
                 continue;
             }
             let patient = p
@@ -236,7 +303,7 @@ fn scan_folder(
                 None => None,
             };
             out.push(Sample {
-                id: stem,
+                id: format!("{patient}/{class}/{stem}"),
                 image_bytes: file_size(p, "image", errs),
                 mask_bytes: mask.as_deref().map_or(0, |m| file_size(m, "mask", errs)),
                 image: p.to_path_buf(),
@@ -246,14 +313,47 @@ fn scan_folder(
             });
         }
     }
+    if !skipped.is_empty() {
+        let shown: Vec<String> = skipped
+            .iter()
+            .take(5)
+            .map(|p| p.display().to_string())
+            .collect();
+        tracing::warn!(
+            "dataset `{}`: skipped {} file(s) whose extension is not an image's ({}): {}{}",
+            spec.name,
+            skipped.len(),
+            IMAGE_EXTENSIONS.join(", "),
+            shown.join(", "),
+            if skipped.len() > 5 { ", …" } else { "" }
+        );
+    }
     out
 }
 
+/// The mask file of an image: `<stem>.<ext>` for any image extension, in any letter case.
 fn find_mask(dir: &Path, stem: &str) -> std::result::Result<PathBuf, PathBuf> {
     for ext in IMAGE_EXTENSIONS {
         let c = dir.join(format!("{stem}.{ext}"));
         if c.is_file() {
             return Ok(c);
+        }
+    }
+    // Extensions in another case (`.PNG`, `.Tif`), as images are matched.
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let mut found: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_stem().is_some_and(|s| s == stem)
+                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                    })
+                    && p.is_file()
+            })
+            .collect();
+        found.sort();
+        if let Some(p) = found.into_iter().next() {
+            return Ok(p);
         }
     }
     Err(dir.join(format!("{stem}.png")))
@@ -335,14 +435,15 @@ fn scan_csv(
     Ok(out)
 }
 
-/// Decode every image and mask (in parallel); report every unreadable or truncated file and
-/// every mask whose size differs from its image, with paths.
+/// Decode every image and mask (in parallel); report every unreadable, truncated or oversized
+/// file, every mask that is not a label map for the registry's encoding and every mask whose
+/// size differs from its image, with paths.
 pub fn verify(idx: &DatasetIndex, progress: &indicatif::ProgressBar) -> Result<Vec<ImageInfo>> {
-    let results: Vec<std::result::Result<ImageInfo, String>> = idx
+    let results: Vec<std::result::Result<ImageInfo, Vec<String>>> = idx
         .samples
         .par_iter()
         .map(|s| {
-            let r = verify_one(s);
+            let r = verify_one(s, &idx.spec);
             progress.inc(1);
             r
         })
@@ -352,7 +453,7 @@ pub fn verify(idx: &DatasetIndex, progress: &indicatif::ProgressBar) -> Result<V
     for r in results {
         match r {
             Ok(i) => infos.push(i),
-            Err(e) => errs.push(e),
+            Err(e) => errs.extend(e),
         }
     }
     if errs.is_empty() {
@@ -362,27 +463,41 @@ pub fn verify(idx: &DatasetIndex, progress: &indicatif::ProgressBar) -> Result<V
     }
 }
 
-fn verify_one(s: &Sample) -> std::result::Result<ImageInfo, String> {
-    let img = image::open(&s.image)
-        .map_err(|e| format!("image {}: cannot decode: {e}", s.image.display()))?;
+fn verify_one(s: &Sample, spec: &DatasetSpec) -> std::result::Result<ImageInfo, Vec<String>> {
+    let mut errs = Vec::new();
+    // Decoding (not only the header) finds truncated files.
+    let img = super::decode::open(&s.image, "image").map(|i| (i.width(), i.height()));
+    let img = match img {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errs.push(e.to_string());
+            None
+        }
+    };
     if let Some(m) = &s.mask {
-        let mask =
-            image::open(m).map_err(|e| format!("mask {}: cannot decode: {e}", m.display()))?;
-        if (mask.width(), mask.height()) != (img.width(), img.height()) {
-            return Err(format!(
-                "mask {} is {}×{} but its image {} is {}×{}",
-                m.display(),
-                mask.width(),
-                mask.height(),
-                s.image.display(),
-                img.width(),
-                img.height()
-            ));
+        match super::mask::read_checked(m, spec) {
+            Ok(mask) => {
+                if let Some((w, h)) = img {
+                    if (mask.width, mask.height) != (w, h) {
+                        errs.push(format!(
+                            "mask {} is {}×{} but its image {} is {w}×{h}",
+                            m.display(),
+                            mask.width,
+                            mask.height,
+                            s.image.display(),
+                        ));
+                    }
+                }
+            }
+            Err(e) => errs.push(e.to_string()),
         }
     }
-    Ok(ImageInfo {
-        id: s.id.clone(),
-        width: img.width(),
-        height: img.height(),
-    })
+    match (img, errs.is_empty()) {
+        (Some((width, height)), true) => Ok(ImageInfo {
+            id: s.id.clone(),
+            width,
+            height,
+        }),
+        _ => Err(errs),
+    }
 }

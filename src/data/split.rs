@@ -292,9 +292,11 @@ mod tests {
                 positive: 1,
                 mask_encoding: MaskEncoding::Binary,
                 negative_masks: NegativeMasks::Background,
+                lossy_mask_threshold: None,
                 layout: Layout::Folder {
                     images_dir: ".".into(),
                     masks_dir: None,
+                    masks_inferred: false,
                     mask_suffix: String::new(),
                 },
                 synth: None,
@@ -302,6 +304,7 @@ mod tests {
             },
             samples,
             fingerprint: String::new(),
+            sizes: Vec::new(),
         }
     }
 

@@ -140,14 +140,13 @@ impl<'a> Sources<'a> {
 
     fn panel(&self, id: &str, p: Panel, threshold: f64) -> Option<RgbImage> {
         let id = id.split_once('@').map_or(id, |(image, _)| image);
-        let stem = cam::file_stem(id);
         let rd = &self.run.run_dir;
         let smp = self.sample(id);
         let img =
             || -> Option<RgbImage> { Some(image::open(&smp.as_ref()?.image).ok()?.into_rgb8()) };
         let cam_map = || -> Option<GrayImage> {
             Some(
-                image::open(rd.join("cams").join(format!("{stem}.png")))
+                image::open(cam::sample_file(&rd.join("cams"), id, "png"))
                     .ok()?
                     .into_luma8(),
             )
@@ -178,13 +177,13 @@ impl<'a> Sources<'a> {
                 }))
             }
             Panel::Pseudo => {
-                let l =
-                    cam::read_labels(&rd.join("pseudo_labels").join(format!("{stem}.png"))).ok()?;
+                let l = cam::read_labels(&cam::sample_file(&rd.join("pseudo_labels"), id, "png"))
+                    .ok()?;
                 Some(labels_to_rgb(&l))
             }
             Panel::Prediction => {
                 let l =
-                    cam::read_labels(&rd.join("predictions").join(format!("{stem}.png"))).ok()?;
+                    cam::read_labels(&cam::sample_file(&rd.join("predictions"), id, "png")).ok()?;
                 Some(labels_to_rgb(&l))
             }
             Panel::Truth => {

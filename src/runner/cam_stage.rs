@@ -22,9 +22,11 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::stage::{Stage, StageInput};
+use serde::Serialize;
+
+use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam::{self, CamSettings};
-use crate::config::{CamBalance, ExperimentConfig, LabelLevel};
+use crate::config::{CamBalance, CamMethod, CamNorm, LabelLevel};
 use crate::data::loader::Images;
 use crate::data::patches::{self, Patch};
 use crate::data::DatasetIndex;
@@ -33,13 +35,37 @@ use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
 use crate::model::backbone::BLOCKS;
 use crate::table::{self, TableBuilder};
-use crate::train::classify::{self, Classifier};
+use crate::train::classify::{self, Classifier, ClassifierConfig};
 use crate::util::fs::{link_dir, mkdirs, publish_files, write_json};
 use candle_core::Device;
 use image::{GrayImage, RgbImage};
 
 /// See the module docs.
 pub struct CamStage;
+
+/// What the CAM stage reads: the classifier it loads (built as the classify stage built it),
+/// the CAM options, the block the CAM reads and how the image border is mapped. Not
+/// `cam.threshold`: the stage's quality measures hold for every threshold at once.
+#[derive(Debug, Serialize)]
+pub struct CamSlice {
+    classifier: ClassifierConfig,
+    cam: CamOptions,
+    layer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    border: Option<String>,
+}
+
+/// The `[cam]` options that shape the maps.
+#[derive(Debug, Serialize)]
+struct CamOptions {
+    method: CamMethod,
+    tta: bool,
+    normalize: CamNorm,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    contrast: bool,
+    #[serde(skip_serializing_if = "CamBalance::is_none")]
+    balance: CamBalance,
+}
 
 const PUBLISHED: &[&str] = &[
     "cam_curve.parquet",
@@ -111,6 +137,7 @@ fn level(t: f64) -> usize {
 }
 
 impl Stage for CamStage {
+    type Slice = CamSlice;
     fn name(&self) -> &'static str {
         "cam"
     }
@@ -120,49 +147,41 @@ impl Stage for CamStage {
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify"]
     }
-    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
-        let c = &input.variant.config;
-        let mut slice = serde_json::json!({
-            "method": c.cam.method,
-            "tta": c.cam.tta,
-            "normalize": c.cam.normalize,
-            "layer": c.backbone.cam_layer,
-        });
-        if c.labels.windows() {
-            slice["labels"] = serde_json::to_value(&c.labels).unwrap_or_default();
+    fn slice(&self, input: &SliceInput) -> CamSlice {
+        let c = input.config;
+        CamSlice {
+            classifier: ClassifierConfig::of(c),
+            cam: CamOptions {
+                method: c.cam.method,
+                tta: c.cam.tta,
+                normalize: c.cam.normalize,
+                contrast: c.cam.contrast,
+                balance: c.cam.balance,
+            },
+            layer: c.backbone.cam_layer.clone(),
+            border: (c.labels.level == LabelLevel::ImageWindows).then(|| "reflect".to_string()),
         }
-        if c.labels.level == LabelLevel::ImageWindows {
-            slice["border"] = "reflect".into();
-        }
-        if c.cam.contrast {
-            slice["contrast"] = serde_json::Value::Bool(true);
-        }
-        if !c.cam.balance.is_none() {
-            slice["balance"] = serde_json::to_value(c.cam.balance).unwrap_or_default();
-        }
-        slice
     }
 
-    fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
+    fn run(&self, cfg: &CamSlice, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
         let t0 = Instant::now();
-        let cfg = &input.variant.config;
         let idx = input.dataset;
         let (split, bytes) = super::data_stage::load_split(input.upstream_dir("data")?, "cam")?;
         let clf = Classifier::load(
-            cfg,
-            classify::outputs(cfg, idx),
+            &cfg.classifier,
+            classify::outputs(&cfg.classifier, idx),
             input.device,
             &input
                 .upstream_dir("classify")?
                 .join("classifier.safetensors"),
         )?;
-        let patch = cfg.labels.patch();
+        let patch = cfg.classifier.labels.patch();
         let settings = CamSettings {
             method: cfg.cam.method,
-            layer: cam_layer(&cfg.backbone.cam_layer),
+            layer: cam_layer(&cfg.layer),
             tta: cfg.cam.tta,
             normalize: cfg.cam.normalize,
-            size: cfg.train.image_size,
+            size: cfg.classifier.train.image_size,
             contrast: cfg.cam.contrast,
             class: if patch {
                 patches::FOREGROUND
@@ -176,7 +195,7 @@ impl Stage for CamStage {
         let items: Vec<usize> = (0..idx.samples.len())
             .filter(|&i| split.contains_key(&idx.samples[i].patient))
             .collect();
-        let bs = (cfg.train.batch_size as usize).max(1);
+        let bs = (cfg.classifier.train.batch_size as usize).max(1);
         let splits = [Split::Train, Split::Valid, Split::Test];
         let mut hists = vec![Hist::new(); splits.len()];
         let mut with_mask = vec![0usize; splits.len()];
@@ -215,7 +234,7 @@ impl Stage for CamStage {
                         Ok(d)
                     })
                     .collect::<Result<Vec<_>>>()?
-            } else if cfg.labels.windows() {
+            } else if cfg.classifier.labels.windows() {
                 refs.iter()
                     .map(|img| window_cams.whole(img))
                     .collect::<Result<Vec<_>>>()?
@@ -228,16 +247,16 @@ impl Stage for CamStage {
                 .zip(&maps)
                 .map(|(&i, m)| {
                     let s = &idx.samples[i];
-                    let path = dir.join(format!("{}.png", cam::file_stem(&s.id)));
+                    let path = cam::sample_file_mk(&dir, &s.id, "png")?;
                     m.save(&path)
                         .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
                     let Some(gt) = mask::ground_truth_sized(&idx.spec, s, m.dimensions())? else {
                         return Ok(None);
                     };
-                    let si = splits
-                        .iter()
-                        .position(|x| Some(x) == split.get(&s.patient))
-                        .unwrap_or(0);
+                    let Some(si) = splits.iter().position(|x| Some(x) == split.get(&s.patient))
+                    else {
+                        return Ok(None);
+                    };
                     let mut h = Hist::new();
                     let positive = patch || s.class == idx.spec.positive;
                     for (g, v) in gt.as_raw().iter().zip(m.as_raw()) {
@@ -274,7 +293,7 @@ impl Stage for CamStage {
             balance_delta = 128 - cam::patch::median_level(&two_label_hist) as i32;
             tracing::info!("cam.balance: margin shifted by {balance_delta}/255");
             items.par_iter().try_for_each(|&i| -> Result<()> {
-                let path = dir.join(format!("{}.png", cam::file_stem(&idx.samples[i].id)));
+                let path = cam::sample_file(&dir, &idx.samples[i].id, "png");
                 let bad = |e: image::ImageError| Error::io(&path, std::io::Error::other(e));
                 let mut m = image::open(&path).map_err(bad)?.into_luma8();
                 cam::patch::shift(&mut m, balance_delta);
@@ -314,13 +333,11 @@ impl Stage for CamStage {
                 .map(|l| (l, h.confusion_at(l).scores().miou))
                 .filter(|(_, m)| !m.is_nan())
                 .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
-            let at_cfg = h.confusion_at(level(cfg.cam.threshold)).scores().miou;
             for (name, v) in [
                 ("images_with_masks", with_mask[si] as f64),
                 ("best_threshold", best_level as f64 / 255.0),
                 ("best_miou", best),
                 ("miou_auc", auc),
-                ("miou_at_threshold", at_cfg),
             ] {
                 q_split.push(s.to_string());
                 q_metric.push(name.to_string());
@@ -366,7 +383,7 @@ impl Stage for CamStage {
 /// labels, and the whole-image CAMs of image labels learned on windows.
 struct WindowCams<'a> {
     clf: &'a Classifier,
-    cfg: &'a ExperimentConfig,
+    cfg: &'a CamSlice,
     idx: &'a DatasetIndex,
     images: &'a Images<'a>,
     settings: &'a CamSettings,
@@ -377,7 +394,7 @@ impl WindowCams<'_> {
     /// The margin map of sample `i` (unshifted) and its labelled windows: a training image's
     /// windows carry their mask-derived labels, the others the classifier's predicted labels.
     fn map(&self, i: usize, img: &RgbImage, train: bool) -> Result<(GrayImage, Vec<Patch>)> {
-        let (cfg, l) = (self.cfg, &self.cfg.labels);
+        let (cfg, l) = (self.cfg, &self.cfg.classifier.labels);
         let wins = if train {
             patches::for_samples(self.idx, &[i], l)?
         } else {
@@ -393,11 +410,11 @@ impl WindowCams<'_> {
                         labels: [false; 2],
                     })
                     .collect();
-            let batch = (cfg.train.batch_size as usize * 2).max(1);
+            let batch = (cfg.classifier.train.batch_size as usize * 2).max(1);
             let pr = self.clf.predict(
                 self.images,
                 &wins,
-                cfg.train.image_size,
+                cfg.classifier.train.image_size,
                 batch,
                 true,
                 self.dev,
@@ -407,7 +424,7 @@ impl WindowCams<'_> {
             }
             wins
         };
-        let scale = cfg.train.image_size as f64 / l.patch_size as f64;
+        let scale = cfg.classifier.train.image_size as f64 / l.patch_size as f64;
         let maps = cam::patch::label_maps(&self.clf.model, img, self.settings, scale, self.dev)?;
         let d = cam::patch::stitch(&maps, img.dimensions(), &wins, cfg.cam.normalize);
         Ok((d, wins))
@@ -418,8 +435,8 @@ impl WindowCams<'_> {
     /// mirrored outward by half a window so its border is mapped like its interior, normalised
     /// per image.
     fn whole(&self, img: &RgbImage) -> Result<GrayImage> {
-        let l = &self.cfg.labels;
-        let size = self.cfg.train.image_size;
+        let l = &self.cfg.classifier.labels;
+        let size = self.cfg.classifier.train.image_size;
         let scale = size as f64 / l.patch_size as f64;
         let class = self.settings.class;
         let mut maps = cam::patch::full_maps(

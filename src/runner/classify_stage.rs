@@ -7,19 +7,36 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use super::stage::{Stage, StageInput};
+use serde::Serialize;
+
+use super::stage::{SliceInput, Stage, StageInput};
 use crate::config::LabelLevel;
 use crate::data::loader::{Images, View};
 use crate::data::patches::{self, Patch};
+use crate::data::registry::NegativeMasks;
 use crate::data::Split;
 use crate::error::Result;
 use crate::metrics::classification::{by_patient, Metrics};
 use crate::table::{self, TableBuilder};
-use crate::train::classify::{self, Classifier, Examples, Job, Predictions};
+use crate::train::classify::{self, Classifier, ClassifierConfig, Examples, Job, Predictions};
 use crate::util::fs::write_json;
 
 /// See the module docs.
 pub struct ClassifyStage;
+
+/// What the classify stage reads: the classifier's settings, the pretrained weights file's
+/// identity (path, size, modification time), the classes, and — when window labels come from
+/// the masks — what negative-class masks mean.
+#[derive(Debug, Serialize)]
+pub struct ClassifySlice {
+    #[serde(flatten)]
+    classifier: ClassifierConfig,
+    pretrained_file: Option<(String, Option<u64>, Option<String>)>,
+    classes: Vec<String>,
+    positive: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    negative_masks: Option<NegativeMasks>,
+}
 
 /// Files the stage publishes into the run directory.
 const PUBLISHED: &[&str] = &[
@@ -33,6 +50,7 @@ const PUBLISHED: &[&str] = &[
 ];
 
 impl Stage for ClassifyStage {
+    type Slice = ClassifySlice;
     fn name(&self) -> &'static str {
         "classify"
     }
@@ -44,9 +62,9 @@ impl Stage for ClassifyStage {
     fn upstream(&self) -> &'static [&'static str] {
         &["data"]
     }
-    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
-        let c = &input.variant.config;
-        let weights = c.backbone.pretrained.as_ref().map(|p| {
+    fn slice(&self, input: &SliceInput) -> ClassifySlice {
+        let classifier = ClassifierConfig::of(input.config);
+        let pretrained_file = classifier.backbone.pretrained.as_ref().map(|p| {
             let full = input.manifest_dir.join(p);
             let meta = std::fs::metadata(&full).ok();
             (
@@ -56,45 +74,37 @@ impl Stage for ClassifyStage {
                     .map(|t| format!("{t:?}")),
             )
         });
-        // Which layer the CAM reads does not change the classifier.
-        let mut backbone = serde_json::to_value(&c.backbone).unwrap_or_default();
-        if let Some(o) = backbone.as_object_mut() {
-            o.remove("cam_layer");
+        let spec = &input.dataset.spec;
+        ClassifySlice {
+            negative_masks: classifier.labels.patch().then_some(spec.negative_masks),
+            classifier,
+            pretrained_file,
+            classes: spec.classes.clone(),
+            positive: spec.positive,
         }
-        let mut slice = serde_json::json!({
-            "backbone": backbone,
-            "pretrained_file": weights,
-            "loss": c.loss,
-            "train": c.train,
-            "classes": input.dataset.spec.classes,
-            "positive": input.dataset.spec.positive,
-        });
-        if c.labels.windows() {
-            slice["labels"] = serde_json::to_value(&c.labels).unwrap_or_default();
-        }
-        if c.labels.patch() {
-            // Window labels come from the masks, so their encoding counts too.
-            slice["negative_masks"] =
-                serde_json::to_value(input.dataset.spec.negative_masks).unwrap_or_default();
-        }
-        slice
     }
 
-    fn run(&self, input: &StageInput, out: &Path, scratch: &Path) -> Result<()> {
+    fn run(
+        &self,
+        slice: &ClassifySlice,
+        input: &StageInput,
+        out: &Path,
+        scratch: &Path,
+    ) -> Result<()> {
         let t0 = Instant::now();
         let idx = input.dataset;
         let (split, bytes) =
             super::data_stage::load_split(input.upstream_dir("data")?, "classify")?;
         let images = Images::new(&idx.samples, bytes);
+        let cfg = &slice.classifier;
         let job = Job {
-            cfg: &input.variant.config,
+            cfg,
             idx,
             split: &split,
             device: input.device,
             scratch,
             manifest_dir: input.manifest_dir,
         };
-        let cfg = &input.variant.config;
         let patch = cfg.labels.patch();
         let windows = |s: Split| patches::for_samples(idx, &job.items(s), &cfg.labels);
         let views = |s: Split| patches::image_windows(idx, &job.items(s), &cfg.labels);
@@ -201,7 +211,7 @@ fn write_image_outputs(
     clf: &Classifier,
     out: &Path,
 ) -> Result<f64> {
-    let cfg = &input.variant.config;
+    let cfg = job.cfg;
     let t = &cfg.train;
     let idx = input.dataset;
     let classes = &idx.spec.classes;
@@ -315,7 +325,7 @@ fn write_patch_outputs(
     clf: &Classifier,
     out: &Path,
 ) -> Result<f64> {
-    let cfg = &input.variant.config;
+    let cfg = job.cfg;
     let t = &cfg.train;
     let idx = input.dataset;
     let names = patches::LABELS;

@@ -6,8 +6,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::stage::{Stage, StageInput};
-use crate::data::{scan, split};
+use super::stage::{SliceInput, Stage, StageInput};
+use crate::config::SplitConfig;
+use crate::data::registry::{MaskEncoding, NegativeMasks};
+use crate::data::split;
 use crate::error::{Error, Result};
 use crate::table::{self, TableBuilder};
 use crate::util::fs::write_json;
@@ -41,7 +43,22 @@ pub struct DataSummary {
 /// See the module docs.
 pub struct DataStage;
 
+/// What the data stage reads: the dataset's identity and how masks are read, and the split.
+#[derive(Debug, Serialize)]
+pub struct DataSlice {
+    dataset: String,
+    fingerprint: String,
+    classes: Vec<String>,
+    positive: usize,
+    mask_encoding: MaskEncoding,
+    negative_masks: NegativeMasks,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lossy_mask_threshold: Option<u8>,
+    split: SplitConfig,
+}
+
 impl Stage for DataStage {
+    type Slice = DataSlice;
     fn name(&self) -> &'static str {
         "data"
     }
@@ -51,31 +68,44 @@ impl Stage for DataStage {
     fn upstream(&self) -> &'static [&'static str] {
         &[]
     }
-    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
+    fn slice(&self, input: &SliceInput) -> DataSlice {
         let spec = &input.dataset.spec;
-        serde_json::json!({
-            "dataset": spec.name,
-            "fingerprint": input.dataset.fingerprint,
-            "classes": spec.classes,
-            "positive": spec.positive,
-            "mask_encoding": spec.mask_encoding,
-            "negative_masks": spec.negative_masks,
-            "split": input.variant.config.split,
-        })
+        DataSlice {
+            dataset: spec.name.clone(),
+            fingerprint: input.dataset.fingerprint.clone(),
+            classes: spec.classes.clone(),
+            positive: spec.positive,
+            mask_encoding: spec.mask_encoding,
+            negative_masks: spec.negative_masks,
+            lossy_mask_threshold: spec.lossy_mask_threshold,
+            split: input.config.split.clone(),
+        }
     }
 
-    fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
+    fn run(
+        &self,
+        slice: &DataSlice,
+        input: &StageInput,
+        out: &Path,
+        _scratch: &Path,
+    ) -> Result<()> {
         let idx = input.dataset;
-        let bar = crate::progress::bar(idx.samples.len() as u64, "checking images");
-        let infos = scan::verify(idx, &bar)?;
-        bar.finish_and_clear();
+        // The sizes come from the check every command makes when it opens the dataset.
+        if idx.sizes.len() != idx.samples.len() {
+            return Err(Error::stage(
+                "data",
+                "the dataset was indexed but not checked",
+            ));
+        }
         let source = (input.source_of)("split.method");
-        let assign = split::assign(idx, &input.variant.config.split, &source)?;
+        let assign = split::assign(idx, &slice.split, &source)?;
         let rows = split::rows(idx, &assign);
         split::check_no_leakage(&rows).map_err(|m| Error::stage("data", m))?;
-        let sizes: BTreeMap<&str, (u32, u32)> = infos
+        let sizes: BTreeMap<&str, (u32, u32)> = idx
+            .samples
             .iter()
-            .map(|i| (i.id.as_str(), (i.width, i.height)))
+            .zip(&idx.sizes)
+            .map(|(s, d)| (s.id.as_str(), *d))
             .collect();
         let rel = |p: &Path| idx.rel(p).to_string_lossy().into_owned();
         let mut df = TableBuilder::new()
@@ -126,16 +156,8 @@ impl Stage for DataStage {
             patients: idx.patients().len(),
             images_per_split: per_split,
             patients_per_split: pats,
-            min_size: infos
-                .iter()
-                .map(|i| (i.width, i.height))
-                .min()
-                .unwrap_or((0, 0)),
-            max_size: infos
-                .iter()
-                .map(|i| (i.width, i.height))
-                .max()
-                .unwrap_or((0, 0)),
+            min_size: idx.sizes.iter().copied().min().unwrap_or((0, 0)),
+            max_size: idx.sizes.iter().copied().max().unwrap_or((0, 0)),
         };
         write_json(&out.join(SUMMARY), &summary)
     }
@@ -162,8 +184,10 @@ struct SplitCsvRow {
     height: u32,
 }
 
-/// Read the data stage's split table back: patient → split, and the approximate decoded size
-/// of all images in bytes (for the loader's cache decision).
+/// Read the data stage's split table back: patient → split for every patient in a split
+/// (patients that `split.method = "patients"` leaves out are not in the map, so no stage can
+/// count them), and the approximate decoded size of those images in bytes (for the loader's
+/// cache decision).
 pub(crate) fn load_split(
     data_dir: &Path,
     stage: &str,
@@ -175,6 +199,9 @@ pub(crate) fn load_split(
     let mut bytes = 0u64;
     for r in rdr.deserialize::<SplitCsvRow>() {
         let r = r.map_err(|e| Error::stage(stage, format!("{}: {e}", path.display())))?;
+        if r.split == crate::data::Split::Excluded {
+            continue;
+        }
         bytes += r.width as u64 * r.height as u64 * 3;
         split.insert(r.patient, r.split);
     }

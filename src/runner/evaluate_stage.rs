@@ -16,8 +16,11 @@ use rayon::prelude::*;
 
 use super::pseudo_stage::LABEL_DIR;
 use super::segment_stage::WEIGHTS;
-use super::stage::{Stage, StageInput};
+use serde::Serialize;
+
+use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam;
+use crate::config::SegmentationConfig;
 use crate::data::loader::Images;
 use crate::data::registry::NegativeMasks;
 use crate::data::{mask, Split};
@@ -89,7 +92,18 @@ pub fn overlay(img: &RgbImage, labels: &GrayImage) -> RgbImage {
     o
 }
 
+/// What the evaluate stage reads: the segmenter's `[segmentation]` table (the network to
+/// rebuild, the inference scale, window size, batch and flip TTA) and whether the gated rows
+/// are scored (negative images all background by protocol, and image-level predictions to gate
+/// with: a patch-level classifier has none).
+#[derive(Debug, Serialize)]
+pub struct EvaluateSlice {
+    segmentation: SegmentationConfig,
+    gate: bool,
+}
+
 impl Stage for EvaluateStage {
+    type Slice = EvaluateSlice;
     fn name(&self) -> &'static str {
         "evaluate"
     }
@@ -99,25 +113,32 @@ impl Stage for EvaluateStage {
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "pseudo", "segment"]
     }
-    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
-        let s = &input.variant.config.segmentation;
-        serde_json::json!({ "crop": s.crop_size, "scale": s.scale, "tta": s.tta })
+    fn slice(&self, input: &SliceInput) -> EvaluateSlice {
+        EvaluateSlice {
+            segmentation: input.config.segmentation.clone(),
+            gate: input.dataset.spec.negative_masks == NegativeMasks::Background
+                && !input.config.labels.patch(),
+        }
     }
 
-    fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
+    fn run(
+        &self,
+        cfg: &EvaluateSlice,
+        input: &StageInput,
+        out: &Path,
+        _scratch: &Path,
+    ) -> Result<()> {
         let t0 = Instant::now();
-        let cfg = &input.variant.config;
         let idx = input.dataset;
         let (split, bytes) =
             super::data_stage::load_split(input.upstream_dir("data")?, "evaluate")?;
         let seg = Segmenter::load(
-            cfg,
+            &cfg.segmentation,
             input.device,
             &input.upstream_dir("segment")?.join(WEIGHTS),
         )?;
         let pseudo_dir = input.upstream_dir("pseudo")?.join(LABEL_DIR);
-        // Gating needs image-level predictions; a patch-level classifier has none.
-        let gate = idx.spec.negative_masks == NegativeMasks::Background && !cfg.labels.patch();
+        let gate = cfg.gate;
         let called_negative = if gate {
             classifier_negatives(
                 input.upstream_dir("classify")?,
@@ -152,17 +173,16 @@ impl Stage for EvaluateStage {
             let post =
                 |(i, img, pred): (usize, std::borrow::Cow<RgbImage>, GrayImage)| -> Result<Row> {
                     let smp = &idx.samples[i];
-                    let stem = cam::file_stem(&smp.id);
                     let (pp, op) = (
-                        pred_dir.join(format!("{stem}.png")),
-                        ov_dir.join(format!("{stem}.png")),
+                        cam::sample_file_mk(&pred_dir, &smp.id, "png")?,
+                        cam::sample_file_mk(&ov_dir, &smp.id, "png")?,
                     );
                     std::fs::write(&pp, cam::label_png(&pred)?).map_err(|e| Error::io(&pp, e))?;
                     overlay(&img, &pred)
                         .save(&op)
                         .map_err(|e| Error::io(&op, std::io::Error::other(e)))?;
                     let gt = mask::ground_truth_sized(&idx.spec, smp, pred.dimensions())?;
-                    let pseudo = cam::read_labels(&pseudo_dir.join(format!("{stem}.png")))?;
+                    let pseudo = cam::read_labels(&cam::sample_file(&pseudo_dir, &smp.id, "png"))?;
                     let mut conf: Vec<Option<Confusion>> = vec![None; SOURCES.len()];
                     if let Some(gt) = &gt {
                         let (w, h) = pred.dimensions();

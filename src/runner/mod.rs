@@ -41,7 +41,7 @@ pub use predict::{predict_folder, PredictReport};
 pub use pseudo_stage::PseudoStage;
 pub use rundir::{run_dir_name, RunInfo, Versions};
 pub use segment_stage::{SegmentStage, WEIGHTS as SEGMENTER_WEIGHTS};
-pub use stage::{Stage, StageInput};
+pub use stage::{DynStage, SliceInput, Stage, StageInput};
 
 use crate::config::{ConfigError, ConfigErrors, Manifest, Variant};
 use crate::data::{self, DatasetIndex, Registry};
@@ -49,7 +49,7 @@ use crate::error::{Error, Result};
 use crate::util::fs::{write_json, Lock};
 
 /// The stage chain, in order; each declares its upstream stages and config slice.
-pub fn stages() -> Vec<Box<dyn Stage>> {
+pub fn stages() -> Vec<Box<dyn DynStage>> {
     vec![
         Box::new(DataStage),
         Box::new(ClassifyStage),
@@ -68,6 +68,22 @@ fn manifest_dir(m: &Manifest) -> PathBuf {
         .to_path_buf()
 }
 
+/// The datasets of a manifest by registry name; `None` for one not opened (a synthetic
+/// dataset not generated yet, or one not on this machine when only checking).
+type Opened = BTreeMap<String, Option<DatasetIndex>>;
+
+/// What opening a manifest's datasets is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// `validate`: check what is on this machine; note what is not.
+    Check,
+    /// `plan`: every dataset must be there (stage keys need it), except a synthetic one not
+    /// generated yet.
+    Plan,
+    /// `run`: generate what is missing, then everything must be there.
+    Run,
+}
+
 /// Settings of a runner that do not come from the manifest.
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -84,7 +100,7 @@ pub struct Runner {
     opts: RunnerOptions,
     registry: Registry,
     cache: Cache,
-    stages: Vec<Box<dyn Stage>>,
+    stages: Vec<Box<dyn DynStage>>,
 }
 
 /// The state of one stage of one variant in a plan or a run.
@@ -179,11 +195,26 @@ impl Runner {
         &self.registry
     }
 
-    /// Check what needs data: every variant's dataset is registered and, where the dataset is
-    /// on disk, its split leaves every class patients in every split. Returns all problems.
+    /// Check what needs data: every variant's dataset is registered, every file of it decodes
+    /// and fits the registry (all problems of all files at once, [`data::open`]), and every
+    /// variant's split leaves every class patients in every split. Returns notes for the user.
+    /// A dataset that is not on this machine (its root folder is missing) is only noted here:
+    /// `plan` and `run` refuse it.
     pub fn check(&self, m: &Manifest) -> Result<Vec<String>> {
+        self.open_datasets(m, Open::Check).map(|(_, notes)| notes)
+    }
+
+    /// Open every dataset the variants use, once each, and check each variant's split on it.
+    /// Dataset problems and split problems are reported together (exit code 2).
+    fn open_datasets(
+        &self,
+        m: &Manifest,
+        mode: Open,
+    ) -> Result<(Opened, Vec<String>)> {
         let mut errs = Vec::new();
+        let mut data_errs: Vec<String> = Vec::new();
         let mut notes = Vec::new();
+        let mut indexes: BTreeMap<String, Option<DatasetIndex>> = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for v in &m.variants {
             let Some(spec) = self.registry.get(&v.config.dataset) else {
@@ -199,39 +230,56 @@ impl Runner {
                 ));
                 continue;
             };
+            if !indexes.contains_key(&spec.name) {
+                let idx = if spec.synth.is_some() && !spec.root.exists() && mode != Open::Run {
+                    notes.push(format!(
+                        "dataset `{}` is generated on first run at {}; its split and stage keys \
+                         are checked then",
+                        spec.name,
+                        spec.root.display()
+                    ));
+                    None
+                } else if spec.synth.is_none() && !spec.root.exists() && mode == Open::Check {
+                    notes.push(format!(
+                        "dataset `{}` is not on this machine ({} does not exist): its files and \
+                         split were not checked; `plan` and `run` need it",
+                        spec.name,
+                        spec.root.display()
+                    ));
+                    None
+                } else {
+                    match data::open(spec) {
+                        Ok(i) => Some(i),
+                        Err(Error::Dataset(d)) => {
+                            data_errs.extend(d);
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                indexes.insert(spec.name.clone(), idx);
+            }
+            let Some(idx) = indexes.get(&spec.name).and_then(Option::as_ref) else {
+                continue;
+            };
             let sig =
                 serde_json::to_string(&(&v.config.dataset, &v.config.split)).unwrap_or_default();
-            if !seen.insert(sig) {
-                continue;
-            }
-            if spec.synth.is_some() && !spec.root.exists() {
-                notes.push(format!(
-                    "dataset `{}` is generated on first run at {}; its split is checked then",
-                    spec.name,
-                    spec.root.display()
-                ));
-                continue;
-            }
-            match data::scan::index(spec) {
-                Ok(idx) => {
-                    if let Err(ConfigErrors(e)) =
-                        data::split::assign(&idx, &v.config.split, &m.source_of(v, "split.method"))
-                    {
-                        errs.extend(e);
-                    }
+            if seen.insert(sig) {
+                if let Err(ConfigErrors(e)) =
+                    data::split::assign(idx, &v.config.split, &m.source_of(v, "split.method"))
+                {
+                    errs.extend(e);
                 }
-                Err(Error::Dataset(d)) => notes.extend(
-                    d.into_iter()
-                        .map(|x| format!("dataset `{}`: {x}", spec.name)),
-                ),
-                Err(e) => return Err(e),
             }
         }
-        if errs.is_empty() {
-            Ok(notes)
-        } else {
-            Err(ConfigErrors(errs).into())
+        if !data_errs.is_empty() {
+            data_errs.extend(errs.iter().map(ToString::to_string));
+            return Err(Error::Dataset(data_errs));
         }
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs).into());
+        }
+        Ok((indexes, notes))
     }
 
     fn dataset_for(&self, m: &Manifest, v: &Variant) -> Result<&data::DatasetSpec> {
@@ -255,44 +303,23 @@ impl Runner {
 
     /// A dry run: every variant, every stage's key, and whether it is cached.
     pub fn plan(&self, m: &Manifest) -> Result<Report> {
-        self.check(m)?;
-        let mut notes = Vec::new();
-        let mut indexes: BTreeMap<String, Option<DatasetIndex>> = BTreeMap::new();
+        let (indexes, notes) = self.open_datasets(m, Open::Plan)?;
         let mut variants = Vec::new();
         for v in &m.variants {
             let spec = self.dataset_for(m, v)?;
-            if !indexes.contains_key(&spec.name) {
-                let idx = if spec.synth.is_some() && !spec.root.exists() {
-                    notes.push(format!(
-                        "dataset `{}` will be generated at {}: stage keys are known after that",
-                        spec.name,
-                        spec.root.display()
-                    ));
-                    None
-                } else {
-                    Some(data::scan::index(spec)?)
-                };
-                indexes.insert(spec.name.clone(), idx);
-            }
             let idx = indexes.get(&spec.name).and_then(Option::as_ref);
             let run_dir = self.exp_dir(m).join(run_dir_name(v));
             let mut states = Vec::new();
             let mut keys: BTreeMap<&'static str, String> = BTreeMap::new();
-            let upstream = BTreeMap::new();
-            let src = |k: &str| m.source_of(v, k);
             let mdir = manifest_dir(m);
-            let cpu = candle_core::Device::Cpu;
             for s in &self.stages {
                 let key = idx.map(|d| {
-                    let input = StageInput {
-                        variant: v,
+                    let input = SliceInput {
+                        config: &v.config,
                         dataset: d,
-                        source_of: &src,
-                        upstream: &upstream,
-                        device: &cpu,
                         manifest_dir: &mdir,
                     };
-                    stage::key(s.as_ref(), &input, &keys)
+                    s.key(&input, &keys)
                 });
                 let state = match &key {
                     Some(k) if self.cache.has(s.name(), k) && !self.opts.fresh => "cached",
@@ -327,21 +354,22 @@ impl Runner {
     /// Run every variant through the stage chain. Bad input stops the run (exit code 2); a
     /// variant that fails while running is reported and the others still run (exit code 1).
     pub fn run(&self, m: &Manifest) -> Result<Report> {
-        let notes = self.check(m)?;
+        let (datasets, notes) = self.open_datasets(m, Open::Run)?;
         let exp_dir = self.exp_dir(m);
         let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
         let versions = Versions::current();
-        let mut datasets: BTreeMap<String, DatasetIndex> = BTreeMap::new();
         let mut computed_now: BTreeSet<(String, String)> = BTreeSet::new();
         let mut variants = Vec::new();
         let total = m.variants.len();
         for (vi, v) in m.variants.iter().enumerate() {
             tracing::info!("variant {}/{total}: {}", vi + 1, v.id);
             let spec = self.dataset_for(m, v)?;
-            if !datasets.contains_key(&spec.name) {
-                datasets.insert(spec.name.clone(), data::open(spec)?);
-            }
-            let idx = &datasets[&spec.name];
+            let Some(idx) = datasets.get(&spec.name).and_then(Option::as_ref) else {
+                return Err(Error::dataset(format!(
+                    "dataset `{}` was not opened",
+                    spec.name
+                )));
+            };
             let run_dir = exp_dir.join(run_dir_name(v));
             match self.run_variant(m, v, idx, &run_dir, &versions, &mut computed_now) {
                 Ok(stages) => variants.push(VariantReport {
@@ -392,15 +420,19 @@ impl Runner {
         let mut states = Vec::new();
         for s in &self.stages {
             let t0 = Instant::now();
+            let slice_input = SliceInput {
+                config: &v.config,
+                dataset: idx,
+                manifest_dir: &mdir,
+            };
             let input = StageInput {
-                variant: v,
                 dataset: idx,
                 source_of: &src,
                 upstream: &upstream,
                 device: &dev,
                 manifest_dir: &mdir,
             };
-            let key = stage::key(s.as_ref(), &input, &keys);
+            let key = s.key(&slice_input, &keys);
             let force =
                 self.opts.fresh && !computed_now.contains(&(s.name().to_string(), key.clone()));
             let crash = self.opts.crash_at.as_deref() == Some(s.name());
@@ -410,7 +442,7 @@ impl Runner {
                 force,
                 |out, scratch| {
                     tracing::info!("stage {}: running ({})", s.name(), &key[..12]);
-                    s.run(&input, out, scratch)
+                    s.run(&slice_input, &input, out, scratch)
                 },
                 || {
                     if crash {

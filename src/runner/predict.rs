@@ -64,7 +64,7 @@ pub fn predict_folder(
     }
     let (dev, desc) = device::resolve(device_override.unwrap_or(&cfg.device))?;
     tracing::info!("segmenting images under {} on {desc}", images.display());
-    let seg = Segmenter::load(&cfg, &dev, &weights)?;
+    let seg = Segmenter::load(&cfg.segmentation, &dev, &weights)?;
     let mut files: Vec<PathBuf> = walkdir::WalkDir::new(images)
         .sort_by_file_name()
         .into_iter()
@@ -85,10 +85,10 @@ pub fn predict_folder(
     let pb = crate::progress::bar(files.len() as u64, "predict");
     for f in &files {
         pb.inc(1);
-        let img = match image::open(f) {
+        let img = match crate::data::decode::open(f, "image") {
             Ok(i) => i.into_rgb8(),
             Err(e) => {
-                tracing::warn!("{}: cannot decode: {e}", f.display());
+                tracing::warn!("{e}");
                 failed.push((f.clone(), e.to_string()));
                 continue;
             }

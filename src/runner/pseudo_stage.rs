@@ -21,7 +21,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::cam_stage::CAM_DIR;
-use super::stage::{Stage, StageInput};
+use serde::Serialize;
+
+use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam::{self, refine};
 use crate::config::Refine;
 use crate::data::loader::Images;
@@ -81,7 +83,20 @@ fn predictions(classify_dir: &Path) -> Result<HashMap<String, (String, bool)>> {
     Ok(out)
 }
 
+/// What the pseudo stage reads: the thresholds (the background one resolved), the
+/// refinement, and whether every image may hold foreground (patch-level labels: none is forced
+/// to background).
+#[derive(Debug, Serialize)]
+pub struct PseudoSlice {
+    threshold: f64,
+    background_threshold: f64,
+    refine: Refine,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    every_image_positive: bool,
+}
+
 impl Stage for PseudoStage {
+    type Slice = PseudoSlice;
     fn name(&self) -> &'static str {
         "pseudo"
     }
@@ -91,28 +106,26 @@ impl Stage for PseudoStage {
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "cam"]
     }
-    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
-        let c = &input.variant.config.cam;
-        let mut slice = serde_json::json!({
-            "threshold": c.threshold,
-            "background_threshold": c.background_threshold.unwrap_or(c.threshold),
-            "refine": c.refine,
-        });
-        if input.variant.config.labels.patch() {
-            // Patch labels: every image may hold foreground, so none is forced to background.
-            slice["every_image_positive"] = true.into();
+    fn slice(&self, input: &SliceInput) -> PseudoSlice {
+        let c = &input.config.cam;
+        PseudoSlice {
+            threshold: c.threshold,
+            background_threshold: c.background_threshold.unwrap_or(c.threshold),
+            refine: c.refine,
+            every_image_positive: input.config.labels.patch(),
         }
-        slice
     }
 
-    fn run(&self, input: &StageInput, out: &Path, _scratch: &Path) -> Result<()> {
+    fn run(
+        &self,
+        cfg: &PseudoSlice,
+        input: &StageInput,
+        out: &Path,
+        _scratch: &Path,
+    ) -> Result<()> {
         let t0 = Instant::now();
-        let cfg = &input.variant.config.cam;
-        let every_positive = input.variant.config.labels.patch();
-        let (fg_t, bg_t) = (
-            cfg.threshold,
-            cfg.background_threshold.unwrap_or(cfg.threshold),
-        );
+        let every_positive = cfg.every_image_positive;
+        let (fg_t, bg_t) = (cfg.threshold, cfg.background_threshold);
         let idx = input.dataset;
         let (split, bytes) = super::data_stage::load_split(input.upstream_dir("data")?, "pseudo")?;
         let preds = predictions(input.upstream_dir("classify")?)?;
@@ -128,8 +141,7 @@ impl Stage for PseudoStage {
             .par_iter()
             .map(|&i| {
                 let s = &idx.samples[i];
-                let stem = cam::file_stem(&s.id);
-                let cam_path = cam_dir.join(format!("{stem}.png"));
+                let cam_path = cam::sample_file(&cam_dir, &s.id, "png");
                 let raw = image::open(&cam_path)
                     .map_err(|e| Error::stage("pseudo", format!("{}: {e}", cam_path.display())))?
                     .into_luma8();
@@ -143,7 +155,7 @@ impl Stage for PseudoStage {
                 };
                 let label = cam::pseudo_label(c, fg_t, bg_t, positive);
                 let png = cam::label_png(&label)?;
-                let p = dir.join(format!("{stem}.png"));
+                let p = cam::sample_file_mk(&dir, &s.id, "png")?;
                 std::fs::write(&p, png).map_err(|e| Error::io(&p, e))?;
                 let n = label.as_raw().len().max(1) as f64;
                 let fg = label.as_raw().iter().filter(|&&v| v == 1).count() as f64 / n;

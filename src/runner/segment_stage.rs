@@ -7,14 +7,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::pseudo_stage::LABEL_DIR;
-use super::stage::{Stage, StageInput};
+use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam;
 use crate::config::{SegInit, Supervision};
 use crate::data::loader::Images;
 use crate::data::{mask, Split};
 use crate::error::Result;
 use crate::table::{self, TableBuilder};
-use crate::train::segment;
+use crate::train::segment::{self, SegmenterConfig};
 use crate::util::fs::{publish_files, write_json};
 
 /// See the module docs.
@@ -32,6 +32,7 @@ const PUBLISHED: &[&str] = &[
 ];
 
 impl Stage for SegmentStage {
+    type Slice = SegmenterConfig;
     fn name(&self) -> &'static str {
         "segment"
     }
@@ -43,8 +44,8 @@ impl Stage for SegmentStage {
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "pseudo"]
     }
-    fn key_upstream(&self, input: &StageInput) -> Vec<&'static str> {
-        let s = &input.variant.config.segmentation;
+    fn key_upstream(&self, slice: &SegmenterConfig) -> Vec<&'static str> {
+        let s = &slice.segmentation;
         let mut v = vec!["data"];
         if s.init == SegInit::Classifier {
             v.push("classify");
@@ -54,31 +55,17 @@ impl Stage for SegmentStage {
         }
         v
     }
-    fn config_slice(&self, input: &StageInput) -> serde_json::Value {
-        let c = &input.variant.config;
-        let pretrained = (c.segmentation.init == SegInit::Scratch
-            && c.backbone.arch == c.segmentation.encoder
-            && c.segmentation.width == 1.0)
-            .then(|| c.backbone.pretrained.clone())
-            .flatten();
-        // Flip TTA is an inference setting (the evaluate stage's).
-        let mut seg = serde_json::to_value(&c.segmentation).unwrap_or_default();
-        if let Some(o) = seg.as_object_mut() {
-            o.remove("tta");
-        }
-        serde_json::json!({
-            "segmentation": seg,
-            "optimizer": c.train.optimizer,
-            "momentum": c.train.momentum,
-            "weight_decay": c.train.weight_decay,
-            "seed": c.train.seed,
-            "pretrained": pretrained,
-        })
+    fn slice(&self, input: &SliceInput) -> SegmenterConfig {
+        SegmenterConfig::of(input.config)
     }
-
-    fn run(&self, input: &StageInput, out: &Path, scratch: &Path) -> Result<()> {
+    fn run(
+        &self,
+        cfg: &SegmenterConfig,
+        input: &StageInput,
+        out: &Path,
+        scratch: &Path,
+    ) -> Result<()> {
         let t0 = Instant::now();
-        let cfg = &input.variant.config;
         let idx = input.dataset;
         let (split, bytes) = super::data_stage::load_split(input.upstream_dir("data")?, "segment")?;
         let items: Vec<usize> = (0..idx.samples.len())
@@ -91,10 +78,8 @@ impl Stage for SegmentStage {
             let l = if full {
                 mask::ground_truth(&idx.spec, s)?
             } else {
-                let p = input
-                    .upstream_dir("pseudo")?
-                    .join(LABEL_DIR)
-                    .join(format!("{}.png", cam::file_stem(&s.id)));
+                let p =
+                    cam::sample_file(&input.upstream_dir("pseudo")?.join(LABEL_DIR), &s.id, "png");
                 Some(cam::read_labels(&p)?)
             };
             if let Some(l) = l {

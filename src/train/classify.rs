@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::Checkpoint;
 use super::losses::{self, GridTransform};
 use super::optim::{lr_at, Optimizer};
-use crate::config::{ExperimentConfig, LossVariant};
+use crate::config::{Arch, ExperimentConfig, LabelsConfig, LossConfig, LossVariant, TrainConfig};
 use crate::data::loader::{self, Augment, Images, View};
 use crate::data::patches::{self, Patch, FOREGROUND};
 use crate::data::{DatasetIndex, Split};
@@ -81,6 +81,61 @@ pub struct Predictions {
     pub probs: Vec<Vec<f32>>,
 }
 
+/// The backbone settings the classifier reads (`backbone.cam_layer` is the CAM stage's).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassifierBackbone {
+    /// `backbone.arch`.
+    pub arch: Arch,
+    /// `backbone.batch_norm`.
+    pub batch_norm: bool,
+    /// `backbone.width`.
+    pub width: f64,
+    /// `backbone.pretrained`: weights file, relative to the manifest's folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
+    /// `backbone.freeze_blocks`.
+    pub freeze_blocks: u32,
+}
+
+/// Everything the classifier is built and trained from — the classify stage's slice of the
+/// configuration (with the dataset's identity, added by the stage).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassifierConfig {
+    /// The network.
+    pub backbone: ClassifierBackbone,
+    /// `[train]`.
+    pub train: TrainConfig,
+    /// `[loss]`.
+    pub loss: LossConfig,
+    /// `[labels]`; under image-level labels (one label per image, nothing of the window
+    /// settings read) it is the default table and is not part of the key.
+    #[serde(skip_serializing_if = "LabelsConfig::is_image_level")]
+    pub labels: LabelsConfig,
+}
+
+impl ClassifierConfig {
+    /// The classifier's settings of a resolved config.
+    pub fn of(cfg: &ExperimentConfig) -> Self {
+        let b = &cfg.backbone;
+        Self {
+            backbone: ClassifierBackbone {
+                arch: b.arch,
+                batch_norm: b.batch_norm,
+                width: b.width,
+                pretrained: b.pretrained.clone(),
+                freeze_blocks: b.freeze_blocks,
+            },
+            train: cfg.train.clone(),
+            loss: cfg.loss.clone(),
+            labels: if cfg.labels.windows() {
+                cfg.labels.clone()
+            } else {
+                LabelsConfig::default()
+            },
+        }
+    }
+}
+
 /// A built classifier and its variables.
 pub struct Classifier {
     /// The network.
@@ -90,8 +145,8 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// The backbone settings of a resolved config.
-    pub fn spec(cfg: &ExperimentConfig) -> BackboneSpec {
+    /// The backbone settings of a classifier config.
+    pub fn spec(cfg: &ClassifierConfig) -> BackboneSpec {
         BackboneSpec {
             arch: cfg.backbone.arch,
             batch_norm: cfg.backbone.batch_norm,
@@ -102,7 +157,7 @@ impl Classifier {
 
     /// Build the manifest's backbone with seeded initialisation and optional pretrained weights.
     pub fn build(
-        cfg: &ExperimentConfig,
+        cfg: &ClassifierConfig,
         classes: usize,
         dev: &Device,
         manifest_dir: &Path,
@@ -122,7 +177,7 @@ impl Classifier {
 
     /// Rebuild a trained classifier from the classify stage's weights file.
     pub fn load(
-        cfg: &ExperimentConfig,
+        cfg: &ClassifierConfig,
         classes: usize,
         dev: &Device,
         weights_file: &Path,
@@ -309,8 +364,21 @@ fn targets(examples: &[&Example], k: usize) -> Vec<f32> {
     v
 }
 
+/// The error of a training epoch that made no optimiser step: a model that trained nothing
+/// must never be scored as a result.
+pub fn no_step(stage: &str, epoch: u32, items: usize, batch_size: usize) -> Error {
+    Error::stage(
+        stage,
+        format!(
+            "epoch {epoch} made no optimiser step: {items} training example(s) in batches of \
+             {batch_size}, and a last batch of one is dropped (batch norm); add training \
+             images or lower the batch size"
+        ),
+    )
+}
+
 /// Number of classifier outputs: the dataset's classes, or the two window labels.
-pub fn outputs(cfg: &ExperimentConfig, idx: &DatasetIndex) -> usize {
+pub fn outputs(cfg: &ClassifierConfig, idx: &DatasetIndex) -> usize {
     if cfg.labels.patch() {
         patches::LABELS.len()
     } else {
@@ -320,8 +388,8 @@ pub fn outputs(cfg: &ExperimentConfig, idx: &DatasetIndex) -> usize {
 
 /// Everything a training run needs.
 pub struct Job<'a> {
-    /// The resolved variant.
-    pub cfg: &'a ExperimentConfig,
+    /// The classifier's settings.
+    pub cfg: &'a ClassifierConfig,
     /// The dataset.
     pub idx: &'a DatasetIndex,
     /// Patient → split.
@@ -418,7 +486,9 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
         let plan: Vec<Step> = order
             .chunks(bs)
             .enumerate()
-            .filter(|(_, chunk)| chunk.len() >= 2 || !cfg.backbone.batch_norm)
+            // A last batch of one is dropped where batch norm trains on it (batch statistics
+            // of one image); with `train.batch_size = 1` every batch is one image and trains.
+            .filter(|(_, chunk)| chunk.len() >= 2 || bs == 1 || !cfg.backbone.batch_norm)
             .map(|(bi, chunk)| Step {
                 bi,
                 chunk,
@@ -502,6 +572,9 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
             Ok(())
         })?;
         train_secs += t0.elapsed().as_secs_f64();
+        if n == 0 {
+            return Err(no_step("classify", epoch + 1, order.len(), bs));
+        }
         seen += n;
 
         let valid: Vec<&Example> = ex.valid.iter().collect();

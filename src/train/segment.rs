@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Checkpoint;
 use super::optim::{lr_at, Optimizer};
-use crate::config::{ExperimentConfig, Schedule, SegInit, SegLoss};
+use crate::config::{
+    ExperimentConfig, Optimizer as OptimizerKind, Schedule, SegInit, SegLoss, SegmentationConfig,
+};
 use crate::data::loader::{self, color_jitter, to_chw, Augment, Images};
 use crate::data::mask::IGNORE;
 use crate::error::{Error, Result};
@@ -46,9 +48,58 @@ pub struct Segmenter {
     pub vars: VarMap,
 }
 
-/// The DeepLab settings of a resolved config.
-pub fn deeplab_config(cfg: &ExperimentConfig) -> DeepLabConfig {
-    let s = &cfg.segmentation;
+/// The `[train]` settings the segmenter shares with the classifier.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SegTrain {
+    /// `train.optimizer`.
+    pub optimizer: OptimizerKind,
+    /// `train.momentum` (SGD).
+    pub momentum: f64,
+    /// `train.weight_decay`.
+    pub weight_decay: f64,
+    /// `train.seed` (initialisation, crops, order).
+    pub seed: u64,
+}
+
+/// Everything the segmenter is built and trained from — the segment stage's slice.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SegmenterConfig {
+    /// `[segmentation]`; `tta` (an inference setting, the evaluate stage's) is always
+    /// `false` here.
+    pub segmentation: SegmentationConfig,
+    /// Shared `[train]` settings.
+    pub train: SegTrain,
+    /// `backbone.pretrained`, when the segmenter's encoder starts from it (scratch init, same
+    /// architecture, full width).
+    pub pretrained: Option<String>,
+}
+
+impl SegmenterConfig {
+    /// The segmenter's settings of a resolved config.
+    pub fn of(cfg: &ExperimentConfig) -> Self {
+        let s = &cfg.segmentation;
+        let pretrained =
+            (s.init == SegInit::Scratch && cfg.backbone.arch == s.encoder && s.width == 1.0)
+                .then(|| cfg.backbone.pretrained.clone())
+                .flatten();
+        Self {
+            segmentation: SegmentationConfig {
+                tta: false,
+                ..s.clone()
+            },
+            train: SegTrain {
+                optimizer: cfg.train.optimizer,
+                momentum: cfg.train.momentum,
+                weight_decay: cfg.train.weight_decay,
+                seed: cfg.train.seed,
+            },
+            pretrained,
+        }
+    }
+}
+
+/// The DeepLab settings of a `[segmentation]` table.
+pub fn deeplab_config(s: &SegmentationConfig) -> DeepLabConfig {
     DeepLabConfig {
         encoder: BackboneSpec {
             arch: s.encoder,
@@ -65,14 +116,14 @@ impl Segmenter {
     /// (`segmentation.init = "classifier"`) or from `backbone.pretrained` when the
     /// architectures match.
     pub fn build(
-        cfg: &ExperimentConfig,
+        cfg: &SegmenterConfig,
         dev: &Device,
         classifier_weights: Option<&Path>,
         manifest_dir: &Path,
     ) -> Result<Self> {
         let vars = VarMap::new();
         let vb = init::var_builder(&vars, cfg.train.seed ^ 0x5e6, dev);
-        let model = DeepLab::new(deeplab_config(cfg), vb)?;
+        let model = DeepLab::new(deeplab_config(&cfg.segmentation), vb)?;
         let from_file = |path: &Path, what: &str| -> Result<()> {
             let n = weights::load_mapped(&vars, path, |name| {
                 name.strip_prefix("encoder.").map(String::from)
@@ -89,10 +140,7 @@ impl Segmenter {
                 ))
             }
             (SegInit::Scratch, _) => {
-                if let (Some(p), true) = (
-                    &cfg.backbone.pretrained,
-                    cfg.backbone.arch == cfg.segmentation.encoder && cfg.segmentation.width == 1.0,
-                ) {
+                if let Some(p) = &cfg.pretrained {
                     let prefixes = model.encoder.pretrained_prefixes();
                     let n = weights::load_mapped(&vars, &manifest_dir.join(p), |name| {
                         name.strip_prefix("encoder.")
@@ -107,10 +155,10 @@ impl Segmenter {
     }
 
     /// Rebuild a trained segmenter from its weights file.
-    pub fn load(cfg: &ExperimentConfig, dev: &Device, path: &Path) -> Result<Self> {
+    pub fn load(s: &SegmentationConfig, dev: &Device, path: &Path) -> Result<Self> {
         let vars = VarMap::new();
         let vb = init::var_builder(&vars, 0, dev);
-        let model = DeepLab::new(deeplab_config(cfg), vb)?;
+        let model = DeepLab::new(deeplab_config(s), vb)?;
         weights::load_all(&vars, path)?;
         Ok(Self { model, vars })
     }
@@ -133,6 +181,23 @@ impl Segmenter {
             let (sw, sh) = small.dimensions();
             let p = self.predict(&small, crop, 1.0, tta, batch, dev)?;
             let t = Tensor::from_vec(p, (1, 1, sh as usize, sw as usize), &Device::Cpu)?;
+            return Ok(
+                crate::model::ops::resize_bilinear(&t, h0 as usize, w0 as usize)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        if w0.min(h0) < MIN_INFERENCE_SIDE {
+            // Too small for the encoder's downsampling: scale up as training does for images
+            // smaller than a crop, predict, and resize the map back.
+            let up = crop.max(MIN_INFERENCE_SIDE) as f64 / w0.min(h0) as f64;
+            let (uw, uh) = (
+                ((w0 as f64 * up).ceil() as u32).max(crop),
+                ((h0 as f64 * up).ceil() as u32).max(crop),
+            );
+            let big = imageops::resize(img, uw, uh, imageops::FilterType::Triangle);
+            let p = self.predict(&big, crop, 1.0, tta, batch, dev)?;
+            let t = Tensor::from_vec(p, (1, 1, uh as usize, uw as usize), &Device::Cpu)?;
             return Ok(
                 crate::model::ops::resize_bilinear(&t, h0 as usize, w0 as usize)?
                     .flatten_all()?
@@ -202,6 +267,12 @@ impl Segmenter {
             .collect())
     }
 }
+
+/// Images (after `segmentation.scale`) with a side below this many pixels are scaled up
+/// before inference, as training scales up images smaller than a crop: the encoder halves its
+/// input up to five times, and a side of a few pixels would vanish (a 40×28 tile at scale 0.25
+/// is 10×7).
+pub const MIN_INFERENCE_SIDE: u32 = 32;
 
 /// An image resized by `scale` (bilinear; at least 1 pixel per side).
 pub fn rescale(img: &RgbImage, scale: f64) -> RgbImage {
@@ -384,7 +455,7 @@ pub struct SegSummary {
 /// Train on `items` with their label maps. `scratch` keeps checkpoints across interruptions.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
-    cfg: &ExperimentConfig,
+    cfg: &SegmenterConfig,
     images: &Images,
     items: &[usize],
     labels: &HashMap<usize, GrayImage>,
@@ -455,7 +526,10 @@ pub fn train(
         let plan: Vec<(usize, &[usize], u64)> = order
             .chunks(bs)
             .enumerate()
-            .filter(|(_, chunk)| chunk.len() >= 2) // batch norm needs two crops
+            // A last batch of one crop is dropped (batch statistics of one crop); with
+            // `segmentation.batch_size = 1` every batch is one crop and trains (the image
+            // pooling branch then uses its running statistics, see `model::deeplab`).
+            .filter(|(_, chunk)| chunk.len() >= 2 || bs == 1)
             .map(|(bi, chunk)| (bi, chunk, rng.random()))
             .collect();
         let build = |step: usize| -> Result<(Tensor, Vec<u8>)> {
@@ -532,6 +606,14 @@ pub fn train(
             Ok(())
         })?;
         secs += t0.elapsed().as_secs_f64();
+        if n == 0 {
+            return Err(crate::train::classify::no_step(
+                "segment",
+                epoch + 1,
+                order.len(),
+                bs,
+            ));
+        }
         seen += n;
         let row = SegEpoch {
             epoch: epoch + 1,

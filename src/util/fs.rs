@@ -69,18 +69,29 @@ pub fn link_dir(src: &Path, dst: &Path) -> Result<()> {
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    mkdirs(&tmp)?;
-    for e in fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-        let e = e.map_err(|e| Error::io(src, e))?;
-        let to = tmp.join(e.file_name());
-        if fs::hard_link(e.path(), &to).is_err() {
-            fs::copy(e.path(), &to).map_err(|err| Error::io(e.path(), err))?;
-        }
-    }
+    link_tree(src, &tmp)?;
     if dst.exists() {
         fs::remove_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     }
     fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))
+}
+
+/// Hard-link (or copy) every file below `src` into `dst`, sub-folders included.
+fn link_tree(src: &Path, dst: &Path) -> Result<()> {
+    mkdirs(dst)?;
+    for e in fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let e = e.map_err(|e| Error::io(src, e))?;
+        let to = dst.join(e.file_name());
+        if e.file_type()
+            .map_err(|err| Error::io(e.path(), err))?
+            .is_dir()
+        {
+            link_tree(&e.path(), &to)?;
+        } else if fs::hard_link(e.path(), &to).is_err() {
+            fs::copy(e.path(), &to).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    Ok(())
 }
 
 /// Create a directory and its parents, naming the path on failure.
