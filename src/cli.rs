@@ -3,6 +3,7 @@
 //! Each command resolves its arguments once (manifest → [`Manifest`], registry, work dir) and
 //! then calls the library; it prints results to stdout and returns the exit code.
 
+use crate::util::out::{out, outln};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -221,7 +222,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             synth(out, &p)
         }
         Command::Schema => {
-            print!("{}", schema_text());
+            out!("{}", schema_text());
             Ok(EXIT_OK)
         }
     }
@@ -259,14 +260,14 @@ fn validate(cli: &Cli, manifests: &[PathBuf], ov: &Overrides) -> Result<i32> {
         });
         match r {
             Ok((m, notes)) => {
-                println!(
+                outln!(
                     "ok: {} — experiment `{}`, {} variant(s)",
                     path.display(),
                     m.name(),
                     m.variants.len()
                 );
                 for n in notes {
-                    println!("  note: {n}");
+                    outln!("  note: {n}");
                 }
             }
             Err(Error::Config(e)) => all.extend(e.0),
@@ -312,17 +313,17 @@ fn print_report(r: &Report, with_time: bool) {
             row
         })
         .collect();
-    println!(
+    outln!(
         "experiment `{}`: {} variant(s)",
         r.experiment,
         r.variants.len()
     );
-    print!("{}", table::text(&headers, &rows));
+    out!("{}", table::text(&headers, &rows));
     for (stage, distinct, n) in r.sharing() {
-        println!("stage {stage}: {distinct} distinct computation(s) for {n} variant(s)");
+        outln!("stage {stage}: {distinct} distinct computation(s) for {n} variant(s)");
     }
     for n in &r.notes {
-        println!("note: {n}");
+        outln!("note: {n}");
     }
 }
 
@@ -330,7 +331,7 @@ fn plan(cli: &Cli, manifest: &Path, ov: &Overrides, json: bool) -> Result<i32> {
     let m = load(manifest, ov)?;
     let report = runner(cli, manifest, false)?.plan(&m)?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
@@ -342,6 +343,8 @@ fn plan(cli: &Cli, manifest: &Path, ov: &Overrides, json: bool) -> Result<i32> {
 
 fn run(cli: &Cli, manifest: &Path, ov: &Overrides, fresh: bool, with_report: bool) -> Result<i32> {
     let m = load(manifest, ov)?;
+    // From here a first Ctrl-C / SIGTERM stops at a safe point (exit 130 / 143).
+    crate::util::interrupt::install().map_err(|e| Error::Usage(format!("signal handlers: {e}")))?;
     let runner = runner(cli, manifest, fresh)?;
     let report = runner.run(&m)?;
     print_report(&report, true);
@@ -353,10 +356,10 @@ fn run(cli: &Cli, manifest: &Path, ov: &Overrides, fresh: bool, with_report: boo
             &cli.reports_dir.join(m.name()),
             &ReportOptions::default(),
         )?;
-        println!("report: {}", w.dir.join("index.html").display());
+        outln!("report: {}", w.dir.join("index.html").display());
     }
     let ran = report.ran();
-    println!(
+    outln!(
         "{ran} stage run(s), {} cached",
         report
             .variants
@@ -375,7 +378,7 @@ fn run(cli: &Cli, manifest: &Path, ov: &Overrides, fresh: bool, with_report: boo
 fn datasets(cli: &Cli, name: Option<&str>, manifest: Option<&Path>, verify: bool) -> Result<i32> {
     let reg = registry(cli, manifest.unwrap_or(Path::new("./x")))?;
     let Some(name) = name else {
-        println!("registry: {}", reg.source);
+        outln!("registry: {}", reg.source);
         let rows: Vec<Vec<String>> = reg
             .entries
             .values()
@@ -396,7 +399,7 @@ fn datasets(cli: &Cli, name: Option<&str>, manifest: Option<&Path>, verify: bool
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             table::text(&["name", "classes", "root", "state", "description"], &rows)
         );
@@ -413,14 +416,14 @@ fn datasets(cli: &Cli, name: Option<&str>, manifest: Option<&Path>, verify: bool
     // read as stored): one verdict everywhere. `--verify` says so in its output.
     let idx = data::open(spec)?;
     if verify {
-        println!(
+        outln!(
             "all {} images and masks decode; masks are label maps of the registry's encoding \
              and match their images' sizes",
             idx.samples.len()
         );
     }
-    println!("dataset `{name}` at {}", spec.root.display());
-    println!(
+    outln!("dataset `{name}` at {}", spec.root.display());
+    outln!(
         "{} images, {} patients, fingerprint {}",
         idx.samples.len(),
         idx.patients().len(),
@@ -460,9 +463,9 @@ fn datasets(cli: &Cli, name: Option<&str>, manifest: Option<&Path>, verify: bool
     if assign.is_some() {
         headers.push("split");
     }
-    print!("{}", table::text(&headers, &rows));
+    out!("{}", table::text(&headers, &rows));
     let counts = idx.class_counts();
-    println!(
+    outln!(
         "total: {}",
         counts
             .iter()
@@ -493,7 +496,7 @@ fn datasets(cli: &Cli, name: Option<&str>, manifest: Option<&Path>, verify: bool
                 .collect();
             let pats = a.values().filter(|s| **s == split).count();
             if pats > 0 {
-                println!("{split}: {pats} patient(s); images {}", n.join(", "));
+                outln!("{split}: {pats} patient(s); images {}", n.join(", "));
             }
         }
     }
@@ -514,13 +517,13 @@ fn synth(out: &Path, p: &SynthParams) -> Result<i32> {
     }
     let classes = vec!["normal".to_string(), "malignant".to_string()];
     data::synth::ensure(out, &classes, p)?;
-    println!(
+    outln!(
         "wrote {} images ({} patients per class) to {}",
         2 * p.patients_per_class * p.images_per_patient,
         p.patients_per_class,
         out.display()
     );
-    println!("register it in datasets.toml with layout = \"folder\", masks_dir = \"masks\", classes = [\"normal\", \"malignant\"]");
+    outln!("register it in datasets.toml with layout = \"folder\", masks_dir = \"masks\", classes = [\"normal\", \"malignant\"]");
     Ok(EXIT_OK)
 }
 
@@ -557,14 +560,14 @@ pub fn schema_text() -> String {
 
 fn predict(run: &Path, images: &Path, out: &Path, device: Option<&str>) -> Result<i32> {
     let r = crate::runner::predict_folder(run, images, out, device)?;
-    println!(
+    outln!(
         "segmented {} image(s) into {} in {:.1}s",
         r.images,
         out.display(),
         r.seconds
     );
     for (p, e) in &r.failed {
-        println!("skipped {}: {e}", p.display());
+        outln!("skipped {}: {e}", p.display());
     }
     Ok(if r.failed.is_empty() {
         EXIT_OK
@@ -613,7 +616,7 @@ fn report(cli: &Cli, experiment: &str, out: Option<&Path>, opts: &ReportOptions)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cli.reports_dir.join(&exp.name));
     let w = crate::report::build(&exp, reg.as_ref(), &out, opts)?;
-    println!(
+    outln!(
         "report of `{}`: {} variant(s), {} figure(s), {} galler(ies) → {}",
         exp.name,
         w.variants,
@@ -647,7 +650,7 @@ fn compare(
         w.flush().map_err(|e| Error::io("stdout", e))?;
     } else {
         let h: Vec<&str> = c.headers.iter().map(String::as_str).collect();
-        print!("{}", table::text(&h, &c.rows));
+        out!("{}", table::text(&h, &c.rows));
     }
     Ok(EXIT_OK)
 }

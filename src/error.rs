@@ -61,6 +61,15 @@ pub enum Error {
     /// Table library failure.
     #[error("table error: {0}")]
     Polars(#[from] polars::error::PolarsError),
+    /// SIGINT or SIGTERM arrived; the run stopped at a safe point and resumes when rerun.
+    #[error(
+        "interrupted by {}: stopped at a safe point (checkpoints committed); run the same command again to resume",
+        crate::util::interrupt::name(*signal)
+    )]
+    Interrupted {
+        /// The signal's number.
+        signal: i32,
+    },
 }
 
 fn format_list(what: &str, items: &[String]) -> String {
@@ -89,6 +98,7 @@ impl Error {
             | Error::Candle(_)
             | Error::Polars(_)
             | Error::Figure(_) => EXIT_RUN_FAILED,
+            Error::Interrupted { signal } => 128 + signal,
         }
     }
 

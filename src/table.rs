@@ -57,7 +57,7 @@ pub fn write(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<()> {
         })
     })?;
     if let Some(e) = err {
-        return Err(e.into());
+        return Err(Error::io(&pq, std::io::Error::other(e.to_string())));
     }
     let csv = dir.join(format!("{stem}.csv"));
     atomic_write_with(&csv, |f| {
@@ -70,7 +70,9 @@ pub fn write(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<()> {
 /// Read a parquet table.
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    Ok(ParquetReader::new(f).finish()?)
+    ParquetReader::new(f)
+        .finish()
+        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
 }
 
 /// Render rows as an aligned plain-text table for the terminal.
@@ -114,6 +116,22 @@ pub fn text(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_and_read_errors_name_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        // A file where the folder should be: the write cannot happen; the error says where.
+        let blocker = d.path().join("out");
+        std::fs::write(&blocker, b"x").unwrap();
+        let mut df = TableBuilder::new().f64("a", vec![1.0]).build().unwrap();
+        let e = write(&mut df, &blocker, "t").unwrap_err().to_string();
+        assert!(e.contains(&blocker.display().to_string()), "{e}");
+        // A truncated parquet file: the reader's complaint comes with the path.
+        let p = d.path().join("cut.parquet");
+        std::fs::write(&p, b"PAR1 truncated").unwrap();
+        let e = read_parquet(&p).unwrap_err().to_string();
+        assert!(e.contains("cut.parquet"), "{e}");
+    }
 
     #[test]
     fn roundtrip_parquet_and_csv() {

@@ -296,7 +296,10 @@ fn training_killed_before_commit_resumes_from_its_checkpoint_to_identical_output
         .filter(|e| e.file_name().to_string_lossy().starts_with(".work-"))
         .collect();
     assert_eq!(scratch.len(), 1);
-    let progress = json(&scratch[0].path().join("last_progress.json"));
+    let ckpt = scratch[0].path().join("last.ckpt");
+    let committed = std::fs::read_to_string(ckpt.join("COMMITTED")).unwrap();
+    assert_eq!(committed, "epoch-00002");
+    let progress = json(&ckpt.join(committed).join("progress.json"));
     assert_eq!(progress["epochs_done"], 2);
 
     let o = sb.run(&["run", m.to_str().unwrap()]);
@@ -625,7 +628,7 @@ fn evaluate_scores_segmenter_beside_pseudo_labels_and_predict_segments_new_image
     assert!(out.join("labels/a.png").is_file() && out.join("labels/sub/b.png").is_file());
     assert!(out.join("overlays/sub/b.png").is_file());
     let table = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
-    assert!(table.starts_with("image,fg_fraction\n"), "{table}");
+    assert!(table.starts_with("image,label,fg_fraction\n"), "{table}");
     std::fs::write(imgs.join("broken.png"), b"not a png").unwrap();
     let o = predict(&rd);
     assert_eq!(o.status.code(), Some(1));

@@ -2,7 +2,7 @@
 //! environment and `--set` overrides, check each source against the schema (collecting every
 //! problem), merge them with figment, expand the sweep and check each variant as a whole.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use figment::value::{Dict, Map};
@@ -211,6 +211,22 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Manifest, ConfigErrors> {
             assignments: assign,
             config,
         });
+    }
+    // Two variants with one resolved config (a repeated zip tuple, or a sweep over a key that
+    // changes nothing such as `description`) would be one run counted as two replicates.
+    let mut by_hash: BTreeMap<&str, &str> = BTreeMap::new();
+    for v in &variants {
+        if let Some(first) = by_hash.insert(&v.hash, &v.id) {
+            errs.push(ConfigError::key(
+                &sweep_source,
+                "sweep",
+                format!(
+                    "variants `{first}` and `{}` resolve to the same configuration (hash {}): \
+                     one run counted twice is not a replicate; sweep a seed to replicate",
+                    v.id, v.hash
+                ),
+            ));
+        }
     }
     if !errs.is_empty() {
         return Err(ConfigErrors(errs));
@@ -616,6 +632,19 @@ fn check_sweep(src: &str, v: &Value, errs: &mut Vec<ConfigError>) {
                 if let Err(m) = f.kind.check(x) {
                     errs.push(ConfigError::key(src, format!("{ekey}[{i}]"), m));
                 }
+                if mode == "grid" {
+                    if let Some(j) = list[..i].iter().position(|y| y == x) {
+                        errs.push(ConfigError::key(
+                            src,
+                            format!("{ekey}[{i}]"),
+                            format!(
+                                "repeats {} (item {j}): the two variants would be one run \
+                                 counted twice, not a replicate (sweep a seed to replicate)",
+                                super::format_value(x)
+                            ),
+                        ));
+                    }
+                }
             }
             if mode == "zip" {
                 match &zip_len {
@@ -654,8 +683,9 @@ fn best_field(k: &str) -> Option<String> {
 }
 
 fn merge_sweep(sources: &[Source], errs: &mut Vec<ConfigError>) -> Sweep {
-    let mut grid: Vec<(String, Vec<Value>)> = Vec::new();
-    let mut zip: Vec<(String, Vec<Value>)> = Vec::new();
+    // Each key with its list and the source (file) that set it.
+    let mut grid: Vec<(String, Vec<Value>, &str)> = Vec::new();
+    let mut zip: Vec<(String, Vec<Value>, &str)> = Vec::new();
     for s in sources {
         let Some(Value::Table(t)) = s.table.get("sweep") else {
             continue;
@@ -671,25 +701,38 @@ fn merge_sweep(sources: &[Source], errs: &mut Vec<ConfigError>) -> Sweep {
             }
             for (k, v) in entries {
                 if let Value::Array(list) = v {
-                    grid.retain(|(x, _)| x != k);
-                    zip.retain(|(x, _)| x != k);
+                    grid.retain(|(x, _, _)| x != k);
+                    zip.retain(|(x, _, _)| x != k);
                     let dst = if mode == "grid" { &mut grid } else { &mut zip };
-                    dst.push((k.clone(), list.clone()));
+                    dst.push((k.clone(), list.clone(), s.name.as_str()));
                 }
             }
         }
     }
     grid.sort_by(|a, b| a.0.cmp(&b.0));
     zip.sort_by(|a, b| a.0.cmp(&b.0));
-    let lens: BTreeSet<usize> = zip.iter().map(|(_, v)| v.len()).collect();
+    let lens: BTreeSet<usize> = zip.iter().map(|(_, v, _)| v.len()).collect();
     if lens.len() > 1 {
+        let files: BTreeSet<&str> = zip.iter().map(|(_, _, f)| *f).collect();
         errs.push(ConfigError::key(
-            "the merged manifest chain",
+            files.into_iter().collect::<Vec<_>>().join(" + "),
             "sweep.zip",
-            "after `extends` merging, zip lists have different lengths",
+            format!(
+                "after `extends` merging, zip lists have different lengths: {}; give them equal \
+                 lengths, or drop the base's zip keys with `[sweep]` `zip = {{}}`",
+                zip.iter()
+                    .map(|(k, v, f)| format!("`{k}` has {} (from {f})", v.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
-    Sweep { grid, zip }
+    let strip =
+        |v: Vec<(String, Vec<Value>, &str)>| v.into_iter().map(|(k, l, _)| (k, l)).collect();
+    Sweep {
+        grid: strip(grid),
+        zip: strip(zip),
+    }
 }
 
 fn figment_errors(e: figment::Error, fallback: &str) -> Vec<ConfigError> {
@@ -715,6 +758,10 @@ fn figment_errors(e: figment::Error, fallback: &str) -> Vec<ConfigError> {
         .collect()
 }
 
+/// Longest experiment name: it names the experiment's folder and its report's (file systems
+/// allow 255 bytes a name; the rest is room for suffixes such as `.replaced-<time>`).
+pub const MAX_NAME_LEN: usize = 200;
+
 /// Checks that involve more than one key, on a merged config.
 fn semantic(
     c: &ExperimentConfig,
@@ -727,6 +774,15 @@ fn semantic(
         push(
             "name",
             "missing required key `name` (the experiment's name)".into(),
+        );
+    } else if c.name.len() > MAX_NAME_LEN {
+        push(
+            "name",
+            format!(
+                "is {} characters long: it names a folder (and its report's), and file systems \
+                 allow 255 bytes; use at most {MAX_NAME_LEN}",
+                c.name.len()
+            ),
         );
     } else if !c
         .name

@@ -11,7 +11,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use image::{DynamicImage, ImageReader};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use crate::error::{Error, Result};
 
@@ -58,28 +59,51 @@ pub fn check_pixels(path: &Path, what: &str, width: u32, height: u32) -> Result<
     Ok(())
 }
 
-/// Width and height from the file's header, without decoding the pixels.
+/// Width and height as viewers show the image (its EXIF orientation applied: a 32×48 JPEG
+/// stored with orientation 6 is 48×32), from the file's header, without decoding the pixels.
 pub fn dimensions(path: &Path, what: &str) -> Result<(u32, u32)> {
-    reader(path, what)?
-        .into_dimensions()
-        .map_err(|e| Error::dataset(format!("{what} {}: cannot decode: {e}", path.display())))
+    let bad = |e: image::ImageError| {
+        Error::dataset(format!("{what} {}: cannot decode: {e}", path.display()))
+    };
+    let mut dec = reader(path, what)?.into_decoder().map_err(bad)?;
+    let (w, h) = dec.dimensions();
+    let o = dec.orientation().unwrap_or(Orientation::NoTransforms);
+    Ok(if swaps_axes(o) { (h, w) } else { (w, h) })
 }
 
-/// Decode an opened reader after checking its size against [`max_pixels`].
+/// Whether an orientation turns the image by a quarter (width and height swap).
+pub fn swaps_axes(o: Orientation) -> bool {
+    matches!(
+        o,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Decode an opened reader after checking its size against [`max_pixels`], and apply its
+/// EXIF orientation, so every image (and lossy mask) is what viewers show and what masks were
+/// drawn on.
 pub fn with_limits(
     reader: ImageReader<std::io::BufReader<std::fs::File>>,
     path: &Path,
     what: &str,
 ) -> Result<DynamicImage> {
+    let bad = |e: image::ImageError| {
+        Error::dataset(format!("{what} {}: cannot decode: {e}", path.display()))
+    };
     let (w, h) = dimensions(path, what)?;
     check_pixels(path, what, w, h)?;
     let mut reader = reader;
     let mut limits = image::Limits::no_limits();
     limits.max_alloc = Some(u64::from(w) * u64::from(h) * 8 + (64 << 20));
     reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| Error::dataset(format!("{what} {}: cannot decode: {e}", path.display())))
+    let mut dec = reader.into_decoder().map_err(bad)?;
+    let orientation = dec.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(dec).map_err(bad)?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// A reader whose format comes from the file's content: an empty file, or one whose first

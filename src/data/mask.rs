@@ -135,6 +135,11 @@ fn read_png(path: &Path) -> Result<RawMask> {
         .map_err(|e| bad(format!("cannot decode: {e}")))?;
     let (width, height) = r.info().size();
     super::decode::check_pixels(path, "mask", width, height)?;
+    let orientation = r
+        .info()
+        .exif_metadata
+        .as_deref()
+        .and_then(image::metadata::Orientation::from_exif_chunk);
     let mut buf = vec![0; r.output_buffer_size().unwrap_or(0)];
     let info = r
         .next_frame(&mut buf)
@@ -172,12 +177,27 @@ fn read_png(path: &Path) -> Result<RawMask> {
     if values.len() != w * h {
         return Err(bad("is truncated".into()));
     }
-    Ok(RawMask {
+    let mut raw = RawMask {
         width: info.width,
         height: info.height,
         values,
         binarised: false,
-    })
+    };
+    if let Some(o) = orientation {
+        // As viewers show it (and as its image is read): the EXIF orientation applied.
+        let buf = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(
+            raw.width,
+            raw.height,
+            std::mem::take(&mut raw.values),
+        )
+        .ok_or_else(|| bad("is truncated".into()))?;
+        let mut img = image::DynamicImage::ImageLuma16(buf);
+        img.apply_orientation(o);
+        raw.width = img.width();
+        raw.height = img.height();
+        raw.values = img.into_luma16().into_raw();
+    }
+    Ok(raw)
 }
 
 /// Read a mask and check that its stored values fit the declared encoding: a `binary` mask

@@ -78,13 +78,30 @@ pub fn load_all(vm: &VarMap, path: &Path) -> Result<()> {
 /// Save all parameters of a model (atomically).
 pub fn save(vm: &VarMap, path: &Path) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
-    vm.save(&tmp)?;
+    // candle's error says what failed ("No space left on device") but not where.
+    vm.save(&tmp)
+        .map_err(|e| Error::io(&tmp, std::io::Error::other(e.to_string())))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_save_names_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(
+            &vm,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        );
+        let _ = vb.get(2, "w").unwrap();
+        let target = d.path().join("missing-folder").join("w.safetensors");
+        let e = save(&vm, &target).unwrap_err().to_string();
+        assert!(e.contains("missing-folder"), "{e}");
+    }
     use crate::model::{Vgg, VggConfig};
     use candle_core::{DType, Tensor};
     use candle_nn::VarBuilder;

@@ -59,7 +59,9 @@ pub fn compare(exps: &[Experiment], opts: &CompareOptions) -> Result<Comparison>
                 }
             });
         } else if params.contains(col) {
-            rows.sort_by(|a, b| a.config.get(col).cmp(&b.config.get(col)));
+            // Parameters sort as numbers when they are numbers (1, 2, 10 — not 1, 10, 2),
+            // as text otherwise.
+            rows.sort_by(|a, b| param_order(a.config.get(col), b.config.get(col)));
         } else {
             let mut allowed: Vec<String> = metrics.clone();
             allowed.extend(params.iter().cloned());
@@ -104,4 +106,38 @@ pub fn compare(exps: &[Experiment], opts: &CompareOptions) -> Result<Comparison>
         headers,
         rows: cells,
     })
+}
+
+/// Order of two parameter values: numbers by value (before text), text by text, missing last.
+fn param_order(a: Option<&String>, b: Option<&String>) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let num = |s: &String| s.trim().parse::<f64>().ok().filter(|x| !x.is_nan());
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => match (num(x), num(y)) {
+            (Some(p), Some(q)) => p.total_cmp(&q),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => x.cmp(y),
+        },
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::param_order;
+
+    #[test]
+    fn numbers_sort_by_value() {
+        let mut v: Vec<Option<String>> = ["10", "2", "1", "b", "0.5", "a"]
+            .iter()
+            .map(|s| Some(s.to_string()))
+            .chain([None])
+            .collect();
+        v.sort_by(|a, b| param_order(a.as_ref(), b.as_ref()));
+        let got: Vec<&str> = v.iter().map(|x| x.as_deref().unwrap_or("-")).collect();
+        assert_eq!(got, ["0.5", "1", "2", "10", "a", "b", "-"]);
+    }
 }

@@ -142,8 +142,14 @@ impl<'a> Sources<'a> {
         let id = id.split_once('@').map_or(id, |(image, _)| image);
         let rd = &self.run.run_dir;
         let smp = self.sample(id);
-        let img =
-            || -> Option<RgbImage> { Some(image::open(&smp.as_ref()?.image).ok()?.into_rgb8()) };
+        let img = || -> Option<RgbImage> {
+            // As everywhere: the image as viewers show it (EXIF orientation applied).
+            Some(
+                crate::data::decode::open(&smp.as_ref()?.image, "image")
+                    .ok()?
+                    .into_rgb8(),
+            )
+        };
         let cam_map = || -> Option<GrayImage> {
             Some(
                 image::open(cam::sample_file(&rd.join("cams"), id, "png"))

@@ -322,6 +322,20 @@ fn seed_table_html(page: &Page, shown: &[&String]) -> String {
     h
 }
 
+/// One Markdown table row; `|` inside a cell (a swept string, a path) is escaped and line
+/// breaks become spaces, so every row keeps the header's cell count.
+pub fn md_row(cells: &[String]) -> String {
+    let esc: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            c.replace('\\', "\\\\")
+                .replace('|', "\\|")
+                .replace(['\n', '\r'], " ")
+        })
+        .collect();
+    format!("| {} |", esc.join(" | "))
+}
+
 /// Write `summary.md` into `dir`.
 pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
     let mut m = String::new();
@@ -331,7 +345,7 @@ pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
     let mut head: Vec<String> = vec!["variant".into()];
     head.extend(page.params.iter().cloned());
     head.extend(shown.iter().map(|s| s.to_string()));
-    let _ = writeln!(m, "| {} |", head.join(" | "));
+    let _ = writeln!(m, "{}", md_row(&head));
     let _ = writeln!(m, "|{}|", vec!["---"; head.len()].join("|"));
     for r in page.rows {
         let mut cells = vec![r.variant.clone()];
@@ -345,7 +359,7 @@ pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
                 .iter()
                 .map(|c| num(r.metrics.get(*c).copied().unwrap_or(f64::NAN))),
         );
-        let _ = writeln!(m, "| {} |", cells.join(" | "));
+        let _ = writeln!(m, "{}", md_row(&cells));
     }
     if page.seeds.iter().any(|g| g.n > 1) {
         let _ = writeln!(m, "\nMean ± std over seeds (sample std):\n");
@@ -356,13 +370,13 @@ pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
             .collect();
         head.push("n".into());
         head.extend(shown.iter().map(|s| s.to_string()));
-        let _ = writeln!(m, "| {} |", head.join(" | "));
+        let _ = writeln!(m, "{}", md_row(&head));
         let _ = writeln!(m, "|{}|", vec!["---"; head.len()].join("|"));
         for g in page.seeds {
             let mut cells: Vec<String> = g.params.iter().map(|(_, v)| v.clone()).collect();
             cells.push(g.n.to_string());
             cells.extend(shown.iter().map(|c| pm(g, c)));
-            let _ = writeln!(m, "| {} |", cells.join(" | "));
+            let _ = writeln!(m, "{}", md_row(&cells));
         }
     }
     let split = page
@@ -387,4 +401,21 @@ pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
         );
     }
     crate::util::fs::atomic_write(&dir.join("summary.md"), m.as_bytes())
+}
+
+#[cfg(test)]
+mod md_tests {
+    use super::md_row;
+
+    #[test]
+    fn markdown_cells_escape_pipes() {
+        let row = md_row(&["a|b".into(), "x\ny".into(), "c".into()]);
+        assert_eq!(row, "| a\\|b | x y | c |");
+        // As many unescaped separators as a 3-cell header.
+        let seps = |r: &str| r.replace("\\|", "").matches('|').count();
+        assert_eq!(
+            seps(&row),
+            seps(&md_row(&["h1".into(), "h2".into(), "h3".into()]))
+        );
+    }
 }

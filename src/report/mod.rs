@@ -293,6 +293,31 @@ fn galleries(
             .collect(),
     );
     let worst = rows_of(held.iter().rev().take(n).map(|(id, _)| *id).collect());
+    let unknown: Vec<&String> = opts
+        .images
+        .iter()
+        .filter(|id| !facts.contains_key(id.split_once('@').map_or(id.as_str(), |(i, _)| i)))
+        .collect();
+    if !unknown.is_empty() {
+        let mut known: Vec<&String> = facts.keys().collect();
+        known.sort();
+        return Err(Error::Usage(format!(
+            "--images: no image {} in run `{}` (ids look like: {}{})",
+            unknown
+                .iter()
+                .map(|u| format!("`{u}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            run.id,
+            known
+                .iter()
+                .take(3)
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if known.len() > 3 { ", …" } else { "" }
+        )));
+    }
     let chosen: Vec<Row> = opts
         .images
         .iter()

@@ -187,7 +187,8 @@ pub struct SeedGroup {
     pub std: BTreeMap<String, f64>,
 }
 
-/// Group the summary rows by their non-seed parameters (in first-seen order).
+/// Group the summary rows by their non-seed parameters (in first-seen order); rows with one
+/// config hash (the same resolved configuration) count once.
 pub fn seed_groups(rows: &[SummaryRow], params: &[String]) -> Vec<SeedGroup> {
     let keys: Vec<&String> = params.iter().filter(|k| !is_seed(k)).collect();
     type Params = Vec<(String, String)>;
@@ -198,6 +199,9 @@ pub fn seed_groups(rows: &[SummaryRow], params: &[String]) -> Vec<SeedGroup> {
             .map(|k| ((*k).clone(), r.config.get(*k).cloned().unwrap_or_default()))
             .collect();
         match groups.iter_mut().find(|g| g.0 == sig) {
+            // The same resolved config twice (another experiment's copy of a run) is one
+            // replicate, not two.
+            Some(g) if !r.hash.is_empty() && g.1.iter().any(|m| m.hash == r.hash) => {}
             Some(g) => g.1.push(r),
             None => groups.push((sig, vec![r])),
         }
@@ -619,7 +623,7 @@ mod tests {
         SummaryRow {
             experiment: "e".into(),
             variant: format!("{sup}-{seed}"),
-            hash: String::new(),
+            hash: format!("{sup}-{seed}"),
             status: "ok".into(),
             split: "valid".into(),
             metrics: [("seg_miou".to_string(), miou)].into(),
@@ -661,6 +665,21 @@ mod tests {
         let df = seed_frame(&g, &rows).unwrap();
         assert_eq!(df.height(), 2);
         assert!(df.column("seg_miou_std").is_ok());
+    }
+
+    #[test]
+    fn one_resolved_config_is_one_replicate() {
+        // The same run twice (same config hash, e.g. a copy in another experiment) and a
+        // second seed: n = 2, not 3.
+        let rows = vec![
+            row("0", "pseudo", 0.4),
+            row("0", "pseudo", 0.4),
+            row("1", "pseudo", 0.6),
+        ];
+        let g = seed_groups(&rows, &["train.seed".to_string()]);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].n, 2);
+        assert!((g[0].std["seg_miou"] - 0.2f64.hypot(0.0) / 2f64.sqrt()).abs() < 1e-12);
     }
 
     #[test]

@@ -206,11 +206,7 @@ impl Runner {
 
     /// Open every dataset the variants use, once each, and check each variant's split on it.
     /// Dataset problems and split problems are reported together (exit code 2).
-    fn open_datasets(
-        &self,
-        m: &Manifest,
-        mode: Open,
-    ) -> Result<(Opened, Vec<String>)> {
+    fn open_datasets(&self, m: &Manifest, mode: Open) -> Result<(Opened, Vec<String>)> {
         let mut errs = Vec::new();
         let mut data_errs: Vec<String> = Vec::new();
         let mut notes = Vec::new();
@@ -380,6 +376,7 @@ impl Runner {
                     error: None,
                 }),
                 Err(e) if e.exit_code() == crate::error::EXIT_BAD_INPUT => return Err(e),
+                Err(e @ Error::Interrupted { .. }) => return Err(e),
                 Err(e) => {
                     tracing::error!("variant {} failed: {e}", v.id);
                     variants.push(VariantReport {
@@ -454,8 +451,13 @@ impl Runner {
                     }
                 },
             );
+            let result = result.and_then(|x| crate::util::interrupt::check().map(|()| x));
             let (entry, outcome) = match result {
                 Ok(x) => x,
+                Err(e @ Error::Interrupted { .. }) => {
+                    info.interrupt(run_dir, s.name(), &e.to_string())?;
+                    return Err(e);
+                }
                 Err(e) => {
                     info.fail(run_dir, s.name(), &e.to_string())?;
                     return Err(e);

@@ -78,12 +78,13 @@ pub fn predict_folder(
         })
         .collect();
     files.sort();
+    let outputs = output_names(images, &files)?;
     let (lab_dir, ov_dir) = (out.join("labels"), out.join("overlays"));
     let s = &cfg.segmentation;
-    let (mut names, mut fgs) = (vec![], vec![]);
+    let (mut inputs, mut names, mut fgs) = (vec![], vec![], vec![]);
     let mut failed = Vec::new();
     let pb = crate::progress::bar(files.len() as u64, "predict");
-    for f in &files {
+    for (f, rel) in files.iter().zip(&outputs) {
         pb.inc(1);
         let img = match crate::data::decode::open(f, "image") {
             Ok(i) => i.into_rgb8(),
@@ -93,9 +94,8 @@ pub fn predict_folder(
                 continue;
             }
         };
-        let rel = f.strip_prefix(images).unwrap_or(f).with_extension("png");
         let pred = seg.segment(&img, s, &dev)?;
-        let (lp, op) = (lab_dir.join(&rel), ov_dir.join(&rel));
+        let (lp, op) = (lab_dir.join(rel), ov_dir.join(rel));
         for p in [&lp, &op] {
             if let Some(d) = p.parent() {
                 mkdirs(d)?;
@@ -103,6 +103,7 @@ pub fn predict_folder(
         }
         crate::util::fs::atomic_write(&lp, &label_png(&pred)?)?;
         crate::util::fs::write_png(&op, &image::DynamicImage::ImageRgb8(overlay(&img, &pred)))?;
+        inputs.push(f.strip_prefix(images).unwrap_or(f).display().to_string());
         names.push(rel.display().to_string());
         fgs.push(
             pred.as_raw().iter().filter(|&&v| v == 1).count() as f64
@@ -113,7 +114,8 @@ pub fn predict_folder(
     let n = names.len();
     mkdirs(out)?;
     let mut df = TableBuilder::new()
-        .str("image", names)
+        .str("image", inputs)
+        .str("label", names)
         .f64("fg_fraction", fgs)
         .build()?;
     table::write(&mut df, out, "predictions")?;
@@ -122,4 +124,83 @@ pub fn predict_folder(
         failed,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The output name (relative to `labels/` and `overlays/`) of every input: its path with a
+/// `.png` extension, or — where two inputs would share one (`x.png`, `x.jpg`, `x.tif`) — with
+/// its own extension kept (`x.jpg.png`). Nothing is ever written twice: a clash that remains
+/// is bad input naming both files.
+fn output_names(root: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    use std::collections::BTreeMap;
+    let rel = |f: &PathBuf| f.strip_prefix(root).unwrap_or(f).to_path_buf();
+    let plain: Vec<PathBuf> = files.iter().map(|f| rel(f).with_extension("png")).collect();
+    let mut count: BTreeMap<&PathBuf, usize> = BTreeMap::new();
+    for p in &plain {
+        *count.entry(p).or_default() += 1;
+    }
+    let names: Vec<PathBuf> = files
+        .iter()
+        .zip(&plain)
+        .map(|(f, p)| {
+            if count[p] > 1 {
+                let r = rel(f);
+                let mut s = r.into_os_string();
+                s.push(".png");
+                PathBuf::from(s)
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    let mut seen: BTreeMap<&PathBuf, &PathBuf> = BTreeMap::new();
+    for (n, f) in names.iter().zip(files) {
+        if let Some(other) = seen.insert(n, f) {
+            return Err(Error::Usage(format!(
+                "{} and {} would both be written as {}: rename one of them",
+                other.display(),
+                f.display(),
+                n.display()
+            )));
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clashing_output_names_keep_their_extension() {
+        let root = Path::new("/in");
+        let files: Vec<PathBuf> = ["a/x.jpg", "a/x.png", "a/x.tif", "a/y.jpg", "b/x.jpg"]
+            .iter()
+            .map(|f| root.join(f))
+            .collect();
+        let got: Vec<String> = output_names(root, &files)
+            .unwrap()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "a/x.jpg.png",
+                "a/x.png.png",
+                "a/x.tif.png",
+                "a/y.png",
+                "b/x.png"
+            ]
+        );
+        // `x.jpg.png` exists as an input too: no name is left; refused naming both inputs.
+        let files: Vec<PathBuf> = ["x.jpg", "x.png", "x.jpg.png"]
+            .iter()
+            .map(|f| root.join(f))
+            .collect();
+        let e = output_names(root, &files).unwrap_err().to_string();
+        assert!(
+            e.contains("x.jpg") && e.contains("would both be written as"),
+            "{e}"
+        );
+    }
 }

@@ -227,6 +227,14 @@ impl RunInfo {
         write_json(&dir.join("run.json"), self)
     }
 
+    /// Mark the run interrupted (by a signal) in a stage: it resumes when rerun.
+    pub fn interrupt(&mut self, dir: &Path, stage: &str, msg: &str) -> Result<()> {
+        self.status = "interrupted".into();
+        self.error = Some(format!("stage {stage}: {msg}"));
+        self.updated = now();
+        write_json(&dir.join("run.json"), self)
+    }
+
     /// Mark the run failed in a stage.
     pub fn fail(&mut self, dir: &Path, stage: &str, msg: &str) -> Result<()> {
         self.status = "failed".into();

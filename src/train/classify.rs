@@ -436,7 +436,6 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
     let steps_per_epoch = n_train.div_ceil(bs).max(1);
 
     let ckpt = Checkpoint::new(job.scratch, "last");
-    let best = job.scratch.join("best.safetensors");
     let mut prog = Progress {
         epochs_done: 0,
         best_epoch: 0,
@@ -514,6 +513,8 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
             )
         };
         loader::prefetched(plan.len(), build, |step, x| -> Result<()> {
+            // An interrupted epoch is dropped: resuming starts it again from the checkpoint.
+            crate::util::interrupt::check()?;
             let Step {
                 bi,
                 chunk,
@@ -607,24 +608,26 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
             row.epoch, t.epochs, row.train_loss, row.train_accuracy, row.valid_loss, row.valid_accuracy, row.valid_balanced_accuracy, row.valid_auc, row.seconds
         );
         let score = (m.balanced_accuracy, -vloss);
-        if score > prog.best_score {
+        let best_now = score > prog.best_score;
+        if best_now {
             prog.best_score = score;
             prog.best_epoch = epoch + 1;
             prog.bad_epochs = 0;
-            weights::save(&clf.vars, &best)?;
         } else {
             prog.bad_epochs += 1;
         }
         prog.history.push(row);
         prog.epochs_done = epoch + 1;
-        ckpt.save(&clf.vars, &opt, &prog)?;
+        // Weights, optimiser, progress and best weights are committed as one checkpoint.
+        ckpt.save(&clf.vars, &opt, &prog, epoch + 1, best_now)?;
+        crate::util::interrupt::check()?;
         if t.patience > 0 && prog.bad_epochs >= t.patience {
             tracing::info!("early stopping: no improvement for {} epochs", t.patience);
             early = true;
             break;
         }
     }
-    if best.is_file() {
+    if let Some(best) = ckpt.best() {
         weights::load_all(&clf.vars, &best)?;
     }
     let summary = TrainSummary {

@@ -566,6 +566,8 @@ pub fn train(
             ))
         };
         loader::prefetched(plan.len(), build, |step, batch| -> Result<()> {
+            // An interrupted epoch is dropped: resuming starts it again from the checkpoint.
+            crate::util::interrupt::check()?;
             let (bi, chunk, _) = plan[step];
             let (x, ys) = batch?;
             let x = x.to_device(dev)?;
@@ -632,7 +634,8 @@ pub fn train(
         );
         prog.history.push(row);
         prog.epochs_done = epoch + 1;
-        ckpt.save(&seg.vars, &opt, &prog)?;
+        ckpt.save(&seg.vars, &opt, &prog, epoch + 1, false)?;
+        crate::util::interrupt::check()?;
     }
     Ok((
         seg,

@@ -5,3 +5,5 @@
 
 pub mod fs;
 pub mod hash;
+pub mod interrupt;
+pub mod out;

@@ -60,6 +60,18 @@ synth = { patients_per_class = 3, images_per_patient = 3, size = 64, seed = 7 }
         c
     }
 
+    /// The same as [`Sandbox::cmd`] as a plain `std::process::Command` (to spawn it).
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("wsss"));
+        c.current_dir(self.path())
+            .env("WSSS_WORK_DIR", self.work())
+            .env("WSSS_REPORTS_DIR", self.path().join("reports"))
+            .env("WSSS_DATASETS", self.path().join("datasets.toml"))
+            .env_remove("WSSS_CRASH_AT")
+            .env("WSSS_LOG", "warn");
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
