@@ -92,45 +92,12 @@ fn registry(sb: &Sandbox, entry: &str) -> PathBuf {
 
 const FOLDER_INDEX: &str = "[ds]\nlayout = \"folder\"\nroot = \"ds\"\nmasks_dir = \"masks\"\nclasses = [\"normal\", \"malignant\"]\npositive_class = \"malignant\"\nmask_encoding = \"index\"\n";
 
-/// A one-epoch, narrow run with the issue's patient split.
-const ISSUE_MANIFEST: &str = r#"
-name = "m"
-dataset = "ds"
-[split]
-method = "patients"
-train_patients = ["n1", "n2", "m1", "m2"]
-valid_patients = ["n3", "m3"]
-[backbone]
-width = 0.0625
-[train]
-image_size = 32
-epochs = 1
-batch_size = 4
-[segmentation]
-width = 0.0625
-crop_size = 32
-epochs = 1
-batch_size = 4
-"#;
-
 fn run_with(sb: &Sandbox, reg: &Path, args: &[&str]) -> std::process::Output {
     sb.cmd()
         .env("WSSS_DATASETS", reg)
         .args(args)
         .output()
         .unwrap()
-}
-
-/// `seg_metrics` value of `source`/`metric` on `split` in a run directory.
-fn seg_metric(run: &Path, split: &str, source: &str, metric: &str) -> f64 {
-    let mut r = csv::Reader::from_path(run.join("seg_metrics.csv")).unwrap();
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        if &rec[0] == split && &rec[1] == source && &rec[2] == metric {
-            return rec[3].parse().unwrap();
-        }
-    }
-    panic!("no {split}/{source}/{metric} in {}", run.display());
 }
 
 fn csv_rows(p: &Path) -> Vec<csv::StringRecord> {
@@ -146,7 +113,7 @@ fn palette_masks_are_read_as_indices_with_the_exact_baseline_scores() {
     let sb = Sandbox::new();
     palette_dataset(&sb.path().join("ds"));
     let reg = registry(&sb, FOLDER_INDEX);
-    let m = sb.write("m.toml", ISSUE_MANIFEST);
+    let m = sb.write("m.toml", SIX_PATIENTS);
     let o = run_with(&sb, &reg, &["run", m.to_str().unwrap(), "--no-report"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let run = first_dir(sb.work().join("m"));
@@ -226,7 +193,7 @@ fn batch_size_one_trains_and_tiles_smaller_than_the_geometry_are_handled() {
         &sb,
         "[ds]\nlayout = \"folder\"\nroot = \"ds\"\nmasks_dir = \"masks\"\nclasses = [\"normal\", \"malignant\"]\n",
     );
-    let m = sb.write("m.toml", ISSUE_MANIFEST);
+    let m = sb.write("m.toml", SIX_PATIENTS);
     let o = run_with(
         &sb,
         &reg,
@@ -346,7 +313,7 @@ fn same_file_names_in_different_patient_folders_get_qualified_ids() {
     let out = stdout(&o);
     assert!(out.contains("12 images, 6 patients"), "{out}");
     // Every tile is t0/t1 in every patient folder; ids are patient/class/stem.
-    let m = sb.write("m.toml", ISSUE_MANIFEST);
+    let m = sb.write("m.toml", SIX_PATIENTS);
     let o = run_with(&sb, &reg, &["run", m.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let run = first_dir(sb.work().join("m"));
@@ -413,7 +380,7 @@ fn an_empty_class_folder_is_refused_by_validate_plan_and_run_alike() {
     std::fs::remove_dir_all(root.join("images/malignant")).unwrap();
     std::fs::create_dir_all(root.join("images/malignant/m1")).unwrap();
     let reg = registry(&sb, FOLDER_INDEX);
-    let m = sb.write("m.toml", ISSUE_MANIFEST);
+    let m = sb.write("m.toml", SIX_PATIENTS);
     for cmd in ["validate", "plan", "run"] {
         let o = run_with(&sb, &reg, &[cmd, m.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
@@ -448,7 +415,7 @@ fn a_masks_folder_beside_the_images_is_used_and_said_so() {
         stderr(&o)
     );
     // And they are scored: a run has ground-truth metrics.
-    let m = sb.write("m.toml", ISSUE_MANIFEST);
+    let m = sb.write("m.toml", SIX_PATIENTS);
     let o = run_with(&sb, &reg, &["run", m.to_str().unwrap(), "--no-report"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let run = first_dir(sb.work().join("m"));
@@ -485,7 +452,7 @@ fn the_cam_stage_reads_no_threshold_and_counts_no_excluded_patient() {
     // n3 and m3 are in no split.
     let m = sb.write(
         "m.toml",
-        &(ISSUE_MANIFEST
+        &(SIX_PATIENTS
             .replace(
                 "valid_patients = [\"n3\", \"m3\"]",
                 "valid_patients = [\"n2\", \"m2\"]",
@@ -608,7 +575,7 @@ fn a_corpus_of_planted_faults_is_reported_in_one_pass() {
     );
     // (m3's palette masks with an ignore band are valid and must not be reported.)
     let reg = registry(&sb, FOLDER_INDEX);
-    let m = sb.write("m.toml", ISSUE_MANIFEST);
+    let m = sb.write("m.toml", SIX_PATIENTS);
     let before = snapshot(&root);
     let expected = [
         "n1/t0.png: cannot decode",

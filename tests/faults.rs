@@ -50,26 +50,6 @@ fn stored_tile(seed: u32, pos: bool) -> image::RgbImage {
 
 const REG: &str = "[ds]\nlayout = \"folder\"\nroot = \"ds\"\nmasks_dir = \"masks\"\nclasses = [\"normal\", \"malignant\"]\n";
 
-const M: &str = r#"
-name = "m"
-dataset = "ds"
-[split]
-method = "patients"
-train_patients = ["n1", "n2", "m1", "m2"]
-valid_patients = ["n3", "m3"]
-[backbone]
-width = 0.0625
-[train]
-image_size = 32
-epochs = 1
-batch_size = 4
-[segmentation]
-width = 0.0625
-crop_size = 32
-epochs = 1
-batch_size = 4
-"#;
-
 /// Tiles stored rotated with an EXIF orientation (as cameras and some scanners write them),
 /// masks drawn on the image as viewers show it; and the same tiles stored upright.
 fn orientation_datasets(rotated: &Path, upright: &Path) {
@@ -112,17 +92,6 @@ fn orientation_datasets(rotated: &Path, upright: &Path) {
     }
 }
 
-fn seg_metric(run: &Path, split: &str, source: &str, metric: &str) -> f64 {
-    let mut r = csv::Reader::from_path(run.join("seg_metrics.csv")).unwrap();
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        if &rec[0] == split && &rec[1] == source && &rec[2] == metric {
-            return rec[3].parse().unwrap();
-        }
-    }
-    panic!("no {split}/{source}/{metric}");
-}
-
 #[test]
 fn exif_orientation_is_applied_by_every_decode() {
     let sb = Sandbox::new();
@@ -143,10 +112,11 @@ fn exif_orientation_is_applied_by_every_decode() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let m = sb.write("m.toml", M);
+    let m = sb.write("m.toml", SIX_PATIENTS);
     let mu = sb.write(
         "mu.toml",
-        &M.replace("name = \"m\"", "name = \"mu\"")
+        &SIX_PATIENTS
+            .replace("name = \"m\"", "name = \"mu\"")
             .replace("dataset = \"ds\"", "dataset = \"up\""),
     );
     for p in [&m, &mu] {

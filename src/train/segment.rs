@@ -176,16 +176,19 @@ impl Segmenter {
         dev: &Device,
     ) -> Result<Vec<f32>> {
         let (w0, h0) = img.dimensions();
-        if (scale - 1.0).abs() > 1e-9 {
-            let small = rescale(img, scale);
-            let (sw, sh) = small.dimensions();
-            let p = self.predict(&small, crop, 1.0, tta, batch, dev)?;
-            let t = Tensor::from_vec(p, (1, 1, sh as usize, sw as usize), &Device::Cpu)?;
-            return Ok(
+        // Predict on a resized copy and resize the probability map back to (w0, h0).
+        let resized = |other: &RgbImage| -> Result<Vec<f32>> {
+            let (w, h) = other.dimensions();
+            let p = self.predict(other, crop, 1.0, tta, batch, dev)?;
+            let t = Tensor::from_vec(p, (1, 1, h as usize, w as usize), &Device::Cpu)?;
+            Ok(
                 crate::model::ops::resize_bilinear(&t, h0 as usize, w0 as usize)?
                     .flatten_all()?
                     .to_vec1::<f32>()?,
-            );
+            )
+        };
+        if (scale - 1.0).abs() > 1e-9 {
+            return resized(&rescale(img, scale));
         }
         if w0.min(h0) < MIN_INFERENCE_SIDE {
             // Too small for the encoder's downsampling: scale up as training does for images
@@ -195,14 +198,12 @@ impl Segmenter {
                 ((w0 as f64 * up).ceil() as u32).max(crop),
                 ((h0 as f64 * up).ceil() as u32).max(crop),
             );
-            let big = imageops::resize(img, uw, uh, imageops::FilterType::Triangle);
-            let p = self.predict(&big, crop, 1.0, tta, batch, dev)?;
-            let t = Tensor::from_vec(p, (1, 1, uh as usize, uw as usize), &Device::Cpu)?;
-            return Ok(
-                crate::model::ops::resize_bilinear(&t, h0 as usize, w0 as usize)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            );
+            return resized(&imageops::resize(
+                img,
+                uw,
+                uh,
+                imageops::FilterType::Triangle,
+            ));
         }
         let (w, h) = (w0, h0);
         let (cw, ch) = (crop.min(w), crop.min(h));

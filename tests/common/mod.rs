@@ -50,14 +50,7 @@ synth = { patients_per_class = 3, images_per_patient = 3, size = 64, seed = 7 }
 
     /// `wsss` with this sandbox's work dir and registry, run in the sandbox.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("wsss").unwrap();
-        c.current_dir(self.path())
-            .env("WSSS_WORK_DIR", self.work())
-            .env("WSSS_REPORTS_DIR", self.path().join("reports"))
-            .env("WSSS_DATASETS", self.path().join("datasets.toml"))
-            .env_remove("WSSS_CRASH_AT")
-            .env("WSSS_LOG", "warn");
-        c
+        Command::from_std(self.std_cmd())
     }
 
     /// The same as [`Sandbox::cmd`] as a plain `std::process::Command` (to spawn it).
@@ -102,6 +95,40 @@ pub fn shared_data() -> Option<PathBuf> {
         .unwrap_or_else(|| repo().join("../shared/data"));
     p.join("glas/labels.csv").is_file().then_some(p)
 }
+
+/// The `seg_metrics` value of `source`/`metric` on `split` in a run directory.
+pub fn seg_metric(run: &Path, split: &str, source: &str, metric: &str) -> f64 {
+    let mut r = csv::Reader::from_path(run.join("seg_metrics.csv")).unwrap();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        if &rec[0] == split && &rec[1] == source && &rec[2] == metric {
+            return rec[3].parse().unwrap();
+        }
+    }
+    panic!("no {split}/{source}/{metric} in {}", run.display());
+}
+
+/// A one-epoch, narrow run of a folder dataset `ds` with patients n1–n3 / m1–m3: train n1 n2
+/// m1 m2, valid n3 m3.
+pub const SIX_PATIENTS: &str = r#"
+name = "m"
+dataset = "ds"
+[split]
+method = "patients"
+train_patients = ["n1", "n2", "m1", "m2"]
+valid_patients = ["n3", "m3"]
+[backbone]
+width = 0.0625
+[train]
+image_size = 32
+epochs = 1
+batch_size = 4
+[segmentation]
+width = 0.0625
+crop_size = 32
+epochs = 1
+batch_size = 4
+"#;
 
 /// A minimal valid manifest for the sandbox's synthetic data, with a classifier small enough
 /// to train in seconds.
