@@ -641,13 +641,17 @@ fn compare(
     }
     let c = crate::report::compare::compare(&exps, &CompareOptions { only_changed, sort })?;
     if csv {
-        let mut w = csv::Writer::from_writer(std::io::stdout());
+        // Built in memory, printed like every other output (a closed pipe ends it quietly).
+        let mut w = csv::Writer::from_writer(Vec::new());
         let io = |e: csv::Error| Error::io("stdout", std::io::Error::other(e));
         w.write_record(&c.headers).map_err(io)?;
         for r in &c.rows {
             w.write_record(r).map_err(io)?;
         }
-        w.flush().map_err(|e| Error::io("stdout", e))?;
+        let bytes = w
+            .into_inner()
+            .map_err(|e| Error::io("stdout", std::io::Error::other(e.to_string())))?;
+        out!("{}", String::from_utf8_lossy(&bytes));
     } else {
         let h: Vec<&str> = c.headers.iter().map(String::as_str).collect();
         out!("{}", table::text(&h, &c.rows));

@@ -64,12 +64,21 @@ pub enum Error {
     /// SIGINT or SIGTERM arrived; the run stopped at a safe point and resumes when rerun.
     #[error(
         "interrupted by {}: stopped at a safe point (checkpoints committed); run the same command again to resume",
-        crate::util::interrupt::name(*signal)
+        signal_name(*signal)
     )]
     Interrupted {
         /// The signal's number.
         signal: i32,
     },
+}
+
+/// The conventional name of a signal number.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 fn format_list(what: &str, items: &[String]) -> String {

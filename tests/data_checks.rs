@@ -609,3 +609,134 @@ fn a_corpus_of_planted_faults_is_reported_in_one_pass() {
     assert_eq!(snapshot(&root), before, "a command changed the dataset");
     assert!(!sb.work().join("m").exists(), "a run directory was made");
 }
+
+#[test]
+fn an_edited_mask_of_the_same_size_changes_the_fingerprint() {
+    let sb = Sandbox::new();
+    let root = sb.path().join("ds");
+    palette_dataset(&root);
+    // Uncompressed TIFF masks (binary, no ignore band) keep their byte size when relabelled.
+    for e in walkdir::WalkDir::new(root.join("masks"))
+        .into_iter()
+        .flatten()
+    {
+        let p = e.path().to_path_buf();
+        if p.extension().is_some_and(|x| x == "png") {
+            let pos = p.to_string_lossy().contains("/malignant/");
+            let g = image::GrayImage::from_fn(N, N, |x, y| {
+                image::Luma([u8::from(pos && fg_box(x, y))])
+            });
+            std::fs::remove_file(&p).unwrap();
+            g.save(p.with_extension("tif")).unwrap();
+        }
+    }
+    let reg = registry(&sb, &FOLDER_INDEX.replace("\"index\"", "\"binary\""));
+    let m = sb.write("m.toml", SIX_PATIENTS);
+    let o = run_with(&sb, &reg, &["run", m.to_str().unwrap(), "--no-report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mask = root.join("masks/malignant/m3/t0.tif");
+    let before = std::fs::metadata(&mask).unwrap().len();
+    image::GrayImage::from_pixel(N, N, image::Luma([1]))
+        .save(&mask)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&mask).unwrap().len(), before, "same size");
+    // The run directory holds results of other data: refused by plan and run alike (not
+    // reported as cached), until --fresh moves it aside.
+    for cmd in ["plan", "run"] {
+        let o = run_with(
+            &sb,
+            &reg,
+            &[cmd, m.to_str().unwrap(), "--no-report"][..2 + usize::from(cmd == "run")],
+        );
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("the data changed"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+    }
+    let o = run_with(
+        &sb,
+        &reg,
+        &["run", m.to_str().unwrap(), "--no-report", "--fresh"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let run = first_dir(sb.work().join("m"));
+    // m3's two tiles: t0 now all foreground (1024), t1 as before (448 of 896 counted).
+    let fg = seg_metric(&run, "valid", "all_foreground", "iou_foreground");
+    assert!(
+        (fg - (1024.0 + 448.0) / (2048.0 + 1024.0 + 1024.0)).abs() < 1e-9,
+        "{fg}"
+    );
+}
+
+#[test]
+fn sweeps_over_settings_nothing_reads_are_refused_as_fake_replicates() {
+    let sb = Sandbox::new();
+    palette_dataset(&sb.path().join("ds"));
+    let reg = registry(&sb, FOLDER_INDEX);
+    for (sweep, key) in [
+        ("\"split.seed\" = [0, 1, 2]", "split.seed"),
+        ("\"loss.focal_gamma\" = [1.0, 2.0]", "loss.focal_gamma"),
+        (
+            "\"split.valid_patients\" = [[\"n3\", \"m3\"], [\"m3\", \"n3\"]]",
+            "split.valid_patients",
+        ),
+    ] {
+        let m = sb.write("m.toml", &format!("{SIX_PATIENTS}[sweep.grid]\n{sweep}\n"));
+        for cmd in ["plan", "run"] {
+            let o = run_with(&sb, &reg, &[cmd, m.to_str().unwrap()]);
+            assert_eq!(o.status.code(), Some(2), "{sweep} {cmd}: {}", stderr(&o));
+            let err = stderr(&o);
+            assert!(
+                err.contains("compute the same thing") && err.contains(&format!("`{key}`")),
+                "{sweep} {cmd}: {err}"
+            );
+        }
+    }
+    assert!(!sb.work().join("m").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn one_file_is_one_image_and_one_image_has_one_mask() {
+    let sb = Sandbox::new();
+    let root = sb.path().join("ds");
+    palette_dataset(&root);
+    // A linked copy of a valid tile under a training patient, a second mask for one image,
+    // and a mask in a format masks are not read from.
+    std::os::unix::fs::symlink(
+        root.join("images/malignant/m3/t0.png"),
+        root.join("images/malignant/m1/copy.png"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("masks/malignant/m3/t0.png"),
+        root.join("masks/malignant/m1/copy.png"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("masks/malignant/m2/t0.png"),
+        root.join("masks/malignant/m2/t0.tif"),
+    )
+    .unwrap();
+    std::fs::rename(
+        root.join("masks/normal/n1/t1.png"),
+        root.join("masks/normal/n1/t1.gif"),
+    )
+    .unwrap();
+    let reg = registry(&sb, FOLDER_INDEX);
+    let o = run_with(&sb, &reg, &["datasets", "ds", "--verify"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "is image `m1/malignant/copy` (patient m1) and image `m3/malignant/t0` (patient m3)"
+        ) || err.contains(
+            "is image `m3/malignant/t0` (patient m3) and image `m1/malignant/copy` (patient m1)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("m2/t0.png has several masks"), "{err}");
+    assert!(err.contains("t1.gif, not a mask format"), "{err}");
+}

@@ -279,9 +279,17 @@ fn a_closed_stdout_ends_quietly_and_the_run_still_writes_its_report() {
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(sb.path().join("reports/t/index.html").is_file());
-    let (code, err) = with_closed_stdout(&sb, &["compare", "t"], 1);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    for args in [vec!["compare", "t"], vec!["compare", "t", "--csv"]] {
+        // Closed before anything is read (`| true`) and after one byte (`| head -c 1`).
+        for keep in [0, 1] {
+            let (code, err) = with_closed_stdout(&sb, &args, keep);
+            assert_eq!(code, Some(0), "{args:?}: {err}");
+            assert!(
+                !err.contains("panicked") && !err.contains("error"),
+                "{args:?}: {err}"
+            );
+        }
+    }
 }
 
 #[test]

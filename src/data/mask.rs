@@ -16,7 +16,7 @@ use std::path::Path;
 use image::GrayImage;
 
 use super::registry::{DatasetSpec, MaskEncoding, NegativeMasks};
-use super::scan::Sample;
+use super::sample::Sample;
 use crate::error::{Error, Result};
 
 /// Label value of pixels that do not count (as in the peer repositories).
@@ -106,11 +106,17 @@ pub fn read_raw(path: &Path, lossy_threshold: Option<u8>) -> Result<RawMask> {
                 }
                 image::DynamicImage::ImageLuma16(g) => g.into_raw(),
                 other => {
+                    let hint = if format == Some(image::ImageFormat::Bmp) {
+                        " (BMP masks, even 8-bit or palette ones, are decoded to colours: save \
+                         masks as PNG)"
+                    } else {
+                        ""
+                    };
                     return Err(bad(format!(
                         "is a {:?} image: a mask must be a single-channel label map \
-                         (grayscale or palette PNG, 8 or 16 bits)",
+                         (grayscale or palette PNG, 8 or 16 bits){hint}",
                         other.color()
-                    )))
+                    )));
                 }
             };
             Ok(RawMask {

@@ -6,6 +6,7 @@ pub mod loader;
 pub mod mask;
 pub mod patches;
 pub mod registry;
+pub mod sample;
 pub mod scan;
 pub mod split;
 pub mod synth;

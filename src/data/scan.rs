@@ -1,8 +1,8 @@
 //! Scanning a registered dataset into an index of samples, and checking its files.
 //!
-//! [`index`] is cheap (directory walk or CSV read plus file sizes) and yields the dataset
-//! fingerprint; [`verify`] decodes every image and mask in parallel and reports, with paths,
-//! every unreadable or truncated file and every mask whose size differs from its image.
+//! [`check`] lists the dataset (directory walk or CSV read), then decodes every image and mask
+//! in parallel ([`verify`]), and reports every problem of every file at once, with paths. The
+//! dataset fingerprint hashes the listing and every file's bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,26 +18,7 @@ use crate::util::hash::Hasher;
 /// Image file extensions the folder scanner picks up.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "tif", "tiff", "bmp"];
 
-/// One image of a dataset.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Sample {
-    /// Unique id: the CSV id column (or the file stem) in the CSV layout; in the folder layout
-    /// `<patient>/<class>/<file stem>`, unique by construction (scanners repeat tile names
-    /// across slides).
-    pub id: String,
-    /// Image path.
-    pub image: PathBuf,
-    /// Mask path, if the dataset has masks.
-    pub mask: Option<PathBuf>,
-    /// Class index into the dataset's classes.
-    pub class: usize,
-    /// Patient id.
-    pub patient: String,
-    /// Image file size in bytes (part of the fingerprint).
-    pub image_bytes: u64,
-    /// Mask file size in bytes (0 without a mask).
-    pub mask_bytes: u64,
-}
+pub use super::sample::Sample;
 
 /// The samples of a dataset and its fingerprint.
 #[derive(Debug, Clone)]
@@ -46,10 +27,10 @@ pub struct DatasetIndex {
     pub spec: DatasetSpec,
     /// Samples sorted by id.
     pub samples: Vec<Sample>,
-    /// SHA-256 of the sorted (id, relative paths, sizes, class, patient) rows.
+    /// SHA-256 of the sorted (id, relative paths, sizes, class, patient) rows and, once
+    /// [`check`]ed, of every image's and mask's bytes.
     pub fingerprint: String,
-    /// Width and height of each sample (same order), once decoded by [`check`]; empty after
-    /// [`index`] alone.
+    /// Width and height of each sample (same order), as decoded by [`check`].
     pub sizes: Vec<(u32, u32)>,
 }
 
@@ -84,17 +65,8 @@ pub struct ImageInfo {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
-}
-
-/// Index a dataset without decoding images. Collects every problem before failing.
-pub fn index(spec: &DatasetSpec) -> Result<DatasetIndex> {
-    let mut errs = Vec::new();
-    let idx = index_collect(spec, &mut errs)?;
-    if errs.is_empty() {
-        Ok(idx)
-    } else {
-        Err(Error::Dataset(errs))
-    }
+    /// SHA-256 of the image file's bytes and of its mask's.
+    pub content: String,
 }
 
 /// Index and decode every image and mask, reporting every problem of every file in one pass
@@ -105,7 +77,18 @@ pub fn check(spec: &DatasetSpec, progress: &indicatif::ProgressBar) -> Result<Da
     let mut idx = index_collect(spec, &mut errs)?;
     progress.set_length(idx.samples.len() as u64);
     match verify(&idx, progress) {
-        Ok(infos) => idx.sizes = infos.iter().map(|i| (i.width, i.height)).collect(),
+        Ok(infos) => {
+            idx.sizes = infos.iter().map(|i| (i.width, i.height)).collect();
+            // The fingerprint covers every file's content, so an edited mask of the same size
+            // (an uncompressed TIFF relabelled) changes every stage's key.
+            let mut h = Hasher::new();
+            h.field(&idx.fingerprint);
+            for i in &infos {
+                h.field(&i.content);
+            }
+            idx.fingerprint = h.hex();
+            warn_identical_content(&idx, &infos);
+        }
         Err(Error::Dataset(e)) => errs.extend(e),
         Err(e) => return Err(e),
     }
@@ -113,6 +96,30 @@ pub fn check(spec: &DatasetSpec, progress: &indicatif::ProgressBar) -> Result<Da
         Ok(idx)
     } else {
         Err(Error::Dataset(errs))
+    }
+}
+
+/// Tiles with the same bytes under different patients: a copied tile would put one image on
+/// both sides of a patient split. Not refused (blank tiles can be identical), said loudly.
+fn warn_identical_content(idx: &DatasetIndex, infos: &[ImageInfo]) {
+    let mut first: BTreeMap<&str, &Sample> = BTreeMap::new();
+    for (s, i) in idx.samples.iter().zip(infos) {
+        let image_hash = i.content.split(':').next().unwrap_or("");
+        match first.get(image_hash) {
+            Some(o) if o.patient != s.patient => tracing::warn!(
+                "dataset `{}`: images `{}` (patient {}) and `{}` (patient {}) have identical \
+                 bytes: a copied tile can put one image on both sides of the patient split",
+                idx.spec.name,
+                o.id,
+                o.patient,
+                s.id,
+                s.patient
+            ),
+            Some(_) => {}
+            None => {
+                first.insert(image_hash, s);
+            }
+        }
     }
 }
 
@@ -154,6 +161,27 @@ fn index_collect(spec: &DatasetSpec, errs: &mut Vec<String>) -> Result<DatasetIn
                 w[0].image.display(),
                 w[1].image.display()
             ));
+        }
+    }
+    // One file (reached through a link, or listed twice in an index) under two ids would be
+    // two images — possibly of two patients, on both sides of the split.
+    let mut canon: BTreeMap<PathBuf, &Sample> = BTreeMap::new();
+    for s in &samples {
+        let Ok(c) = std::fs::canonicalize(&s.image) else {
+            continue;
+        };
+        if let Some(o) = canon.get(&c) {
+            errs.push(format!(
+                "the file {} is image `{}` (patient {}) and image `{}` (patient {}): one file \
+                 must be one image",
+                c.display(),
+                o.id,
+                o.patient,
+                s.id,
+                s.patient
+            ));
+        } else {
+            canon.insert(c, s);
         }
     }
     for (ci, c) in spec.classes.iter().enumerate() {
@@ -292,11 +320,35 @@ fn scan_folder(
             });
             let mask = match mask {
                 Some(Ok(m)) => Some(m),
-                Some(Err(expected)) => {
+                Some(Err(MaskLookup::Missing(expected, other))) => {
+                    let also = if other.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; found {}, not a mask format ({})",
+                            other
+                                .iter()
+                                .map(|o| o.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            IMAGE_EXTENSIONS.join(", ")
+                        )
+                    };
                     errs.push(format!(
-                        "image {} has no mask (looked for {})",
+                        "image {} has no mask (looked for {}{also})",
                         p.display(),
                         expected.display()
+                    ));
+                    None
+                }
+                Some(Err(MaskLookup::Ambiguous(all))) => {
+                    errs.push(format!(
+                        "image {} has several masks: {} (keep one)",
+                        p.display(),
+                        all.iter()
+                            .map(|o| o.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                     None
                 }
@@ -331,32 +383,46 @@ fn scan_folder(
     out
 }
 
-/// The mask file of an image: `<stem>.<ext>` for any image extension, in any letter case.
-fn find_mask(dir: &Path, stem: &str) -> std::result::Result<PathBuf, PathBuf> {
-    for ext in IMAGE_EXTENSIONS {
-        let c = dir.join(format!("{stem}.{ext}"));
-        if c.is_file() {
-            return Ok(c);
-        }
-    }
-    // Extensions in another case (`.PNG`, `.Tif`), as images are matched.
+/// Why an image's mask was not found.
+enum MaskLookup {
+    /// No file with the mask's name; the path looked for, and files of that name in formats
+    /// masks cannot be read from.
+    Missing(PathBuf, Vec<PathBuf>),
+    /// Several files could be the mask (`t0.png` and `t0.tif`): which one is meant is unknown.
+    Ambiguous(Vec<PathBuf>),
+}
+
+/// The mask file of an image: `<stem>.<ext>` for an image extension in any letter case — one
+/// and only one.
+fn find_mask(dir: &Path, stem: &str) -> std::result::Result<PathBuf, MaskLookup> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut other: Vec<PathBuf> = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
-        let mut found: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_stem().is_some_and(|s| s == stem)
-                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                    })
-                    && p.is_file()
-            })
-            .collect();
-        found.sort();
-        if let Some(p) = found.into_iter().next() {
-            return Ok(p);
+        for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
+            if p.file_stem().is_none_or(|s| s != stem) || !p.is_file() {
+                continue;
+            }
+            let ext = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            if ext
+                .as_deref()
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e))
+            {
+                found.push(p);
+            } else if ext.is_some() {
+                other.push(p);
+            }
         }
     }
-    Err(dir.join(format!("{stem}.png")))
+    found.sort();
+    other.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(MaskLookup::Missing(dir.join(format!("{stem}.png")), other)),
+        _ => Err(MaskLookup::Ambiguous(found)),
+    }
 }
 
 fn scan_csv(
@@ -492,11 +558,28 @@ fn verify_one(s: &Sample, spec: &DatasetSpec) -> std::result::Result<ImageInfo, 
             Err(e) => errs.push(e.to_string()),
         }
     }
+    let digest = |p: &Path| -> std::result::Result<String, String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(crate::util::hash::sha256_hex(&bytes))
+    };
+    let mut content = String::new();
+    for p in std::iter::once(&s.image).chain(s.mask.as_ref()) {
+        match digest(p) {
+            Ok(d) => {
+                if !content.is_empty() {
+                    content.push(':');
+                }
+                content.push_str(&d);
+            }
+            Err(e) => errs.push(e),
+        }
+    }
     match (img, errs.is_empty()) {
         (Some((width, height)), true) => Ok(ImageInfo {
             id: s.id.clone(),
             width,
             height,
+            content,
         }),
         _ => Err(errs),
     }

@@ -78,6 +78,40 @@ pub fn majority_class(idx: &DatasetIndex) -> BTreeMap<String, usize> {
         .collect()
 }
 
+/// The split settings `cfg.method` reads, the others at their defaults and patient lists in
+/// order without repeats: two configs that split alike have one value (the data stage's slice,
+/// so that a sweep over `split.seed` with `method = "patients"` is not three computations).
+pub fn effective(cfg: &SplitConfig) -> SplitConfig {
+    let d = SplitConfig::default();
+    let list = |v: &[String]| -> Vec<String> {
+        let set: BTreeSet<&String> = v.iter().collect();
+        set.into_iter().cloned().collect()
+    };
+    match cfg.method {
+        SplitMethod::Patients => SplitConfig {
+            method: cfg.method,
+            train_patients: list(&cfg.train_patients),
+            valid_patients: list(&cfg.valid_patients),
+            test_patients: list(&cfg.test_patients),
+            ..d
+        },
+        SplitMethod::Fraction => SplitConfig {
+            method: cfg.method,
+            seed: cfg.seed,
+            valid_fraction: cfg.valid_fraction,
+            test_fraction: cfg.test_fraction,
+            ..d
+        },
+        SplitMethod::Kfold => SplitConfig {
+            method: cfg.method,
+            seed: cfg.seed,
+            folds: cfg.folds,
+            fold: cfg.fold,
+            ..d
+        },
+    }
+}
+
 /// Assign patients to splits. Problems are reported as manifest errors against `source`.
 pub fn assign(
     idx: &DatasetIndex,

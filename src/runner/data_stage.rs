@@ -78,7 +78,9 @@ impl Stage for DataStage {
             mask_encoding: spec.mask_encoding,
             negative_masks: spec.negative_masks,
             lossy_mask_threshold: spec.lossy_mask_threshold,
-            split: input.config.split.clone(),
+            // What the split method reads (a swept `split.seed` under `method = "patients"`
+            // is one computation, not several fake replicates).
+            split: split::effective(&input.config.split),
         }
     }
 

@@ -297,34 +297,111 @@ impl Runner {
         self.opts.work_dir.join(m.name())
     }
 
+    /// Every stage's cache key for a variant, in chain order.
+    fn stage_keys(&self, m: &Manifest, v: &Variant, idx: &DatasetIndex) -> Vec<String> {
+        let mdir = manifest_dir(m);
+        let input = SliceInput {
+            config: &v.config,
+            dataset: idx,
+            manifest_dir: &mdir,
+        };
+        let mut keys: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut out = Vec::new();
+        for s in &self.stages {
+            let k = s.key(&input, &keys);
+            keys.insert(s.name(), k.clone());
+            out.push(k);
+        }
+        out
+    }
+
+    /// Refuse, before anything runs, run directories that hold runs on other data (unless
+    /// `--fresh`): `plan` says what `run` would do.
+    fn refuse_changed_data(&self, m: &Manifest, opened: &Opened) -> Result<()> {
+        if self.opts.fresh {
+            return Ok(());
+        }
+        let mut errs = Vec::new();
+        for v in &m.variants {
+            let spec = self.dataset_for(m, v)?;
+            if let Some(idx) = opened.get(&spec.name).and_then(Option::as_ref) {
+                let dir = self.exp_dir(m).join(run_dir_name(v));
+                errs.extend(rundir::dataset_conflict(&dir, idx));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Usage(errs.join("\n")))
+        }
+    }
+
+    /// Refuse variants that compute the same thing: every stage of both reads the same
+    /// settings (they differ only in keys that nothing reads, such as `split.seed` under
+    /// `split.method = "patients"`), so reporting them as two runs would fake replicates.
+    fn refuse_same_computation(
+        &self,
+        m: &Manifest,
+        keys: &[(&Variant, Option<Vec<String>>)],
+    ) -> Result<()> {
+        let mut first: BTreeMap<&String, &Variant> = BTreeMap::new();
+        let mut errs = Vec::new();
+        for (v, k) in keys {
+            let Some(last) = k.as_ref().and_then(|k| k.last()) else {
+                continue;
+            };
+            if let Some(o) = first.get(last) {
+                let differ: Vec<String> = v
+                    .assignments
+                    .iter()
+                    .filter(|a| !o.assignments.contains(a))
+                    .map(|(k, _)| format!("`{k}`"))
+                    .collect();
+                errs.push(ConfigError::key(
+                    &m.sweep_source,
+                    "sweep",
+                    format!(
+                        "variants `{}` and `{}` compute the same thing: they differ only in {}, \
+                         which no stage reads with these settings; one computation counted \
+                         twice is not a replicate",
+                        o.id,
+                        v.id,
+                        differ.join(", ")
+                    ),
+                ));
+            } else {
+                first.insert(last, v);
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs).into())
+        }
+    }
+
     /// A dry run: every variant, every stage's key, and whether it is cached.
     pub fn plan(&self, m: &Manifest) -> Result<Report> {
         let (indexes, notes) = self.open_datasets(m, Open::Plan)?;
-        let mut variants = Vec::new();
+        let mut all_keys = Vec::new();
         for v in &m.variants {
             let spec = self.dataset_for(m, v)?;
             let idx = indexes.get(&spec.name).and_then(Option::as_ref);
+            all_keys.push((v, idx.map(|d| self.stage_keys(m, v, d))));
+        }
+        self.refuse_same_computation(m, &all_keys)?;
+        self.refuse_changed_data(m, &indexes)?;
+        let mut variants = Vec::new();
+        for (v, keys) in &all_keys {
             let run_dir = self.exp_dir(m).join(run_dir_name(v));
             let mut states = Vec::new();
-            let mut keys: BTreeMap<&'static str, String> = BTreeMap::new();
-            let mdir = manifest_dir(m);
-            for s in &self.stages {
-                let key = idx.map(|d| {
-                    let input = SliceInput {
-                        config: &v.config,
-                        dataset: d,
-                        manifest_dir: &mdir,
-                    };
-                    s.key(&input, &keys)
-                });
+            for (i, s) in self.stages.iter().enumerate() {
+                let key = keys.as_ref().map(|k| k[i].clone());
                 let state = match &key {
                     Some(k) if self.cache.has(s.name(), k) && !self.opts.fresh => "cached",
                     Some(_) => "to run",
                     None => "pending",
                 };
-                if let Some(k) = &key {
-                    keys.insert(s.name(), k.clone());
-                }
                 states.push(StageState {
                     stage: s.name().into(),
                     key,
@@ -351,6 +428,14 @@ impl Runner {
     /// variant that fails while running is reported and the others still run (exit code 1).
     pub fn run(&self, m: &Manifest) -> Result<Report> {
         let (datasets, notes) = self.open_datasets(m, Open::Run)?;
+        let mut all_keys = Vec::new();
+        for v in &m.variants {
+            let spec = self.dataset_for(m, v)?;
+            let idx = datasets.get(&spec.name).and_then(Option::as_ref);
+            all_keys.push((v, idx.map(|d| self.stage_keys(m, v, d))));
+        }
+        self.refuse_same_computation(m, &all_keys)?;
+        self.refuse_changed_data(m, &datasets)?;
         let exp_dir = self.exp_dir(m);
         let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
         let versions = Versions::current();

@@ -59,6 +59,23 @@ pub fn run_dir_name(v: &Variant) -> String {
     format!("{id}-{}", v.hash)
 }
 
+/// Why the run directory `dir` cannot hold a run on `idx` (it holds one on other data), if
+/// it cannot. `plan` and `run` both ask before anything runs; `--fresh` moves it aside.
+pub fn dataset_conflict(dir: &Path, idx: &DatasetIndex) -> Option<String> {
+    let bytes = std::fs::read(dir.join("run.json")).ok()?;
+    let old = serde_json::from_slice::<RunInfo>(&bytes).ok()?;
+    (old.dataset.fingerprint != idx.fingerprint).then(|| {
+        format!(
+            "{} holds a run on dataset `{}` with fingerprint {}, but the dataset now has \
+             fingerprint {}: the data changed. Re-run with --fresh to move the old run aside",
+            dir.display(),
+            idx.spec.name,
+            &old.dataset.fingerprint[..12.min(old.dataset.fingerprint.len())],
+            &idx.fingerprint[..12]
+        )
+    })
+}
+
 /// Dataset identity recorded with a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetRecord {
@@ -150,17 +167,14 @@ pub fn open(
                 "--fresh: moved the previous run directory to {}",
                 aside.display()
             );
-        } else if let Ok(bytes) = std::fs::read(&info_path) {
-            if let Ok(old) = serde_json::from_slice::<RunInfo>(&bytes) {
-                if old.dataset.fingerprint != idx.fingerprint {
-                    return Err(Error::Usage(format!(
-                        "{} holds a run on dataset `{}` with fingerprint {}, but the dataset now has fingerprint {}: the data changed. Re-run with --fresh to move the old run aside",
-                        dir.display(),
-                        idx.spec.name,
-                        &old.dataset.fingerprint[..12.min(old.dataset.fingerprint.len())],
-                        &idx.fingerprint[..12]
-                    )));
-                }
+        } else {
+            if let Some(conflict) = dataset_conflict(dir, idx) {
+                return Err(Error::Usage(conflict));
+            }
+            if let Some(old) = std::fs::read(&info_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
+            {
                 created = old.created;
             }
         }

@@ -113,6 +113,34 @@ pub struct ClassifierConfig {
     pub labels: LabelsConfig,
 }
 
+/// The loss settings `loss.variant` reads, the others at their defaults (so that a sweep over
+/// `loss.focal_gamma` with `variant = "ce"` is one computation, not several fake replicates).
+pub fn effective_loss(l: &LossConfig) -> LossConfig {
+    let d = LossConfig::default();
+    match l.variant {
+        LossVariant::Ce | LossVariant::Bce => LossConfig {
+            variant: l.variant,
+            ..d
+        },
+        LossVariant::Focal => LossConfig {
+            variant: l.variant,
+            focal_gamma: l.focal_gamma,
+            focal_alpha: l.focal_alpha,
+            ..d
+        },
+        LossVariant::LabelSmoothing => LossConfig {
+            variant: l.variant,
+            label_smoothing: l.label_smoothing,
+            ..d
+        },
+        LossVariant::Equivariance | LossVariant::CamArea => LossConfig {
+            variant: l.variant,
+            evidence_weight: l.evidence_weight,
+            ..d
+        },
+    }
+}
+
 impl ClassifierConfig {
     /// The classifier's settings of a resolved config.
     pub fn of(cfg: &ExperimentConfig) -> Self {
@@ -125,8 +153,16 @@ impl ClassifierConfig {
                 pretrained: b.pretrained.clone(),
                 freeze_blocks: b.freeze_blocks,
             },
-            train: cfg.train.clone(),
-            loss: cfg.loss.clone(),
+            train: TrainConfig {
+                // Momentum is an SGD setting; AdamW does not read it.
+                momentum: if cfg.train.optimizer == crate::config::Optimizer::Sgd {
+                    cfg.train.momentum
+                } else {
+                    TrainConfig::default().momentum
+                },
+                ..cfg.train.clone()
+            },
+            loss: effective_loss(&cfg.loss),
             labels: if cfg.labels.windows() {
                 cfg.labels.clone()
             } else {

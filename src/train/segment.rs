@@ -89,7 +89,11 @@ impl SegmenterConfig {
             },
             train: SegTrain {
                 optimizer: cfg.train.optimizer,
-                momentum: cfg.train.momentum,
+                momentum: if cfg.train.optimizer == OptimizerKind::Sgd {
+                    cfg.train.momentum
+                } else {
+                    crate::config::TrainConfig::default().momentum
+                },
                 weight_decay: cfg.train.weight_decay,
                 seed: cfg.train.seed,
             },

@@ -53,12 +53,3 @@ pub fn check() -> Result<()> {
         None => Ok(()),
     }
 }
-
-/// The conventional name of a signal number.
-pub fn name(signal: i32) -> &'static str {
-    match signal {
-        2 => "SIGINT",
-        15 => "SIGTERM",
-        _ => "a signal",
-    }
-}
