@@ -575,7 +575,11 @@ fn a_corpus_of_planted_faults_is_reported_in_one_pass() {
     );
     // (m3's palette masks with an ignore band are valid and must not be reported.)
     let reg = registry(&sb, FOLDER_INDEX);
-    let m = sb.write("m.toml", SIX_PATIENTS);
+    // And a split naming a patient the dataset does not have: reported in the same pass.
+    let m = sb.write(
+        "m.toml",
+        &SIX_PATIENTS.replace("[\"n3\", \"m3\"]", "[\"n3\", \"m3\", \"m7\"]"),
+    );
     let before = snapshot(&root);
     let expected = [
         "n1/t0.png: cannot decode",
@@ -600,6 +604,12 @@ fn a_corpus_of_planted_faults_is_reported_in_one_pass() {
         assert!(!err.contains("panicked"), "{err}");
         for e in expected {
             assert!(err.contains(e), "{args:?}: missing `{e}` in\n{err}");
+        }
+        if args[0] != "datasets" {
+            assert!(
+                err.contains("key `split.valid_patients`: patient `m7` is not in dataset `ds`"),
+                "{args:?}: {err}"
+            );
         }
         assert!(
             !err.contains("m3/"),

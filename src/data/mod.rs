@@ -21,11 +21,22 @@ use crate::error::Result;
 /// on first use; every problem of every file is reported at once ([`scan::check`]). Every
 /// command that needs a dataset's contents goes through here, so they all give one verdict.
 pub fn open(spec: &DatasetSpec) -> Result<DatasetIndex> {
+    let (idx, errs) = open_all(spec)?;
+    if errs.is_empty() {
+        Ok(idx)
+    } else {
+        Err(crate::error::Error::Dataset(errs))
+    }
+}
+
+/// [`open`], returning the index as far as it could be listed beside the problems found
+/// ([`scan::check_all`]).
+pub fn open_all(spec: &DatasetSpec) -> Result<(DatasetIndex, Vec<String>)> {
     if let Some(p) = &spec.synth {
         synth::ensure(&spec.root, &spec.classes, p)?;
     }
     let bar = crate::progress::bar(0, "checking images");
-    let r = scan::check(spec, &bar);
+    let r = scan::check_all(spec, &bar);
     bar.finish_and_clear();
     r
 }

@@ -73,6 +73,21 @@ pub struct ImageInfo {
 /// (missing, duplicate, unreadable, truncated, oversized, wrong-size, lossy or colour masks,
 /// loops in linked folders); the returned index has [`DatasetIndex::sizes`] filled.
 pub fn check(spec: &DatasetSpec, progress: &indicatif::ProgressBar) -> Result<DatasetIndex> {
+    let (idx, errs) = check_all(spec, progress)?;
+    if errs.is_empty() {
+        Ok(idx)
+    } else {
+        Err(Error::Dataset(errs))
+    }
+}
+
+/// [`check`], returning the index (as far as it could be listed) beside the problems found,
+/// so that callers can check what else depends on it (a split's patients) in the same pass.
+/// Fails only when the dataset cannot be listed at all.
+pub fn check_all(
+    spec: &DatasetSpec,
+    progress: &indicatif::ProgressBar,
+) -> Result<(DatasetIndex, Vec<String>)> {
     let mut errs = Vec::new();
     let mut idx = index_collect(spec, &mut errs)?;
     progress.set_length(idx.samples.len() as u64);
@@ -92,11 +107,7 @@ pub fn check(spec: &DatasetSpec, progress: &indicatif::ProgressBar) -> Result<Da
         Err(Error::Dataset(e)) => errs.extend(e),
         Err(e) => return Err(e),
     }
-    if errs.is_empty() {
-        Ok(idx)
-    } else {
-        Err(Error::Dataset(errs))
-    }
+    Ok((idx, errs))
 }
 
 /// Tiles with the same bytes under different patients: a copied tile would put one image on

@@ -211,6 +211,9 @@ impl Runner {
         let mut data_errs: Vec<String> = Vec::new();
         let mut notes = Vec::new();
         let mut indexes: BTreeMap<String, Option<DatasetIndex>> = BTreeMap::new();
+        // Datasets with file problems, listed as far as possible: their splits are still
+        // checked, so that one pass reports both.
+        let mut faulty: BTreeMap<String, DatasetIndex> = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for v in &m.variants {
             let Some(spec) = self.registry.get(&v.config.dataset) else {
@@ -244,8 +247,13 @@ impl Runner {
                     ));
                     None
                 } else {
-                    match data::open(spec) {
-                        Ok(i) => Some(i),
+                    match data::open_all(spec) {
+                        Ok((i, d)) if d.is_empty() => Some(i),
+                        Ok((i, d)) => {
+                            data_errs.extend(d);
+                            faulty.insert(spec.name.clone(), i);
+                            None
+                        }
                         Err(Error::Dataset(d)) => {
                             data_errs.extend(d);
                             None
@@ -255,7 +263,11 @@ impl Runner {
                 };
                 indexes.insert(spec.name.clone(), idx);
             }
-            let Some(idx) = indexes.get(&spec.name).and_then(Option::as_ref) else {
+            let Some(idx) = indexes
+                .get(&spec.name)
+                .and_then(Option::as_ref)
+                .or_else(|| faulty.get(&spec.name))
+            else {
                 continue;
             };
             let sig =
