@@ -155,10 +155,33 @@ fn colour_and_lossy_masks_are_refused_and_a_declared_threshold_binarises_jpeg() 
             && err.contains("lossy_mask_threshold"),
         "{err}"
     );
-    // Declaring the threshold accepts the JPEG mask; the RGB one is still refused.
-    std::fs::remove_file(&rgb).unwrap();
-    palette_png(&rgb, N, N, &vec![0; (N * N) as usize]);
+    // A threshold binarises: it cannot keep an index mask's ignore value, so it needs binary
+    // masks.
     let reg = registry(&sb, &format!("{FOLDER_INDEX}lossy_mask_threshold = 127\n"));
+    let o = run_with(&sb, &reg, &["datasets", "ds", "--verify"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("needs `mask_encoding = \"binary\"`"),
+        "{}",
+        stderr(&o)
+    );
+    // Binary masks (the RGB one replaced, no ignore band) and a declared threshold: the JPEG
+    // mask is accepted.
+    for e in walkdir::WalkDir::new(root.join("masks"))
+        .into_iter()
+        .flatten()
+    {
+        let p = e.path().to_path_buf();
+        if p.extension().is_some_and(|x| x == "png") {
+            let pos = p.to_string_lossy().contains("/malignant/");
+            let idx: Vec<u8> = (0..N * N)
+                .map(|i| u8::from(pos && fg_box(i % N, i / N)))
+                .collect();
+            palette_png(&p, N, N, &idx);
+        }
+    }
+    let binary = FOLDER_INDEX.replace("\"index\"", "\"binary\"");
+    let reg = registry(&sb, &format!("{binary}lossy_mask_threshold = 127\n"));
     let o = run_with(&sb, &reg, &["datasets", "ds", "--verify"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

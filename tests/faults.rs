@@ -295,41 +295,27 @@ fn a_closed_stdout_ends_quietly_and_the_run_still_writes_its_report() {
 #[test]
 fn repeated_sweep_values_and_identical_configs_are_not_replicates() {
     let sb = Sandbox::new();
-    let m = sb.write(
-        "m.toml",
-        &format!("{MINIMAL}\n[sweep.grid]\n\"cam.threshold\" = [0.5, 0.5]\n"),
-    );
-    let o = sb.run(&["validate", m.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
-    assert!(
-        err.contains("key `sweep.grid.\"cam.threshold\"[1]`: repeats 0.5 (item 0)"),
-        "{err}"
-    );
-    // Variants that differ only in what changes nothing (a description) are one config.
-    let m = sb.write(
-        "m2.toml",
-        &format!("{MINIMAL}\n[sweep.grid]\n\"description\" = [\"a\", \"b\"]\n"),
-    );
-    let o = sb.run(&["validate", m.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("resolve to the same configuration"),
-        "{}",
-        stderr(&o)
-    );
-    // A repeated zip tuple too.
-    let m = sb.write(
-        "m3.toml",
-        &format!("{MINIMAL}\n[sweep.zip]\n\"train.seed\" = [0, 0]\n\"split.seed\" = [1, 1]\n"),
-    );
-    let o = sb.run(&["validate", m.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("resolve to the same configuration"),
-        "{}",
-        stderr(&o)
-    );
+    for (sweep, expected) in [
+        (
+            "[sweep.grid]\n\"cam.threshold\" = [0.5, 0.5]",
+            "key `sweep.grid.\"cam.threshold\"[1]`: repeats 0.5 (item 0)",
+        ),
+        // Variants that differ only in what changes nothing (a description) are one config.
+        (
+            "[sweep.grid]\n\"description\" = [\"a\", \"b\"]",
+            "resolve to the same configuration",
+        ),
+        // A repeated zip tuple too.
+        (
+            "[sweep.zip]\n\"train.seed\" = [0, 0]\n\"split.seed\" = [1, 1]",
+            "resolve to the same configuration",
+        ),
+    ] {
+        let m = sb.write("m.toml", &format!("{MINIMAL}\n{sweep}\n"));
+        let o = sb.run(&["validate", m.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{sweep}");
+        assert!(stderr(&o).contains(expected), "{sweep}: {}", stderr(&o));
+    }
 }
 
 #[test]

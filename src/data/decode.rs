@@ -1,7 +1,7 @@
 //! Decoding image files with a known memory bound.
 //!
-//! Every image wsss reads (scan checks, training, CAM, evaluation, `predict`) is decoded here.
-//! Its size is read from the file's header first and checked against a limit on pixels
+//! Every image wsss reads (scan checks, training, CAM, evaluation, galleries, `predict`) is
+//! decoded here, each file read once. Its size is read from the file's header first and checked against a limit on pixels
 //! ([`max_pixels`]: `WSSS_MAX_IMAGE_MEGAPIXELS`, default [`DEFAULT_MAX_MEGAPIXELS`]), so the
 //! memory one decode takes is known before it starts (at most 8 bytes a pixel, for 16-bit
 //! RGBA) and an oversized image is refused up front with its path, its size and the setting to
@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use crate::error::{Error, Result};
 
@@ -59,18 +59,6 @@ pub fn check_pixels(path: &Path, what: &str, width: u32, height: u32) -> Result<
     Ok(())
 }
 
-/// Width and height as viewers show the image (its EXIF orientation applied: a 32×48 JPEG
-/// stored with orientation 6 is 48×32), from the file's header, without decoding the pixels.
-pub fn dimensions(path: &Path, what: &str) -> Result<(u32, u32)> {
-    let bad = |e: image::ImageError| {
-        Error::dataset(format!("{what} {}: cannot decode: {e}", path.display()))
-    };
-    let mut dec = reader(path, what)?.into_decoder().map_err(bad)?;
-    let (w, h) = dec.dimensions();
-    let o = dec.orientation().unwrap_or(Orientation::NoTransforms);
-    Ok(if swaps_axes(o) { (h, w) } else { (w, h) })
-}
-
 /// Whether an orientation turns the image by a quarter (width and height swap).
 pub fn swaps_axes(o: Orientation) -> bool {
     matches!(
@@ -82,60 +70,62 @@ pub fn swaps_axes(o: Orientation) -> bool {
     )
 }
 
-/// Decode an opened reader after checking its size against [`max_pixels`], and apply its
-/// EXIF orientation, so every image (and lossy mask) is what viewers show and what masks were
-/// drawn on.
-pub fn with_limits(
-    reader: ImageReader<std::io::BufReader<std::fs::File>>,
-    path: &Path,
-    what: &str,
-) -> Result<DynamicImage> {
+/// A file's bytes, read once (decoding and fingerprinting share them); errors name the path.
+pub fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::dataset(format!("{what} {}: cannot read: {e}", path.display())))
+}
+
+/// The image format of a file's bytes, from its content: an empty file, or one whose first
+/// bytes match no image format (a text file named `.png`), is refused naming the path.
+pub fn format_of(bytes: &[u8], path: &Path, what: &str) -> Result<ImageFormat> {
+    if bytes.is_empty() {
+        return Err(Error::dataset(format!(
+            "{what} {}: is empty (0 bytes)",
+            path.display()
+        )));
+    }
+    image::guess_format(bytes).map_err(|_| {
+        Error::dataset(format!(
+            "{what} {}: is not an image file (its content matches no image format)",
+            path.display()
+        ))
+    })
+}
+
+/// Decode `bytes` (the file at `path`, in `format`) with one decoder: its header gives the
+/// size and the EXIF orientation, the size as viewers show it is checked against
+/// [`max_pixels`] before any pixel is decoded, the decoder's allocation cap is set to fit, and
+/// the orientation is applied — so every image (and lossy mask) is what viewers show and what
+/// masks were drawn on.
+pub fn decode(bytes: &[u8], format: ImageFormat, path: &Path, what: &str) -> Result<DynamicImage> {
     let bad = |e: image::ImageError| {
         Error::dataset(format!("{what} {}: cannot decode: {e}", path.display()))
     };
-    let (w, h) = dimensions(path, what)?;
-    check_pixels(path, what, w, h)?;
-    let mut reader = reader;
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    // The header is read without a cap; the cap that fits is set once the size is known.
+    reader.no_limits();
+    let mut dec = reader.into_decoder().map_err(bad)?;
+    let (w, h) = dec.dimensions();
+    let orientation = dec.orientation().unwrap_or(Orientation::NoTransforms);
+    let (vw, vh) = if swaps_axes(orientation) {
+        (h, w)
+    } else {
+        (w, h)
+    };
+    check_pixels(path, what, vw, vh)?;
     let mut limits = image::Limits::no_limits();
     limits.max_alloc = Some(u64::from(w) * u64::from(h) * 8 + (64 << 20));
-    reader.limits(limits);
-    let mut dec = reader.into_decoder().map_err(bad)?;
-    let orientation = dec.orientation().unwrap_or(Orientation::NoTransforms);
+    dec.set_limits(limits).map_err(bad)?;
     let mut img = DynamicImage::from_decoder(dec).map_err(bad)?;
     img.apply_orientation(orientation);
     Ok(img)
 }
 
-/// A reader whose format comes from the file's content: an empty file, or one whose first
-/// bytes match no image format (a text file named `.png`), is refused naming the path.
-pub fn reader(path: &Path, what: &str) -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
-    let bad = |m: String| Error::dataset(format!("{what} {}: {m}", path.display()));
-    let mut head = [0u8; 64];
-    let n = {
-        let mut f = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
-        let mut n = 0;
-        while n < head.len() {
-            match std::io::Read::read(&mut f, &mut head[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) => return Err(bad(format!("cannot read: {e}"))),
-            }
-        }
-        n
-    };
-    if n == 0 {
-        return Err(bad("is empty (0 bytes)".into()));
-    }
-    let format = image::guess_format(&head[..n])
-        .map_err(|_| bad("is not an image file (its content matches no image format)".into()))?;
-    let mut r = ImageReader::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
-    r.set_format(format);
-    Ok(r)
-}
-
 /// Open and decode an image file (any supported format, detected from its content).
 pub fn open(path: &Path, what: &str) -> Result<DynamicImage> {
-    with_limits(reader(path, what)?, path, what)
+    let bytes = read(path, what)?;
+    decode(&bytes, format_of(&bytes, path, what)?, path, what)
 }
 
 #[cfg(test)]
@@ -165,7 +155,6 @@ mod tests {
                 && e.contains(MAX_MEGAPIXELS_ENV),
             "{e}"
         );
-        assert_eq!(dimensions(&p, "image").unwrap(), (20000, 20000));
     }
 
     #[test]

@@ -66,27 +66,32 @@ fn is_lossy(path: &Path, format: Option<image::ImageFormat>) -> bool {
 /// `lossy_mask_threshold`: without it a JPEG mask is refused; with it, values above it become
 /// 1 and the rest 0. Errors name the path and what was found.
 pub fn read_raw(path: &Path, lossy_threshold: Option<u8>) -> Result<RawMask> {
+    if is_lossy(path, None) && lossy_threshold.is_none() {
+        // Refused by its extension even if its content cannot be read.
+        return Err(lossy_refused(path));
+    }
+    let bytes = super::decode::read(path, "mask")?;
+    raw_from_bytes(&bytes, path, lossy_threshold)
+}
+
+fn lossy_refused(path: &Path) -> Error {
+    Error::dataset(format!(
+        "mask {}: is stored in a lossy format (JPEG): compression ringing turns background \
+         into foreground; save masks as PNG, or declare `lossy_mask_threshold` (the value \
+         above which a pixel is foreground) for this dataset in the registry",
+        path.display()
+    ))
+}
+
+/// [`read_raw`] of a mask file's bytes, already read.
+pub fn raw_from_bytes(bytes: &[u8], path: &Path, lossy_threshold: Option<u8>) -> Result<RawMask> {
     let bad = |m: String| Error::dataset(format!("mask {}: {m}", path.display()));
-    let reader = if is_lossy(path, None) {
-        // Refused by extension below even if its content cannot be read.
-        image::ImageReader::open(path)
-            .map_err(|e| bad(format!("cannot open: {e}")))?
-            .with_guessed_format()
-            .map_err(|e| bad(format!("cannot read: {e}")))?
-    } else {
-        super::decode::reader(path, "mask")?
-    };
-    let format = reader.format();
-    if is_lossy(path, format) {
+    let format = super::decode::format_of(bytes, path, "mask")?;
+    if is_lossy(path, Some(format)) {
         let Some(t) = lossy_threshold else {
-            return Err(bad(
-                "is stored in a lossy format (JPEG): compression ringing turns background into \
-                 foreground; save masks as PNG, or declare `lossy_mask_threshold` (the value \
-                 above which a pixel is foreground) for this dataset in the registry"
-                    .into(),
-            ));
+            return Err(lossy_refused(path));
         };
-        let img = super::decode::with_limits(reader, path, "mask")?.into_luma8();
+        let img = super::decode::decode(bytes, format, path, "mask")?.into_luma8();
         return Ok(RawMask {
             width: img.width(),
             height: img.height(),
@@ -94,47 +99,41 @@ pub fn read_raw(path: &Path, lossy_threshold: Option<u8>) -> Result<RawMask> {
             binarised: true,
         });
     }
-    match format {
-        Some(image::ImageFormat::Png) => read_png(path),
-        None => Err(bad("is not an image file (unknown format)".into())),
-        Some(_) => {
-            let img = super::decode::with_limits(reader, path, "mask")?;
-            let (width, height) = (img.width(), img.height());
-            let values = match img {
-                image::DynamicImage::ImageLuma8(g) => {
-                    g.into_raw().into_iter().map(u16::from).collect()
-                }
-                image::DynamicImage::ImageLuma16(g) => g.into_raw(),
-                other => {
-                    let hint = if format == Some(image::ImageFormat::Bmp) {
-                        " (BMP masks, even 8-bit or palette ones, are decoded to colours: save \
-                         masks as PNG)"
-                    } else {
-                        ""
-                    };
-                    return Err(bad(format!(
-                        "is a {:?} image: a mask must be a single-channel label map \
-                         (grayscale or palette PNG, 8 or 16 bits){hint}",
-                        other.color()
-                    )));
-                }
-            };
-            Ok(RawMask {
-                width,
-                height,
-                values,
-                binarised: false,
-            })
-        }
+    if format == image::ImageFormat::Png {
+        return read_png(bytes, path);
     }
+    let img = super::decode::decode(bytes, format, path, "mask")?;
+    let (width, height) = (img.width(), img.height());
+    let values = match img {
+        image::DynamicImage::ImageLuma8(g) => g.into_raw().into_iter().map(u16::from).collect(),
+        image::DynamicImage::ImageLuma16(g) => g.into_raw(),
+        other => {
+            let hint = if format == image::ImageFormat::Bmp {
+                " (BMP masks, even 8-bit or palette ones, are decoded to colours: save masks \
+                 as PNG)"
+            } else {
+                ""
+            };
+            return Err(bad(format!(
+                "is a {:?} image: a mask must be a single-channel label map (grayscale or \
+                 palette PNG, 8 or 16 bits){hint}",
+                other.color()
+            )));
+        }
+    };
+    Ok(RawMask {
+        width,
+        height,
+        values,
+        binarised: false,
+    })
 }
 
 /// A PNG's stored values: palette indices for indexed images, full values for 16-bit ones,
 /// unscaled values for 1/2/4-bit ones; colour PNGs are refused.
-fn read_png(path: &Path) -> Result<RawMask> {
+fn read_png(bytes: &[u8], path: &Path) -> Result<RawMask> {
     let bad = |m: String| Error::dataset(format!("mask {}: {m}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
     dec.set_transformations(png::Transformations::IDENTITY);
     let mut r = dec
         .read_info()
@@ -210,7 +209,15 @@ fn read_png(path: &Path) -> Result<RawMask> {
 /// holds at most two distinct values (more means antialiased edges or an instance map, which
 /// would silently become foreground). Errors name the path.
 pub fn read_checked(path: &Path, spec: &DatasetSpec) -> Result<RawMask> {
-    let raw = read_raw(path, spec.lossy_mask_threshold)?;
+    if is_lossy(path, None) && spec.lossy_mask_threshold.is_none() {
+        return Err(lossy_refused(path));
+    }
+    checked_from_bytes(&super::decode::read(path, "mask")?, path, spec)
+}
+
+/// [`read_checked`] of a mask file's bytes, already read.
+pub fn checked_from_bytes(bytes: &[u8], path: &Path, spec: &DatasetSpec) -> Result<RawMask> {
+    let raw = raw_from_bytes(bytes, path, spec.lossy_mask_threshold)?;
     if spec.mask_encoding == MaskEncoding::Binary && !raw.binarised {
         let mut seen = std::collections::BTreeSet::new();
         for &v in &raw.values {

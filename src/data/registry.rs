@@ -356,6 +356,15 @@ fn resolve(name: &str, r: RawEntry, base: &Path) -> std::result::Result<DatasetS
             columns: r.columns.clone(),
         },
     };
+    if r.lossy_mask_threshold.is_some() && r.mask_encoding != MaskEncoding::Binary {
+        // Binarising a lossy mask keeps no index (255 = ignore) or instance id: it would
+        // silently read an index or instance mask as a binary one.
+        return Err(format!(
+            "`lossy_mask_threshold` binarises JPEG masks, so it needs `mask_encoding = \"binary\"` \
+             (here {:?})",
+            r.mask_encoding
+        ));
+    }
     if r.layout == LayoutKind::Synthetic {
         let s = &r.synth;
         if s.patients_per_class < 2 || s.images_per_patient < 1 || s.size < 32 {
@@ -416,6 +425,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("positive_class"), "{e}");
+        let e = Registry::parse("[x]\nlayout = \"folder\"\nroot = \".\"\nclasses = [\"a\", \"b\"]\nmask_encoding = \"index\"\nlossy_mask_threshold = 127\n", "r", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lossy_mask_threshold") && e.contains("binary"),
+            "{e}"
+        );
     }
 
     #[test]

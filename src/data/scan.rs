@@ -541,9 +541,16 @@ pub fn verify(idx: &DatasetIndex, progress: &indicatif::ProgressBar) -> Result<V
 }
 
 fn verify_one(s: &Sample, spec: &DatasetSpec) -> std::result::Result<ImageInfo, Vec<String>> {
+    use super::decode;
     let mut errs = Vec::new();
-    // Decoding (not only the header) finds truncated files.
-    let img = super::decode::open(&s.image, "image").map(|i| (i.width(), i.height()));
+    // Each file is read once: hashed for the fingerprint, then decoded (not only its header,
+    // so truncated files are found).
+    let mut content = String::new();
+    let img = decode::read(&s.image, "image").and_then(|bytes| {
+        content.push_str(&crate::util::hash::sha256_hex(&bytes));
+        let format = decode::format_of(&bytes, &s.image, "image")?;
+        decode::decode(&bytes, format, &s.image, "image").map(|i| (i.width(), i.height()))
+    });
     let img = match img {
         Ok(d) => Some(d),
         Err(e) => {
@@ -552,7 +559,12 @@ fn verify_one(s: &Sample, spec: &DatasetSpec) -> std::result::Result<ImageInfo, 
         }
     };
     if let Some(m) = &s.mask {
-        match super::mask::read_checked(m, spec) {
+        let mask = decode::read(m, "mask").and_then(|bytes| {
+            content.push(':');
+            content.push_str(&crate::util::hash::sha256_hex(&bytes));
+            super::mask::checked_from_bytes(&bytes, m, spec)
+        });
+        match mask {
             Ok(mask) => {
                 if let Some((w, h)) = img {
                     if (mask.width, mask.height) != (w, h) {
@@ -567,22 +579,6 @@ fn verify_one(s: &Sample, spec: &DatasetSpec) -> std::result::Result<ImageInfo, 
                 }
             }
             Err(e) => errs.push(e.to_string()),
-        }
-    }
-    let digest = |p: &Path| -> std::result::Result<String, String> {
-        let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(crate::util::hash::sha256_hex(&bytes))
-    };
-    let mut content = String::new();
-    for p in std::iter::once(&s.image).chain(s.mask.as_ref()) {
-        match digest(p) {
-            Ok(d) => {
-                if !content.is_empty() {
-                    content.push(':');
-                }
-                content.push_str(&d);
-            }
-            Err(e) => errs.push(e),
         }
     }
     match (img, errs.is_empty()) {

@@ -392,17 +392,30 @@ impl Runner {
         }
     }
 
-    /// A dry run: every variant, every stage's key, and whether it is cached.
-    pub fn plan(&self, m: &Manifest) -> Result<Report> {
-        let (indexes, notes) = self.open_datasets(m, Open::Plan)?;
+    /// What `plan` and `run` both do first: open the datasets, compute every variant's stage
+    /// keys once, and refuse variants that compute the same thing and run directories that
+    /// hold runs on other data.
+    #[allow(clippy::type_complexity)]
+    fn prepare<'m>(
+        &self,
+        m: &'m Manifest,
+        mode: Open,
+    ) -> Result<(Opened, Vec<String>, Vec<(&'m Variant, Option<Vec<String>>)>)> {
+        let (opened, notes) = self.open_datasets(m, mode)?;
         let mut all_keys = Vec::new();
         for v in &m.variants {
             let spec = self.dataset_for(m, v)?;
-            let idx = indexes.get(&spec.name).and_then(Option::as_ref);
+            let idx = opened.get(&spec.name).and_then(Option::as_ref);
             all_keys.push((v, idx.map(|d| self.stage_keys(m, v, d))));
         }
         self.refuse_same_computation(m, &all_keys)?;
-        self.refuse_changed_data(m, &indexes)?;
+        self.refuse_changed_data(m, &opened)?;
+        Ok((opened, notes, all_keys))
+    }
+
+    /// A dry run: every variant, every stage's key, and whether it is cached.
+    pub fn plan(&self, m: &Manifest) -> Result<Report> {
+        let (_, notes, all_keys) = self.prepare(m, Open::Plan)?;
         let mut variants = Vec::new();
         for (v, keys) in &all_keys {
             let run_dir = self.exp_dir(m).join(run_dir_name(v));
@@ -439,32 +452,24 @@ impl Runner {
     /// Run every variant through the stage chain. Bad input stops the run (exit code 2); a
     /// variant that fails while running is reported and the others still run (exit code 1).
     pub fn run(&self, m: &Manifest) -> Result<Report> {
-        let (datasets, notes) = self.open_datasets(m, Open::Run)?;
-        let mut all_keys = Vec::new();
-        for v in &m.variants {
-            let spec = self.dataset_for(m, v)?;
-            let idx = datasets.get(&spec.name).and_then(Option::as_ref);
-            all_keys.push((v, idx.map(|d| self.stage_keys(m, v, d))));
-        }
-        self.refuse_same_computation(m, &all_keys)?;
-        self.refuse_changed_data(m, &datasets)?;
+        let (datasets, notes, all_keys) = self.prepare(m, Open::Run)?;
         let exp_dir = self.exp_dir(m);
         let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
-        let versions = Versions::current();
         let mut computed_now: BTreeSet<(String, String)> = BTreeSet::new();
         let mut variants = Vec::new();
         let total = m.variants.len();
-        for (vi, v) in m.variants.iter().enumerate() {
+        for (vi, (v, keys)) in all_keys.iter().enumerate() {
             tracing::info!("variant {}/{total}: {}", vi + 1, v.id);
             let spec = self.dataset_for(m, v)?;
-            let Some(idx) = datasets.get(&spec.name).and_then(Option::as_ref) else {
+            let (Some(idx), Some(keys)) = (datasets.get(&spec.name).and_then(Option::as_ref), keys)
+            else {
                 return Err(Error::dataset(format!(
                     "dataset `{}` was not opened",
                     spec.name
                 )));
             };
             let run_dir = exp_dir.join(run_dir_name(v));
-            match self.run_variant(m, v, idx, &run_dir, &versions, &mut computed_now) {
+            match self.run_variant(m, v, idx, keys, &run_dir, &mut computed_now) {
                 Ok(stages) => variants.push(VariantReport {
                     id: v.id.clone(),
                     hash: v.hash.clone(),
@@ -501,18 +506,18 @@ impl Runner {
         m: &Manifest,
         v: &Variant,
         idx: &DatasetIndex,
+        stage_keys: &[String],
         run_dir: &Path,
-        versions: &Versions,
         computed_now: &mut BTreeSet<(String, String)>,
     ) -> Result<Vec<StageState>> {
         let (dev, device_desc) = device::resolve(&v.config.device)?;
         let mdir = manifest_dir(m);
-        let mut info = rundir::open(run_dir, m, v, idx, versions, &device_desc, self.opts.fresh)?;
+        let versions = Versions::current();
+        let mut info = rundir::open(run_dir, m, v, idx, &versions, &device_desc, self.opts.fresh)?;
         let src = |k: &str| m.source_of(v, k);
-        let mut keys: BTreeMap<&'static str, String> = BTreeMap::new();
         let mut upstream: BTreeMap<&'static str, PathBuf> = BTreeMap::new();
         let mut states = Vec::new();
-        for s in &self.stages {
+        for (s, key) in self.stages.iter().zip(stage_keys) {
             let t0 = Instant::now();
             let slice_input = SliceInput {
                 config: &v.config,
@@ -526,7 +531,7 @@ impl Runner {
                 device: &dev,
                 manifest_dir: &mdir,
             };
-            let key = s.key(&slice_input, &keys);
+            let key = key.clone();
             let force =
                 self.opts.fresh && !computed_now.contains(&(s.name().to_string(), key.clone()));
             let crash = self.opts.crash_at.as_deref() == Some(s.name());
@@ -578,7 +583,6 @@ impl Runner {
                 state.seconds
             );
             info.record_stage(run_dir, &state, &entry)?;
-            keys.insert(s.name(), key);
             upstream.insert(s.name(), entry);
             states.push(state);
         }

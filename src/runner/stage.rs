@@ -1,7 +1,7 @@
 //! The stage contract: what a stage depends on (its cache key) and what it writes.
 //!
 //! A stage declares a typed **slice** of the resolved configuration — exactly the values it
-//! reads — built once per variant by [`Stage::slice`]. Its cache key hashes its name, its
+//! reads — built by [`Stage::slice`] from the variant. Its cache key hashes its name, its
 //! implementation version, that slice, and the keys of the stages it reads from; and
 //! [`Stage::run`] receives the slice, never the variant, so a stage cannot read a setting that
 //! is not in its key (a threshold sweep that reused a stage reading the threshold would show
@@ -90,7 +90,7 @@ pub trait Stage: Sync {
 }
 
 /// A stage whose slice type is erased, as the runner holds it: the key and the run both come
-/// from one slice, built once.
+/// from the same [`Stage::slice`] of the variant (built for each; it is a few fields).
 pub trait DynStage: Sync {
     /// See [`Stage::name`].
     fn name(&self) -> &'static str;

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::Checkpoint;
 use super::losses::{self, GridTransform};
 use super::optim::{lr_at, Optimizer};
-use crate::config::{Arch, ExperimentConfig, LabelsConfig, LossConfig, LossVariant, TrainConfig};
+use crate::config::{
+    BackboneConfig, ExperimentConfig, LabelsConfig, LossConfig, LossVariant, TrainConfig,
+};
 use crate::data::loader::{self, Augment, Images, View};
 use crate::data::patches::{self, Patch, FOREGROUND};
 use crate::data::{DatasetIndex, Split};
@@ -81,28 +83,13 @@ pub struct Predictions {
     pub probs: Vec<Vec<f32>>,
 }
 
-/// The backbone settings the classifier reads (`backbone.cam_layer` is the CAM stage's).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ClassifierBackbone {
-    /// `backbone.arch`.
-    pub arch: Arch,
-    /// `backbone.batch_norm`.
-    pub batch_norm: bool,
-    /// `backbone.width`.
-    pub width: f64,
-    /// `backbone.pretrained`: weights file, relative to the manifest's folder.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pretrained: Option<String>,
-    /// `backbone.freeze_blocks`.
-    pub freeze_blocks: u32,
-}
-
 /// Everything the classifier is built and trained from — the classify stage's slice of the
 /// configuration (with the dataset's identity, added by the stage).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClassifierConfig {
-    /// The network.
-    pub backbone: ClassifierBackbone,
+    /// The network; `cam_layer` (the CAM stage's setting, not read here) is always the
+    /// default, so that which block the CAM reads never retrains the classifier.
+    pub backbone: BackboneConfig,
     /// `[train]`.
     pub train: TrainConfig,
     /// `[loss]`.
@@ -144,14 +131,10 @@ pub fn effective_loss(l: &LossConfig) -> LossConfig {
 impl ClassifierConfig {
     /// The classifier's settings of a resolved config.
     pub fn of(cfg: &ExperimentConfig) -> Self {
-        let b = &cfg.backbone;
         Self {
-            backbone: ClassifierBackbone {
-                arch: b.arch,
-                batch_norm: b.batch_norm,
-                width: b.width,
-                pretrained: b.pretrained.clone(),
-                freeze_blocks: b.freeze_blocks,
+            backbone: BackboneConfig {
+                cam_layer: BackboneConfig::default().cam_layer,
+                ..cfg.backbone.clone()
             },
             train: TrainConfig {
                 // Momentum is an SGD setting; AdamW does not read it.
