@@ -9,9 +9,10 @@ also be run on its own:
     python3 bench/torch_reference.py --suite segment --device cuda --reps 10
 
 Workloads (batch 8, fixed seed, random inputs):
-- classify: VGG-16 at torchvision widths without batch norm, global average pooling and a
-  linear head over 2 classes; forward (inference, no grad) and one AdamW training step
-  (lr 1e-4, weight decay 1e-4, cross-entropy) at 128² and 224²;
+- classify: VGG-16 at torchvision widths without batch norm (or, with --arch
+  efficientnet-lite0, EfficientNet-Lite0 dilated to output stride 16 as wsss's classifier),
+  global average pooling and a linear head over 2 classes; forward (inference, no grad) and one
+  AdamW training step (lr 1e-4, weight decay 1e-4, cross-entropy) at 128² and 224²;
 - segment: DeepLab V3+ with a ResNet-18 encoder at output stride 16 (dilation in layer4),
   ASPP 256 channels at rates 6/12/18 with image pooling, a 48-channel low-level projection of
   layer1 and two 3×3 refinement convs, as in `src/model/deeplab.rs`; one AdamW training step and
@@ -122,6 +123,54 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(self.classifier(y), size=(h, w), mode="bilinear", align_corners=False)
 
 
+LITE0 = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+         (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+
+
+class MBConv(nn.Module):
+    def __init__(self, cin, cout, e, k, stride, dilation):
+        super().__init__()
+        mid = cin * e
+        layers = [] if e == 1 else [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid, eps=1e-3), nn.ReLU6()]
+        layers += [
+            nn.Conv2d(mid, mid, k, stride, dilation * (k // 2), dilation, groups=mid, bias=False),
+            nn.BatchNorm2d(mid, eps=1e-3), nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3),
+        ]
+        self.body = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.body(x)
+        return y + x if self.skip else y
+
+
+class EfficientNetLite0Gap(nn.Module):
+    """EfficientNet-Lite0 (no squeeze-excitation, ReLU6, depthwise convs with PyTorch's
+    symmetric padding), the last stride-2 stage dilated instead (output stride 16, as wsss's
+    classifier), GAP -> linear head over 2 classes."""
+
+    def __init__(self, classes=2):
+        super().__init__()
+        layers = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32, eps=1e-3), nn.ReLU6()]
+        cin, stride_so_far, dilation = 32, 2, 1
+        for i, (r, k, s, e, _, o) in enumerate(LITE0):
+            prev = dilation
+            if s > 1 and stride_so_far * s > 16:
+                dilation, s = dilation * s, 1
+            else:
+                stride_so_far *= s
+            for j in range(r):
+                layers.append(MBConv(cin, o, e, k, s if j == 0 else 1, prev if j == 0 else dilation))
+                cin = o
+        layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280, eps=1e-3), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(1280, classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
 def timed(fn, reps, device):
     def sync():
         if device.type == "cuda":
@@ -167,8 +216,8 @@ def train_step(model, opt, x, loss_fn):
     opt.step()
 
 
-def classify(device, reps, sizes):
-    model = Vgg16Gap().to(device)
+def classify(device, reps, sizes, arch):
+    model = (EfficientNetLite0Gap() if arch == "efficientnet-lite0" else Vgg16Gap()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     y = torch.tensor([i % 2 for i in range(BATCH)], device=device)
     for size in sizes:
@@ -200,6 +249,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     ap.add_argument("--sizes", default="128,224", help="classify input sizes")
+    ap.add_argument("--arch", default="vgg16", choices=["vgg16", "efficientnet-lite0"], help="classify network")
     a = ap.parse_args()
     torch.manual_seed(0)
     if a.threads > 0:
@@ -212,7 +262,7 @@ def main():
         flush=True,
     )
     if a.suite == "classify":
-        classify(device, a.reps, [int(s) for s in a.sizes.split(",")])
+        classify(device, a.reps, [int(s) for s in a.sizes.split(",")], a.arch)
     else:
         segment(device, a.reps)
 

@@ -1,5 +1,5 @@
 //! Classifier throughput benchmark: VGG-16 (torchvision widths, no batch norm, GAP-linear head;
-//! or `--arch resnet18|resnet50`) forward (inference) and one AdamW training step, batch 8, at
+//! or `--arch resnet18|resnet50|efficientnet-lite0`) forward (inference) and one AdamW training step, batch 8, at
 //! 128² and 224², on the CPU or (`--device cuda`, wsss built with `--features cuda`) a GPU.
 //!
 //! Run: `cargo run --release --example bench_classify [-- --reps N] [--arch A] [--device D]`.
@@ -37,6 +37,7 @@ fn arch_of(s: &str) -> Arch {
     match s {
         "resnet18" => Arch::Resnet18,
         "resnet50" => Arch::Resnet50,
+        "efficientnet-lite0" => Arch::EfficientnetLite0,
         _ => Arch::Vgg16,
     }
 }
@@ -91,6 +92,7 @@ fn one(arch: Arch, size: usize, train: bool, reps: usize, dev: &Device) -> candl
 }
 
 fn main() -> candle_core::Result<()> {
+    wsss::util::alloc::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let (dev, dev_name) = common::device(&args)?;
     if args.get(1).map(String::as_str) == Some("--one") {
@@ -102,8 +104,8 @@ fn main() -> candle_core::Result<()> {
     let reps = common::flag(&args, "--reps")
         .and_then(|s| s.parse().ok())
         .unwrap_or(3usize);
-    let (torch, about) = if arch == "vgg16" {
-        common::torch_reference(&args, "classify", &dev_name, reps, &[])
+    let (torch, about) = if arch == "vgg16" || arch == "efficientnet-lite0" {
+        common::torch_reference(&args, "classify", &dev_name, reps, &["--arch", &arch])
     } else {
         Default::default()
     };

@@ -35,6 +35,7 @@ fn tile() -> RgbImage {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    wsss::util::alloc::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let reps = common::flag(&args, "--reps")
         .and_then(|s| s.parse().ok())

@@ -6,6 +6,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    wsss::util::alloc::retain_freed_memory();
     let cli = wsss::cli::Cli::parse();
     let default = if cli.quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_env("WSSS_LOG").unwrap_or_else(|_| EnvFilter::new(default));

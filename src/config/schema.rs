@@ -82,7 +82,14 @@ const NONNEG: Kind = Kind::Float {
     max: f64::INFINITY,
     min_open: false,
 };
-const ARCHS: &[&str] = &["vgg16", "resnet18", "resnet50"];
+const ARCHS: &[&str] = &[
+    "vgg16",
+    "resnet18",
+    "resnet50",
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+];
 
 /// Every key a manifest may set (besides `extends` and the `[sweep]` table).
 pub static FIELDS: &[Field] = &[
@@ -182,7 +189,7 @@ pub static FIELDS: &[Field] = &[
     f(
         "backbone.batch_norm",
         Kind::Bool,
-        "batch norm after every conv (VGG-16-BN)",
+        "batch norm after every conv (VGG-16-BN; ResNet and EfficientNet always have it)",
     ),
     f(
         "backbone.width",
@@ -196,7 +203,7 @@ pub static FIELDS: &[Field] = &[
     f(
         "backbone.pretrained",
         Kind::Str { non_empty: true },
-        "local safetensors file with torchvision parameter names",
+        "local weights file: safetensors or PyTorch .pth/.pt (torchvision or EfficientNet-Lite names)",
     ),
     f(
         "backbone.freeze_blocks",

@@ -138,6 +138,12 @@ pub enum Arch {
     Resnet18,
     /// ResNet-50.
     Resnet50,
+    /// EfficientNet-Lite0 (MBConv blocks, depthwise convs, ReLU6).
+    EfficientnetLite0,
+    /// EfficientNet-Lite1.
+    EfficientnetLite1,
+    /// EfficientNet-Lite2.
+    EfficientnetLite2,
 }
 
 /// Classifier backbone settings.
@@ -150,7 +156,8 @@ pub struct BackboneConfig {
     pub batch_norm: bool,
     /// Channel width multiplier (1.0 = torchvision's widths).
     pub width: f64,
-    /// Optional local safetensors file with torchvision parameter names.
+    /// Optional local weights file (safetensors or PyTorch `.pth`/`.pt`) with the
+    /// checkpoint's own parameter names (torchvision's, or the EfficientNet-Lite port's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<String>,
     /// Number of leading conv blocks kept frozen.

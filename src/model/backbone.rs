@@ -1,4 +1,5 @@
-//! The classifier network: a feature extractor (VGG-16 or ResNet-18/50) under one interface,
+//! The classifier network: a feature extractor (VGG-16, ResNet-18/50 or EfficientNet-Lite0/1/2)
+//! under one interface,
 //! with a global-average-pool → dropout → linear head (`head.*`).
 //!
 //! The head is linear in the pooled features, so the Class Activation Map — the head's class
@@ -9,12 +10,13 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
+use super::efficientnet::{EfficientNet, EfficientNetConfig, Variant};
 use super::resnet::{Depth, ResNet, ResNetConfig};
 use super::vgg::{block_prefixes, Vgg, VggConfig};
 use crate::config::Arch;
 
 /// Number of feature blocks every backbone exposes (VGG: the five conv blocks; ResNet: the
-/// stem and `layer1`…`layer4`).
+/// stem and `layer1`…`layer4`; EfficientNet: see [`super::efficientnet`]).
 pub const BLOCKS: usize = 5;
 
 /// Backbone settings.
@@ -22,7 +24,7 @@ pub const BLOCKS: usize = 5;
 pub struct BackboneSpec {
     /// Architecture.
     pub arch: Arch,
-    /// Batch norm after every conv (VGG only; ResNets always have it).
+    /// Batch norm after every conv (VGG only; ResNet and EfficientNet always have it).
     pub batch_norm: bool,
     /// Channel width multiplier.
     pub width: f64,
@@ -37,6 +39,8 @@ pub enum Features {
     Vgg(Vgg),
     /// ResNet-18 / ResNet-50.
     ResNet(ResNet),
+    /// EfficientNet-Lite0/1/2.
+    EfficientNet(Box<EfficientNet>),
 }
 
 impl Features {
@@ -63,6 +67,20 @@ impl Features {
                 },
                 vb,
             )?),
+            Arch::EfficientnetLite0 | Arch::EfficientnetLite1 | Arch::EfficientnetLite2 => {
+                Features::EfficientNet(Box::new(EfficientNet::new(
+                    EfficientNetConfig {
+                        variant: match spec.arch {
+                            Arch::EfficientnetLite0 => Variant::Lite0,
+                            Arch::EfficientnetLite1 => Variant::Lite1,
+                            _ => Variant::Lite2,
+                        },
+                        width: spec.width,
+                        output_stride: if spec.output_stride_8 { 8 } else { 16 },
+                    },
+                    vb,
+                )?))
+            }
         })
     }
 
@@ -77,6 +95,7 @@ impl Features {
                     r.config().layer_channels(b.min(4))
                 }
             }
+            Features::EfficientNet(e) => e.config().block_channels(b),
         }
     }
 
@@ -86,6 +105,7 @@ impl Features {
         match self {
             Features::Vgg(v) => v.blocks_from(x, start, train),
             Features::ResNet(r) => r.blocks_from(x, start, train),
+            Features::EfficientNet(e) => e.blocks_from(x, start, train),
         }
     }
 
@@ -109,17 +129,36 @@ impl Features {
                 }
                 out
             }
+            Features::EfficientNet(e) => e.block_prefixes(n),
         }
     }
 
-    /// Prefix that a torchvision checkpoint shares with this extractor (what pretrained
-    /// loading reads): `features.` for VGG, everything but the head for ResNets.
+    /// Prefixes that a checkpoint shares with this extractor (what pretrained loading reads):
+    /// `features.` for VGG, everything but the classifier (`fc.*`, `_fc.*`) for ResNet and
+    /// EfficientNet.
     pub fn pretrained_prefixes(&self) -> Vec<&'static str> {
         match self {
             Features::Vgg(_) => vec!["features."],
             Features::ResNet(_) => {
                 vec!["conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."]
             }
+            Features::EfficientNet(_) => {
+                vec!["_conv_stem.", "_bn0.", "_blocks.", "_conv_head.", "_bn1."]
+            }
+        }
+    }
+}
+
+/// How a backbone wants its input normalised, for the run's record. Every backbone takes the
+/// data loader's ImageNet-normalised images; EfficientNet-Lite converts them to what its
+/// checkpoints were trained on.
+pub fn input_normalisation(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Vgg16 | Arch::Resnet18 | Arch::Resnet50 => {
+            "ImageNet mean/std (torchvision): (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]"
+        }
+        Arch::EfficientnetLite0 | Arch::EfficientnetLite1 | Arch::EfficientnetLite2 => {
+            "EfficientNet-Lite (TensorFlow): (pixel - 127) / 128, converted from the loader's ImageNet normalisation"
         }
     }
 }
@@ -226,7 +265,13 @@ mod tests {
 
     #[test]
     fn gap_of_cam_is_the_logits_for_every_arch() -> Result<()> {
-        for arch in [Arch::Vgg16, Arch::Resnet18, Arch::Resnet50] {
+        for arch in [
+            Arch::Vgg16,
+            Arch::Resnet18,
+            Arch::Resnet50,
+            Arch::EfficientnetLite0,
+            Arch::EfficientnetLite2,
+        ] {
             let vm = VarMap::new();
             let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
             let spec = BackboneSpec {

@@ -46,7 +46,7 @@ impl Kernel3 for ConvOp {
     ) -> Result<[Option<Tensor>; 3]> {
         let g = self.g;
         let grad = if self.relu {
-            grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?
+            grad.contiguous()?.apply_op2_no_bwd(res, &RELU_GRAD)?
         } else {
             grad.clone()
         };
@@ -87,8 +87,12 @@ impl Kernel3 for ConvBwd {
     }
 }
 
-/// `grad · [res > 0]`, arguments `(grad, res)`: ReLU's backward from its output.
-struct ReluGrad;
+/// `grad · [0 < res < cap]`, arguments `(grad, res)`: (capped) ReLU's backward from its
+/// output.
+struct ReluGrad(f32);
+
+/// The plain ReLU's backward.
+const RELU_GRAD: ReluGrad = ReluGrad(f32::INFINITY);
 
 impl CustomOp2 for ReluGrad {
     fn name(&self) -> &'static str {
@@ -103,13 +107,13 @@ impl CustomOp2 for ReluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (gr, y) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let out = elementwise::relu_grad(gr, y);
+        let out = elementwise::relu_capped_grad(gr, y, self.0);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-/// `max(x, 0)`, multi-threaded, with a one-pass backward.
-struct Relu;
+/// `min(max(x, 0), cap)`, multi-threaded, with a one-pass backward.
+struct Relu(f32);
 
 impl CustomOp1 for Relu {
     fn name(&self) -> &'static str {
@@ -117,12 +121,15 @@ impl CustomOp1 for Relu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = elementwise::relu(contiguous_f32(s, l)?);
+        let out = elementwise::relu_capped(contiguous_f32(s, l)?, self.0);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?))
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op2_no_bwd(res, &ReluGrad(self.0))?,
+        ))
     }
 }
 
@@ -135,11 +142,24 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !fast_path(x) {
         return x.relu();
     }
+    relu_op(x, f32::INFINITY)
+}
+
+/// ReLU6, `min(max(x, 0), 6)`: one multi-threaded pass each way on the CPU in f32 (candle's
+/// `clamp` is two ops and a masked backward of several passes), candle's `clamp` elsewhere.
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    if !fast_path(x) {
+        return x.clamp(0f32, 6f32);
+    }
+    relu_op(x, 6.0)
+}
+
+fn relu_op(x: &Tensor, cap: f32) -> Result<Tensor> {
     let x = x.contiguous()?;
     if x.track_op() {
-        x.apply_op1(Relu)
+        x.apply_op1(Relu(cap))
     } else {
-        x.apply_op1_no_bwd(&Relu)
+        x.apply_op1_no_bwd(&Relu(cap))
     }
 }
 
@@ -494,6 +514,39 @@ mod tests {
                 "{b}x{c}x{h}x{w}"
             );
         }
+    }
+
+    /// ReLU6 equals candle's `clamp(0, 6)` in value; its gradient is the output gradient where
+    /// `0 < x < 6` and zero elsewhere (PyTorch's `hardtanh_backward`), on inputs spread over
+    /// both bounds.
+    #[test]
+    fn relu6_matches_clamp_and_hardtanhs_gradient() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let v: Vec<f32> = (0..2 * 3 * 7 * 5)
+            .map(|_| rng.random_range(-9.0f32..9.0))
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(v.clone(), (2, 3, 7, 5), &Device::Cpu).unwrap())
+            .unwrap();
+        let p = rand_t(&mut rng, &[2, 3, 7, 5]);
+        let y = relu6(x.as_tensor()).unwrap();
+        let clamp = x.as_tensor().clamp(0f32, 6f32).unwrap();
+        assert!(rel_err(&y, &clamp) < 1e-7);
+        let g = (&y * &p).unwrap().sum_all().unwrap().backward().unwrap();
+        let got = g
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let pv = p.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut inside = 0;
+        for ((xv, gv), pv) in v.iter().zip(&got).zip(&pv) {
+            let want = if *xv > 0.0 && *xv < 6.0 { *pv } else { 0.0 };
+            inside += usize::from(want != 0.0);
+            assert_eq!(*gv, want, "x = {xv}");
+        }
+        assert!(inside > 50 && inside < 160, "{inside} of 210 inside (0, 6)");
     }
 
     /// A window of equal values sends its gradient to the first one only (PyTorch's rule),

@@ -50,6 +50,7 @@ impl DeepLabConfig {
         match self.encoder.arch {
             Arch::Vgg16 => 2,
             Arch::Resnet18 | Arch::Resnet50 => 1,
+            Arch::EfficientnetLite0 | Arch::EfficientnetLite1 | Arch::EfficientnetLite2 => 1,
         }
     }
 }
@@ -183,7 +184,12 @@ mod tests {
 
     #[test]
     fn output_is_input_sized_at_os16_and_os8() -> Result<()> {
-        for arch in [Arch::Vgg16, Arch::Resnet18, Arch::Resnet50] {
+        for arch in [
+            Arch::Vgg16,
+            Arch::Resnet18,
+            Arch::Resnet50,
+            Arch::EfficientnetLite0,
+        ] {
             for os8 in [false, true] {
                 let vm = VarMap::new();
                 let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
@@ -198,7 +204,7 @@ mod tests {
                     let x = Tensor::zeros((2, 3, h, w), DType::F32, &Device::Cpu)?;
                     let blocks = m.encoder.blocks(&x, false)?;
                     let stride = if os8 { 8 } else { 16 };
-                    // VGG's pools floor, ResNet's padded strides ceil.
+                    // VGG's pools floor, ResNet's padded and EfficientNet's "SAME" strides ceil.
                     let side = blocks[4].dim(2)?;
                     assert!(
                         (h / stride..=h.div_ceil(stride)).contains(&side),

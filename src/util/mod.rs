@@ -1,8 +1,10 @@
-//! Small shared helpers: atomic file writes, advisory locks and hashing.
+//! Small shared helpers: atomic file writes, advisory locks, hashing and the allocator's
+//! settings.
 //!
 //! Everything `wsss` writes goes through [`fs::atomic_write`] (temp file in the same folder,
 //! then rename), so an interrupted run never leaves a half-written file under a final name.
 
+pub mod alloc;
 pub mod fs;
 pub mod hash;
 pub mod interrupt;

@@ -91,7 +91,7 @@ impl Geom {
 }
 
 /// Output positions `ox` whose input column `ox·stride + off` lies in `[0, w)`.
-fn valid_range(off: isize, stride: usize, w: usize, wo: usize) -> (usize, usize) {
+pub(crate) fn valid_range(off: isize, stride: usize, w: usize, wo: usize) -> (usize, usize) {
     let s = stride as isize;
     let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
     let hi = if (w as isize) - off <= 0 {

@@ -25,21 +25,36 @@ pub fn bias_act(y: &mut [f32], bias: &[f32], len: usize, relu: bool, parallel: b
 
 /// `max(x, 0)`.
 pub fn relu(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, x)| *o = x.max(0.0)));
-    out
+    relu_capped(x, f32::INFINITY)
 }
 
 /// ReLU's backward from its output `y`: `grad · [y > 0]`.
 pub fn relu_grad(grad: &[f32], y: &[f32]) -> Vec<f32> {
+    relu_capped_grad(grad, y, f32::INFINITY)
+}
+
+/// `min(max(x, 0), cap)` (ReLU6 for `cap = 6`, MobileNet's and EfficientNet-Lite's).
+pub fn relu_capped(x: &[f32], cap: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            o.iter_mut()
+                .zip(x)
+                .for_each(|(o, x)| *o = x.max(0.0).min(cap))
+        });
+    out
+}
+
+/// [`relu_capped`]'s backward from its output `y`: `grad · [0 < y < cap]` (PyTorch's
+/// `hardtanh_backward`: no gradient where the output sits on either bound).
+pub fn relu_capped_grad(grad: &[f32], y: &[f32], cap: f32) -> Vec<f32> {
     let mut out = vec![0f32; grad.len()];
     out.par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
         .for_each(|(o, (g, y))| {
             for ((o, g), y) in o.iter_mut().zip(g).zip(y) {
-                *o = if *y > 0.0 { *g } else { 0.0 };
+                *o = if *y > 0.0 && *y < cap { *g } else { 0.0 };
             }
         });
     out

@@ -2,7 +2,7 @@
 //! matrix product with caller-supplied packing ([`sgemm`]), 2-D convolution forward and
 //! backward built on it with the patch matrix read straight from the image ([`conv`]), and
 //! the element-wise ops around a conv (bias + ReLU, ReLU's backward, 2×2 max-pool;
-//! [`elementwise`]), batch normalisation ([`norm`]) and the AdamW update ([`optim`]).
+//! [`elementwise`]), depthwise convolution ([`depthwise`]), batch normalisation ([`norm`]) and the AdamW update ([`optim`]).
 //!
 //! A crate of its own so that it is always compiled with full optimisation (the `dev` profile
 //! that `cargo test` and `cargo run` use builds wsss itself at `opt-level = 1`), and so that
@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 pub mod norm;
 pub mod optim;
