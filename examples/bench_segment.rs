@@ -139,6 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             output_stride_8: false,
         },
         classes: 2,
+        aspp_channels: None,
     };
     let vm = candle_nn::VarMap::new();
     let model = DeepLab::new(cfg, init::var_builder(&vm, 0, &dev))?;

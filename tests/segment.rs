@@ -41,6 +41,7 @@ fn tiny_deeplab_overfits_a_few_synthetic_tiles() {
                 output_stride_8: false,
             },
             classes: 2,
+            aspp_channels: None,
         },
         init::var_builder(&vm, 3, &dev),
     )

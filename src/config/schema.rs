@@ -323,6 +323,11 @@ pub static FIELDS: &[Field] = &[
         "encoder channel width multiplier (1.0 = torchvision)",
     ),
     f(
+        "segmentation.aspp_channels",
+        Kind::Int { min: 8, max: 4096 },
+        "channels of the ASPP and decoder (DeepLab V3+: 256); unset = 256 × width",
+    ),
+    f(
         "segmentation.init",
         Kind::Choice(&["scratch", "classifier"]),
         "encoder start: seeded init, or the trained classifier's weights",
@@ -703,6 +708,7 @@ mod tests {
         let mut cfg = ExperimentConfig::default();
         cfg.backbone.pretrained = Some("x".into());
         cfg.cam.background_threshold = Some(0.1);
+        cfg.segmentation.aspp_channels = Some(64);
         cfg.labels.level = crate::config::LabelLevel::Patch; // the defaults are not serialised
         cfg.cam.balance = crate::config::CamBalance::Median;
         cfg.cam.contrast = true;

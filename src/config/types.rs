@@ -373,6 +373,10 @@ pub struct SegmentationConfig {
     pub crop_size: u32,
     /// Encoder channel width multiplier.
     pub width: f64,
+    /// Channels of the ASPP and the decoder (DeepLab V3+'s 256); absent = `256 × width`.
+    /// Lets a full-width pretrained encoder run with a narrow head on a CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aspp_channels: Option<u32>,
     /// Where the encoder's weights start.
     pub init: SegInit,
     /// Flip test-time augmentation at inference.
@@ -404,6 +408,7 @@ impl Default for SegmentationConfig {
             lr: 0.01,
             crop_size: 256,
             width: 1.0,
+            aspp_channels: None,
             init: SegInit::Scratch,
             tta: false,
             scale: 1.0,

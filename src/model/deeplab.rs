@@ -11,7 +11,8 @@
 //!   conv, and upsampled bilinearly to the input size.
 //!
 //! Channel counts (256 in ASPP and decoder, 48 for the low-level projection) scale with the
-//! width multiplier like the encoder's. Upsampling uses [`resize_bilinear`] (candle's bilinear
+//! width multiplier like the encoder's, or with `aspp_channels / 256` when that is set (a
+//! narrow head on a full-width pretrained encoder). Upsampling uses [`resize_bilinear`] (candle's bilinear
 //! op has no backward pass).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
@@ -31,11 +32,18 @@ pub struct DeepLabConfig {
     pub encoder: BackboneSpec,
     /// Number of classes.
     pub classes: usize,
+    /// Channels of the ASPP and the decoder; `None` = `256 × encoder width`.
+    pub aspp_channels: Option<usize>,
 }
 
 impl DeepLabConfig {
+    /// `c` (a channel count of the paper's 256-channel head) scaled to this head's width.
     fn ch(&self, c: usize) -> usize {
-        ((c as f64 * self.encoder.width).round() as usize).max(8)
+        let scale = match self.aspp_channels {
+            Some(a) => a as f64 / 256.0,
+            None => self.encoder.width,
+        };
+        ((c as f64 * scale).round() as usize).max(8)
     }
     /// Atrous rates of the ASPP.
     pub fn rates(&self) -> [usize; 3] {
@@ -197,6 +205,7 @@ mod tests {
                     DeepLabConfig {
                         encoder: spec(arch, os8),
                         classes: 2,
+                        aspp_channels: None,
                     },
                     vb,
                 )?;
@@ -215,6 +224,28 @@ mod tests {
                 }
                 let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
                 assert!(names.iter().any(|n| n.starts_with("encoder.")));
+                // The head is 256 × width wide unless `aspp_channels` says otherwise.
+                let d = vm.data().lock().unwrap();
+                assert_eq!(d["aspp.project.conv.weight"].dims()[0], 16, "{arch:?}");
+                drop(d);
+                let vm2 = VarMap::new();
+                let narrow = DeepLab::new(
+                    DeepLabConfig {
+                        encoder: spec(arch, os8),
+                        classes: 2,
+                        aspp_channels: Some(64),
+                    },
+                    VarBuilder::from_varmap(&vm2, DType::F32, &Device::Cpu),
+                )?;
+                let d = vm2.data().lock().unwrap();
+                assert_eq!(d["aspp.project.conv.weight"].dims(), [64, 320, 1, 1]);
+                assert_eq!(d["decoder.low.conv.weight"].dims()[0], 12);
+                drop(d);
+                let y = narrow.forward_t(
+                    &Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?,
+                    false,
+                )?;
+                assert_eq!(y.dims(), [1, 2, 64, 64]);
                 assert!(names.iter().any(|n| n == "decoder.classifier.weight"));
             }
         }

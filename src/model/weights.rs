@@ -15,6 +15,31 @@ use candle_nn::VarMap;
 
 use crate::error::{Error, Result};
 
+/// What identifies a weights file in a stage's cache key: where it is, its size and its
+/// content's SHA-256 (so a replaced file is a new computation, a copied one the same).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileIdentity {
+    /// The path as resolved (for the record; the hash decides).
+    pub path: String,
+    /// Bytes.
+    pub bytes: u64,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+}
+
+impl FileIdentity {
+    /// The identity of `path`; `None` when it cannot be read (the manifest check has already
+    /// reported a missing file, and loading it will name the problem).
+    pub fn of(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        Some(Self {
+            path: path.display().to_string(),
+            bytes: bytes.len() as u64,
+            sha256: crate::util::hash::sha256_hex(&bytes),
+        })
+    }
+}
+
 /// Every tensor of a weights file, by name: safetensors, or a PyTorch checkpoint (zip or
 /// legacy, recognised by its first bytes whatever the extension).
 pub fn read_file(path: &Path) -> Result<HashMap<String, Tensor>> {

@@ -3,6 +3,7 @@
 //! metrics of every split (image and patient level) and the per-image predictions that the
 //! misclassification analysis reads.
 
+use crate::model::weights::FileIdentity;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -31,7 +32,7 @@ pub struct ClassifyStage;
 pub struct ClassifySlice {
     #[serde(flatten)]
     classifier: ClassifierConfig,
-    pretrained_file: Option<(String, Option<u64>, Option<String>)>,
+    pretrained_file: Option<FileIdentity>,
     classes: Vec<String>,
     positive: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,16 +65,11 @@ impl Stage for ClassifyStage {
     }
     fn slice(&self, input: &SliceInput) -> ClassifySlice {
         let classifier = ClassifierConfig::of(input.config);
-        let pretrained_file = classifier.backbone.pretrained.as_ref().map(|p| {
-            let full = input.manifest_dir.join(p);
-            let meta = std::fs::metadata(&full).ok();
-            (
-                full.display().to_string(),
-                meta.as_ref().map(|m| m.len()),
-                meta.and_then(|m| m.modified().ok())
-                    .map(|t| format!("{t:?}")),
-            )
-        });
+        let pretrained_file = classifier
+            .backbone
+            .pretrained
+            .as_ref()
+            .and_then(|p| FileIdentity::of(&input.manifest_dir.join(p)));
         let spec = &input.dataset.spec;
         ClassifySlice {
             negative_masks: classifier.labels.patch().then_some(spec.negative_masks),

@@ -2,6 +2,7 @@
 //! supervision) or true masks (`segmentation.supervision = "full"`, the upper bound), and
 //! write the weights and the training history.
 
+use crate::model::weights::FileIdentity;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
@@ -31,8 +32,18 @@ const PUBLISHED: &[&str] = &[
     "segment_summary.json",
 ];
 
+/// What the segment stage reads: the segmenter's settings and, when its encoder starts from
+/// `backbone.pretrained`, that file's identity (its content, not its name).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SegmentSlice {
+    #[serde(flatten)]
+    segmenter: SegmenterConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pretrained_file: Option<FileIdentity>,
+}
+
 impl Stage for SegmentStage {
-    type Slice = SegmenterConfig;
+    type Slice = SegmentSlice;
     fn name(&self) -> &'static str {
         "segment"
     }
@@ -44,8 +55,8 @@ impl Stage for SegmentStage {
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "pseudo"]
     }
-    fn key_upstream(&self, slice: &SegmenterConfig) -> Vec<&'static str> {
-        let s = &slice.segmentation;
+    fn key_upstream(&self, slice: &SegmentSlice) -> Vec<&'static str> {
+        let s = &slice.segmenter.segmentation;
         let mut v = vec!["data"];
         if s.init == SegInit::Classifier {
             v.push("classify");
@@ -55,17 +66,26 @@ impl Stage for SegmentStage {
         }
         v
     }
-    fn slice(&self, input: &SliceInput) -> SegmenterConfig {
-        SegmenterConfig::of(input.config)
+    fn slice(&self, input: &SliceInput) -> SegmentSlice {
+        let segmenter = SegmenterConfig::of(input.config);
+        let pretrained_file = segmenter
+            .pretrained
+            .as_ref()
+            .and_then(|p| FileIdentity::of(&input.manifest_dir.join(p)));
+        SegmentSlice {
+            segmenter,
+            pretrained_file,
+        }
     }
     fn run(
         &self,
-        cfg: &SegmenterConfig,
+        slice: &SegmentSlice,
         input: &StageInput,
         out: &Path,
         scratch: &Path,
     ) -> Result<()> {
         let t0 = Instant::now();
+        let cfg = &slice.segmenter;
         let idx = input.dataset;
         let (split, bytes) = super::data_stage::load_split(input.upstream_dir("data")?, "segment")?;
         let items: Vec<usize> = (0..idx.samples.len())

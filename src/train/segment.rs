@@ -112,6 +112,7 @@ pub fn deeplab_config(s: &SegmentationConfig) -> DeepLabConfig {
             output_stride_8: s.output_stride == 8,
         },
         classes: SEG_CLASSES,
+        aspp_channels: s.aspp_channels.map(|a| a as usize),
     }
 }
 
