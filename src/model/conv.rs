@@ -154,6 +154,12 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     relu_op(x, 6.0)
 }
 
+/// `grad · [0 < y < cap]` from an activation's output `y` (no autograd: for backward passes).
+pub(crate) fn relu_grad_from_output(grad: &Tensor, y: &Tensor, cap: f32) -> Result<Tensor> {
+    grad.contiguous()?
+        .apply_op2_no_bwd(&y.contiguous()?, &ReluGrad(cap))
+}
+
 fn relu_op(x: &Tensor, cap: f32) -> Result<Tensor> {
     let x = x.contiguous()?;
     if x.track_op() {

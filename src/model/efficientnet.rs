@@ -26,7 +26,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
-use super::conv::{relu6, Conv2d};
+use super::conv::Conv2d;
 use super::depthwise::{DepthwiseConv2d, Padding};
 use super::norm::BatchNorm;
 use super::resnet::conv;
@@ -225,9 +225,11 @@ impl MbConv {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         if let Some((c, b)) = &self.expand {
-            y = relu6(&b.forward_t(&c.forward(&y)?, train)?)?;
+            y = b.forward_relu6(&c.forward(&y)?, train)?;
         }
-        y = relu6(&self.bn1.forward_t(&self.depthwise.forward(&y)?, train)?)?;
+        y = self
+            .bn1
+            .forward_relu6(&self.depthwise.forward(&y)?, train)?;
         y = self.bn2.forward_t(&self.project.forward(&y)?, train)?;
         if self.skip {
             y = (y + x)?;
@@ -328,13 +330,13 @@ impl EfficientNet {
             if b == 0 {
                 x = from_imagenet_normalisation(&x)?;
                 x = same_conv(&self.stem, &x, 3, 2)?;
-                x = relu6(&self.bn0.forward_t(&x, train)?)?;
+                x = self.bn0.forward_relu6(&x, train)?;
             }
             for m in &self.blocks[b] {
                 x = m.forward_t(&x, train)?;
             }
             if b == 4 {
-                x = relu6(&self.bn1.forward_t(&self.head.forward(&x)?, train)?)?;
+                x = self.bn1.forward_relu6(&self.head.forward(&x)?, train)?;
             }
             outs.push(x.clone());
         }

@@ -32,11 +32,13 @@ impl CustomOp1 for Stats {
     }
 }
 
-/// `y = (x − mean)·invstd·w + bias`, arguments `(x, w, bias)`.
+/// `y = act((x − mean)·invstd·w + bias)`, arguments `(x, w, bias)`; `act` is the identity
+/// or `min(max(·, 0), cap)` (ReLU6 for `cap = 6`), fused so it is one op and one output.
 struct Normalize {
     mean: Vec<f32>,
     invstd: Vec<f32>,
     batch_stats: bool,
+    cap: Option<f32>,
 }
 
 impl Kernel3 for Normalize {
@@ -48,15 +50,27 @@ impl Kernel3 for Normalize {
         let (_, c, hw) = dims(l[0])?;
         let scale: Vec<f32> = w.iter().zip(&self.invstd).map(|(w, s)| w * s).collect();
         let shift: Vec<f32> = (0..c).map(|i| bias[i] - self.mean[i] * scale[i]).collect();
-        Ok((norm::affine(x, &scale, &shift, c, hw), l[0].shape().clone()))
+        let mut y = norm::affine(x, &scale, &shift, c, hw);
+        if let Some(cap) = self.cap {
+            wsss_kernels::elementwise::clamp_in_place(&mut y, cap);
+        }
+        Ok((y, l[0].shape().clone()))
     }
 
     fn grads(
         &self,
         [x, w, bias]: [&Tensor; 3],
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<[Option<Tensor>; 3]> {
+        let masked;
+        let grad = match self.cap {
+            Some(cap) => {
+                masked = super::conv::relu_grad_from_output(grad, res, cap)?;
+                &masked
+            }
+            None => grad,
+        };
         let op = NormalizeBwd {
             mean: self.mean.clone(),
             invstd: self.invstd.clone(),
@@ -111,7 +125,24 @@ pub fn batch_norm(c: usize, eps: f64, vb: VarBuilder) -> Result<BatchNorm> {
 }
 
 impl BatchNorm {
-    fn fused(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// `min(max(bn(x), 0), 6)` as one op on the CPU (f32), batch norm then candle's `clamp`
+    /// elsewhere.
+    pub fn forward_relu6(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if self.fast(x) {
+            self.fused(x, train, Some(6.0))
+        } else {
+            self.0.forward_t(x, train)?.clamp(0f32, 6f32)
+        }
+    }
+
+    fn fast(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && x.rank() == 4
+            && self.0.running_mean().dtype() == DType::F32
+    }
+
+    fn fused(&self, x: &Tensor, train: bool, cap: Option<f32>) -> Result<Tensor> {
         let Some((weight, bias)) = self.0.weight_and_bias() else {
             candle_core::bail!("batch-norm without affine parameters");
         };
@@ -153,6 +184,7 @@ impl BatchNorm {
             mean,
             invstd,
             batch_stats: train,
+            cap,
         };
         apply3(op, [&x, weight, bias], true)
     }
@@ -160,9 +192,8 @@ impl BatchNorm {
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let fast = x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4;
-        if fast && self.0.running_mean().dtype() == DType::F32 {
-            self.fused(x, train)
+        if self.fast(x) {
+            self.fused(x, train, None)
         } else {
             self.0.forward_t(x, train)
         }
@@ -252,6 +283,31 @@ mod tests {
                         "case {case} train {train}: {name} gradient"
                     );
                 }
+                // Batch norm fused with ReLU6 equals batch norm then candle's clamp.
+                let x3 = Var::from_vec(xv.clone(), (b, c, h, w), &Device::Cpu).unwrap();
+                let (_, fused) = make();
+                let y3 = fused.forward_relu6(x3.as_tensor(), train).unwrap();
+                let ref3 = y2.clamp(0f32, 6f32).unwrap();
+                assert!(
+                    rel_err(&y3, &ref3) < 1e-4,
+                    "case {case} train {train}: bn+relu6"
+                );
+                let g3 = (&y3 * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let g4 = (&ref3 * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                assert!(
+                    rel_err(g3.get(&x3).unwrap(), g4.get(&x2).unwrap()) < 1e-3,
+                    "case {case} train {train}: bn+relu6 input gradient"
+                );
                 for name in ["running_mean", "running_var"] {
                     let t1 = vm1.data().lock().unwrap()[name].as_tensor().clone();
                     let t2 = vm2.data().lock().unwrap()[name].as_tensor().clone();

@@ -46,6 +46,12 @@ pub fn relu_capped(x: &[f32], cap: f32) -> Vec<f32> {
     out
 }
 
+/// `y ← min(max(y, 0), cap)` in place.
+pub fn clamp_in_place(y: &mut [f32], cap: f32) {
+    y.par_chunks_mut(CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0).min(cap)));
+}
+
 /// [`relu_capped`]'s backward from its output `y`: `grad · [0 < y < cap]` (PyTorch's
 /// `hardtanh_backward`: no gradient where the output sits on either bound).
 pub fn relu_capped_grad(grad: &[f32], y: &[f32], cap: f32) -> Vec<f32> {
