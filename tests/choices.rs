@@ -72,6 +72,13 @@ fn context(key: &str) -> &'static str {
         "segmentation.tta" => {
             "[segmentation]\nsupervision = \"full\"\nloss = \"oeem-balanced\"\nwidth = 0.25\nepochs = 20\nbatch_size = 2\n"
         }
+        // EfficientNet-Lite rounds channels to multiples of 8 and repeats ⌈depth · r⌉ times:
+        // at width 1/16 Lite1 and Lite2 are the same network by construction (widths 1.0·c/16
+        // and 1.1·c/16 round alike, ⌈1.1r⌉ = ⌈1.2r⌉ for r = 2, 3, 4), and 1/16-wide
+        // EfficientNets learn nothing in 2 epochs (so Lite0's CAMs are as flat as Lite1's).
+        // At width ½ every architecture differs.
+        "backbone.arch" => "[backbone]\nwidth = 0.5\n",
+        "segmentation.encoder" => "[segmentation]\nwidth = 0.5\n",
         // Momentum is an SGD setting; AdamW is the default optimiser.
         _ => "",
     }

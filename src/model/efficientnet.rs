@@ -15,7 +15,9 @@
 //! strides 2, 4, 8, 16, 32: stem + stage 1 (16 ch), stage 2 (24), stage 3 (40), stages 4–5
 //! (112), stages 6–7 + head (1280). As for ResNet, the last block keeps stride 1 and dilates
 //! its depthwise convs (output stride 16, the CAM's resolution); `output_stride = 8` dilates
-//! the fourth block too. Stochastic depth (drop-connect) is not applied when training.
+//! the fourth block too. Stochastic depth (drop-connect) is not applied when training. A
+//! `width` below 1 scales every stage as `round_filters` does (multiples of 8): narrow Lite1
+//! and Lite2 can coincide (at width 1/16 they are the same network).
 //!
 //! **Input normalisation follows the weights.** The checkpoints were trained (in TensorFlow)
 //! on `(pixel − 127) / 128`, not on ImageNet mean/std: the stem's batch-norm running means
