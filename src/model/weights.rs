@@ -41,8 +41,24 @@ impl FileIdentity {
 }
 
 /// Every tensor of a weights file, by name: safetensors, or a PyTorch checkpoint (zip or
-/// legacy, recognised by its first bytes whatever the extension).
+/// legacy, recognised by its first bytes whatever the extension). A state dict saved from
+/// `nn.DataParallel` / DDP, whose every name starts with `module.`, has that prefix removed.
 pub fn read_file(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let tensors = read_raw(path)?;
+    if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("module.")) {
+        tracing::info!(
+            "{}: names start with `module.` (DataParallel): prefix removed",
+            path.display()
+        );
+        return Ok(tensors
+            .into_iter()
+            .map(|(k, v)| (k["module.".len()..].to_string(), v))
+            .collect());
+    }
+    Ok(tensors)
+}
+
+fn read_raw(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bad = |problem: String| Error::Weights {
         path: path.to_path_buf(),
         problems: vec![problem],
@@ -150,6 +166,28 @@ pub fn save(vm: &VarMap, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DataParallel state dict (every name under `module.`) loads under the model's names.
+    #[test]
+    fn data_parallel_prefix_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("dp.safetensors");
+        let mut t: HashMap<String, Tensor> = HashMap::new();
+        t.insert(
+            "module.w".into(),
+            Tensor::full(3f32, 2, &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&t, &path).unwrap();
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+        vb.get(2, "w").unwrap();
+        assert_eq!(load_pretrained(&vm, &path, "").unwrap(), 1);
+        let got = vm.data().lock().unwrap()["w"]
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(got, [3.0, 3.0]);
+    }
 
     #[test]
     fn a_failed_save_names_the_file() {
