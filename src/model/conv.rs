@@ -354,33 +354,9 @@ impl Module for Conv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::{rand_t, rel_err};
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};
-
-    fn rand_t(rng: &mut rand_chacha::ChaCha8Rng, shape: &[usize]) -> Tensor {
-        let n = shape.iter().product::<usize>();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let m = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d / m.max(1e-6)
-    }
 
     /// Output and both gradients equal candle's reference conv2d over many random shapes,
     /// strides, paddings, dilations and batch sizes.

@@ -93,19 +93,34 @@ impl Module for DepthwiseConv2d {
         let g = self.geom(x)?;
         let (x, w) = (x.contiguous()?, self.weight.contiguous()?);
         if x.track_op() || w.track_op() {
-            x.apply_op2(&w, Fwd(g))
+            x.apply_op2(&w, Op(g, Pass::Forward))
         } else {
-            x.apply_op2_no_bwd(&w, &Fwd(g))
+            x.apply_op2_no_bwd(&w, &Op(g, Pass::Forward))
         }
     }
 }
 
-/// Forward, arguments `(x, w)`.
-struct Fwd(DwGeom);
+/// Which of the three depthwise kernels an op runs.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// `y` from `(x, w)`.
+    Forward,
+    /// `∂x` from `(∂y, w)`.
+    InputGrad,
+    /// `∂W` from `(∂y, x)`.
+    WeightGrad,
+}
 
-impl CustomOp2 for Fwd {
+/// One depthwise kernel as a candle op; only [`Pass::Forward`] is differentiable.
+struct Op(DwGeom, Pass);
+
+impl CustomOp2 for Op {
     fn name(&self) -> &'static str {
-        "depthwise-conv2d"
+        match self.1 {
+            Pass::Forward => "depthwise-conv2d",
+            Pass::InputGrad => "depthwise-conv2d-input-grad",
+            Pass::WeightGrad => "depthwise-conv2d-weight-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -116,8 +131,13 @@ impl CustomOp2 for Fwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let y = depthwise::forward(&g, contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        Ok((CpuStorage::F32(y), Shape::from((g.b, g.c, g.ho, g.wo))))
+        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (out, shape) = match self.1 {
+            Pass::Forward => (depthwise::forward(&g, a, b), (g.b, g.c, g.ho, g.wo)),
+            Pass::InputGrad => (depthwise::backward_input(&g, a, b), (g.b, g.c, g.h, g.w)),
+            Pass::WeightGrad => (depthwise::backward_weight(&g, a, b), (g.c, 1, g.k, g.k)),
+        };
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
 
     fn bwd(
@@ -127,84 +147,28 @@ impl CustomOp2 for Fwd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if !matches!(self.1, Pass::Forward) {
+            candle_core::bail!("{}: no backward", self.name());
+        }
         let grad = grad.contiguous()?;
         let dx = match x.track_op() {
-            true => Some(grad.apply_op2_no_bwd(w, &InputGrad(self.0))?),
+            true => Some(grad.apply_op2_no_bwd(w, &Op(self.0, Pass::InputGrad))?),
             false => None,
         };
         let dw = match w.track_op() {
-            true => Some(grad.apply_op2_no_bwd(x, &WeightGrad(self.0))?),
+            true => Some(grad.apply_op2_no_bwd(x, &Op(self.0, Pass::WeightGrad))?),
             false => None,
         };
         Ok((dx, dw))
     }
 }
 
-/// `∂x`, arguments `(∂y, w)`.
-struct InputGrad(DwGeom);
-
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let dx = depthwise::backward_input(&g, contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        Ok((CpuStorage::F32(dx), Shape::from((g.b, g.c, g.h, g.w))))
-    }
-}
-
-/// `∂W`, arguments `(∂y, x)`.
-struct WeightGrad(DwGeom);
-
-impl CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let dw = depthwise::backward_weight(&g, contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        Ok((CpuStorage::F32(dw), Shape::from((g.c, 1, g.k, g.k))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::{rand_t, rel_err};
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};
-
-    fn rand_t(rng: &mut rand_chacha::ChaCha8Rng, shape: &[usize]) -> Tensor {
-        let n = shape.iter().product::<usize>();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let m = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d.to_scalar::<f32>().unwrap() / m.max(1e-6)
-    }
 
     /// Output and both gradients equal candle's grouped conv (on the explicitly padded
     /// input, at stride 1 then subsampled — candle's strided conv backward fails on some
@@ -253,11 +217,11 @@ mod tests {
                 .index_select(&pick(g.wo), 3)
                 .unwrap();
             assert_eq!(ours.dims(), reference.dims(), "case {case}: {g:?}");
-            assert!(max_rel(&ours, &reference) < 1e-5, "case {case}: forward");
+            assert!(rel_err(&ours, &reference) < 1e-5, "case {case}: forward");
             // The GPU path (candle's grouped conv with stride) agrees too.
             let candle_path = ours_layer.forward_candle(x.as_tensor()).unwrap();
             assert!(
-                max_rel(&candle_path, &reference) < 1e-5,
+                rel_err(&candle_path, &reference) < 1e-5,
                 "case {case}: candle path"
             );
             let p = rand_t(&mut rng, ours.dims());
@@ -273,7 +237,7 @@ mod tests {
                     g1.get(v.as_tensor()).unwrap(),
                     g2.get(v.as_tensor()).unwrap(),
                 );
-                assert!(max_rel(a, r) < 1e-4, "case {case} {g:?}: {name} gradient");
+                assert!(rel_err(a, r) < 1e-4, "case {case} {g:?}: {name} gradient");
             }
         }
     }

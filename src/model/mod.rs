@@ -13,6 +13,8 @@ pub mod norm;
 pub mod ops;
 pub mod pth;
 pub mod resnet;
+#[cfg(test)]
+mod test_util;
 pub mod vgg;
 pub mod weights;
 

@@ -203,14 +203,9 @@ impl ModuleT for BatchNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::rel_err;
     use candle_core::Device;
     use rand::{Rng, SeedableRng};
-
-    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let m = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap().max(1e-6)
-    }
 
     /// Output, running statistics and the gradients of input, weight and bias equal
     /// candle-nn's batch norm, in training and in evaluation, over random shapes.
