@@ -58,7 +58,8 @@ impl Stage for ClassifyStage {
     fn version(&self) -> u32 {
         // 2: VGG's 2×2 max-pool passes the whole gradient to each window's maximum (candle's
         // passed a quarter of it), and the CPU conv/batch-norm kernels sum in another order.
-        2
+        // 3: the binary cross-entropy is computed in its stable form (was NaN for |logit| > 17).
+        3
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data"]

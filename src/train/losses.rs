@@ -25,9 +25,16 @@ pub fn label_smoothing(logits: &Tensor, target: &Tensor, eps: f64) -> Result<Ten
 }
 
 /// Binary cross-entropy with one sigmoid per class:
-/// `L = −mean_k [y_k log σ(z_k) + (1 − y_k) log(1 − σ(z_k))]`.
+/// `L = −mean_k [y_k log σ(z_k) + (1 − y_k) log(1 − σ(z_k))]`, computed as
+/// `mean_k [max(z, 0) − z·y + log(1 + e^−|z|)]` (PyTorch's `BCEWithLogitsLoss`), which stays
+/// finite for any logit. (candle-nn's `binary_cross_entropy_with_logit` takes the log of a
+/// sigmoid: past |z| ≈ 17 the sigmoid rounds to 0 or 1 in f32 and `0 · log 0` is NaN — a
+/// pretrained classifier reaches such logits within an epoch.)
 pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    candle_nn::loss::binary_cross_entropy_with_logit(logits, target)
+    let softplus_neg_abs = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    (logits.relu()? - (logits * target)?)?
+        .add(&softplus_neg_abs)?
+        .mean_all()
 }
 
 /// Focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017):
@@ -142,6 +149,25 @@ mod tests {
         );
         // BCE: mean(log(1+e^-2), log 2).
         assert!((s(bce(&z, &y0).unwrap()) - (L2 + std::f64::consts::LN_2) / 2.0).abs() < 1e-6);
+        // Confident logits stay finite (candle-nn's formula gave NaN past |z| ≈ 17): right
+        // with margin 30 → log(1 + e^-30), and 1 + 9.4e-14 is 1 in f32, so exactly 0; wrong by
+        // 100 → 100 + log(1 + e^-100) = 100.
+        let conf = t(&[30.0, -30.0], &[1, 2]);
+        assert_eq!(s(bce(&conf, &y0).unwrap()), 0.0);
+        let wrong = t(&[-100.0, 100.0], &[1, 2]);
+        assert_eq!(s(bce(&wrong, &y0).unwrap()), 100.0);
+        let v = Var::from_tensor(&conf).unwrap();
+        let g = bce(v.as_tensor(), &y0).unwrap().backward().unwrap();
+        let dz = g.get(v.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        // ∂L/∂z = (σ(z) − y) / 2: finite, ≈ ∓4.7e-14.
+        assert!(
+            dz[0][0].is_finite() && dz[0][0] <= 0.0 && dz[0][0] > -1e-12,
+            "{dz:?}"
+        );
+        assert!(
+            dz[0][1].is_finite() && dz[0][1] >= 0.0 && dz[0][1] < 1e-12,
+            "{dz:?}"
+        );
         // Focal, class 0 (negative): α_t = 1 − α = 0.75, p_t = σ(2).
         let pt = 1.0 / (1.0 + (-2.0f64).exp());
         let want = 0.75 * (1.0 - pt).powi(2) * L2;
