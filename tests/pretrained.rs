@@ -240,11 +240,24 @@ fn torchvision_resnet_pth_zip_and_legacy_give_pytorchs_logits() {
 fn a_pth_that_is_not_a_checkpoint_is_named() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("broken.pth");
-    // A pickle opcode, then garbage.
+    // A pickle opcode without PyTorch's magic number is not taken for a checkpoint.
     std::fs::write(&p, [0x80u8, 0x02, 0x4b, 0x01, 0x2e]).unwrap();
     let e = weights::read_file(&p).unwrap_err().to_string();
     assert!(
-        e.contains("broken.pth") && e.contains("legacy magic number"),
+        e.contains("broken.pth")
+            && e.contains("cannot read as safetensors or as a PyTorch checkpoint"),
+        "{e}"
+    );
+    // The legacy magic number, then a truncated pickle: the legacy reader says what broke.
+    let mut legacy = vec![
+        0x80u8, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
+    ];
+    legacy.extend([0x80, 0x02, 0x4d]);
+    std::fs::write(&p, legacy).unwrap();
+    let e = weights::read_file(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("broken.pth")
+            && e.contains("legacy checkpoint: cannot parse the protocol version"),
         "{e}"
     );
     std::fs::write(&p, b"hello").unwrap();

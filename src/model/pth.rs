@@ -25,9 +25,14 @@ const LEGACY_MAGIC: [u8; 13] = [
 /// Keys under which training checkpoints keep their state dict.
 pub const WRAPPER_KEYS: [&str; 2] = ["state_dict", "model"];
 
-/// Whether `bytes` start like a zip archive (PyTorch ≥ 1.6) or a pickle (legacy).
+/// Whether a file's first 16 bytes are those of a PyTorch checkpoint: a zip archive (PyTorch ≥
+/// 1.6) or a pickle that opens with the legacy magic number. Not just "starts with the pickle
+/// opcode 0x80": a safetensors file starts with its header's length, whose low byte is 0x80
+/// one time in 256.
 pub fn looks_like_pth(head: &[u8]) -> bool {
-    head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80)
+    head.starts_with(b"PK\x03\x04")
+        || (head.first() == Some(&0x80)
+            && head.get(2..2 + LEGACY_MAGIC.len()) == Some(&LEGACY_MAGIC[..]))
 }
 
 /// Every tensor of a `.pth`/`.pt` state dict, by name. Errors are messages for

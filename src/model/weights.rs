@@ -63,9 +63,9 @@ fn read_raw(path: &Path) -> Result<HashMap<String, Tensor>> {
         path: path.to_path_buf(),
         problems: vec![problem],
     };
-    let mut head = [0u8; 4];
+    let mut head = Vec::with_capacity(16);
     std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 16), &mut head))
         .map_err(|e| bad(format!("cannot read: {e}")))?;
     if super::pth::looks_like_pth(&head) {
         return super::pth::read(path).map_err(bad);
@@ -166,6 +166,24 @@ pub fn save(vm: &VarMap, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A safetensors file whose header length has 0x80 as its low byte (the pickle opcode)
+    /// is read as safetensors, not refused as a broken pickle (a segmenter checkpoint of a
+    /// GlaS run hit this: one file in 256 does).
+    #[test]
+    fn safetensors_starting_with_0x80_is_safetensors() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("w.safetensors");
+        let mut header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#.to_vec();
+        header.resize(0x80, b' ');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        assert_eq!(bytes[0], 0x80);
+        bytes.extend(header);
+        bytes.extend(2.5f32.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let t = read_file(&path).unwrap();
+        assert_eq!(t["w"].to_vec1::<f32>().unwrap(), [2.5]);
+    }
 
     /// A DataParallel state dict (every name under `module.`) loads under the model's names.
     #[test]
