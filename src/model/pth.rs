@@ -35,20 +35,15 @@ pub fn looks_like_pth(head: &[u8]) -> bool {
             && head.get(2..2 + LEGACY_MAGIC.len()) == Some(&LEGACY_MAGIC[..]))
 }
 
-/// Every tensor of a `.pth`/`.pt` state dict, by name. Errors are messages for
+/// Every tensor of a `.pth`/`.pt` state dict, by name, given the file's first bytes `head`
+/// (which [`looks_like_pth`] accepted). Errors are messages for
 /// [`crate::error::Error::Weights`].
-pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, String> {
-    let mut head = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_err(|e| format!("cannot read: {e}"))?;
+pub fn read(path: &Path, head: &[u8]) -> Result<HashMap<String, Tensor>, String> {
     if head.starts_with(b"PK\x03\x04") {
         read_zip(path)
-    } else if head[0] == 0x80 {
+    } else {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
         read_legacy(&bytes)
-    } else {
-        Err("not a PyTorch checkpoint (neither a zip archive nor a pickle)".into())
     }
 }
 

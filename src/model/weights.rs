@@ -68,7 +68,7 @@ fn read_raw(path: &Path) -> Result<HashMap<String, Tensor>> {
         .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 16), &mut head))
         .map_err(|e| bad(format!("cannot read: {e}")))?;
     if super::pth::looks_like_pth(&head) {
-        return super::pth::read(path).map_err(bad);
+        return super::pth::read(path, &head).map_err(bad);
     }
     candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
         bad(format!(
