@@ -39,6 +39,11 @@ impl TableBuilder {
         self.cols.push(Column::new(name.into(), v));
         self
     }
+    /// Add a boolean column.
+    pub fn bool(mut self, name: &str, v: Vec<bool>) -> Self {
+        self.cols.push(Column::new(name.into(), v));
+        self
+    }
     /// Build; fails if columns differ in length.
     pub fn build(self) -> Result<DataFrame> {
         Ok(DataFrame::new_infer_height(self.cols)?)

@@ -77,6 +77,12 @@ fn context(key: &str) -> &'static str {
         // and 1.1·c/16 round alike, ⌈1.1r⌉ = ⌈1.2r⌉ for r = 2, 3, 4), and 1/16-wide
         // EfficientNets learn nothing in 2 epochs (so Lite0's CAMs are as flat as Lite1's).
         // At width ½ every architecture differs.
+        // Choosing the epoch by agreement can only differ from keeping the last where a later
+        // epoch agrees worse: a segmenter that learns, at a learning rate that overshoots
+        // (on this data the agreement peaks at epoch 5 of 8).
+        "segmentation.select" => {
+            "[segmentation]\nsupervision = \"full\"\nloss = \"balanced-ce\"\nwidth = 0.25\nepochs = 8\nbatch_size = 2\nlr = 0.03\n"
+        }
         "backbone.arch" => "[backbone]\nwidth = 0.5\n",
         "segmentation.encoder" => "[segmentation]\nwidth = 0.5\n",
         // Momentum is an SGD setting; AdamW is the default optimiser.

@@ -280,3 +280,49 @@ fn browser(rep: &Path) {
     assert!(png.width() > 0 && png.height() > 1000);
     eprintln!("browser check: {out}screenshot: {}", shot.display());
 }
+
+/// With a test split beside the validation split (where choices are made), the summary, the
+/// Markdown summary and `wsss compare` show the test numbers beside the valid ones, labelled
+/// `test_*`, and they are the test split's (not the valid split's) numbers.
+#[test]
+fn a_test_split_is_shown_beside_the_validation_split() {
+    let sb = Sandbox::new();
+    let m = sb.write(
+        "tv.toml",
+        &MINIMAL.replace("name = \"t\"", "name = \"tv\"").replace(
+            "valid_fraction = 0.34",
+            "valid_fraction = 0.34\ntest_fraction = 0.34",
+        ),
+    );
+    let o = sb.run(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = sb.run(&["compare", "tv", "--csv"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut rdr = csv::Reader::from_reader(o.stdout.as_slice());
+    let h = rdr.headers().unwrap().clone();
+    let row = rdr.records().next().unwrap().unwrap();
+    let get = |name: &str| -> f64 {
+        let i = h
+            .iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("no column {name} in {h:?}"));
+        row[i].parse().unwrap()
+    };
+    // The run's own tables: the test split's pseudo-label mIoU.
+    let run = first_dir(sb.work().join("tv"));
+    let pseudo = std::fs::read_to_string(run.join("pseudo_metrics.csv")).unwrap();
+    let of = |split: &str| -> f64 {
+        pseudo
+            .lines()
+            .find(|l| l.starts_with(&format!("{split},miou,")))
+            .and_then(|l| l.rsplit(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {split} miou in {pseudo}"))
+    };
+    assert!((get("pseudo_miou") - of("valid")).abs() < 1e-3);
+    assert!((get("test_pseudo_miou") - of("test")).abs() < 1e-3);
+    assert!(get("test_seg_miou").is_finite());
+    let md = std::fs::read_to_string(sb.path().join("reports/tv/summary.md")).unwrap();
+    assert!(md.contains("test_seg_miou"), "{md}");
+    assert!(md.contains("`test_*` columns on the `test` split"), "{md}");
+}

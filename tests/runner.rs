@@ -848,3 +848,65 @@ fn image_labels_on_windows_train_on_windows_and_map_whole_images() {
     let e = stderr(&o);
     assert!(e.contains("labels.patch_stride"), "{e}");
 }
+
+/// `stain.normalize = "reinhard"`: the normaliser is fitted on the training split's images
+/// only, recorded in the run directory, and applied to every image — by `wsss predict` too, so
+/// predicting a dataset image gives the label map the evaluate stage wrote for it.
+#[test]
+fn stain_normalisation_is_fitted_on_training_images_and_applied_by_predict() {
+    let sb = Sandbox::new();
+    // A segmenter that learns (a collapsed one predicts background with or without stain
+    // normalisation, and the comparison below would say nothing).
+    let text = format!(
+        "{}\n[stain]\nnormalize = \"reinhard\"\n",
+        MINIMAL.replace(
+            "[segmentation]\nwidth = 0.0625\ncrop_size = 32\nepochs = 1\n",
+            "[segmentation]\nwidth = 0.25\ncrop_size = 32\nepochs = 8\nbatch_size = 2\nlr = 0.03\nsupervision = \"full\"\nloss = \"balanced-ce\"\n",
+        )
+    );
+    assert!(text.contains("epochs = 8"), "MINIMAL changed: {text}");
+    let m = sb.write("m.toml", &text);
+    let o = sb.run(&["run", m.to_str().unwrap(), "--no-report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rd = first_dir(sb.work().join("t"));
+    let stain = json(&rd.join("stain.json"));
+    let split = std::fs::read_to_string(rd.join("split.csv")).unwrap();
+    let train = split.lines().filter(|l| l.contains(",train,")).count();
+    assert_eq!(stain["method"], "reinhard");
+    assert_eq!(
+        stain["reinhard"]["images"].as_u64(),
+        Some(train as u64),
+        "{stain}"
+    );
+    let l_mean = stain["reinhard"]["mean"][0].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&l_mean), "{stain}");
+
+    let id = "P04/malignant/P04_00";
+    let src = sb
+        .path()
+        .join("data/synthetic/images/malignant/P04/P04_00.png");
+    assert!(src.is_file(), "{}", src.display());
+    let imgs = sb.path().join("new");
+    std::fs::create_dir_all(&imgs).unwrap();
+    std::fs::copy(&src, imgs.join("a.png")).unwrap();
+    let out = sb.path().join("pred");
+    let o = sb.run(&[
+        "predict",
+        "--run",
+        rd.to_str().unwrap(),
+        "--images",
+        imgs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let a = image::open(out.join("labels/a.png")).unwrap().into_luma8();
+    let b = image::open(rd.join(format!("predictions/{id}.png")))
+        .unwrap()
+        .into_luma8();
+    assert_eq!(a.as_raw(), b.as_raw(), "predict and evaluate disagree");
+    assert!(
+        a.as_raw().contains(&0) && a.as_raw().iter().any(|&v| v != 0),
+        "the segmenter predicts one class: the comparison says nothing"
+    );
+}

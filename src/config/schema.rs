@@ -280,6 +280,12 @@ pub static FIELDS: &[Field] = &[
         "weight of the CAM term of evidence-aware losses",
     ),
     f(
+        "stain.normalize",
+        Kind::Choice(&["none", "reinhard"]),
+        "stain normalisation of every image, fitted on the training split (Reinhard: L*a*b* \
+         colour transfer)",
+    ),
+    f(
         "segmentation.encoder",
         Kind::Choice(ARCHS),
         "DeepLab V3+ encoder",
@@ -296,7 +302,7 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "segmentation.loss",
-        Kind::Choice(&["ce", "oeem", "oeem-balanced"]),
+        Kind::Choice(&["ce", "oeem", "oeem-balanced", "balanced-ce"]),
         "segmentation loss",
     ),
     f(
@@ -331,6 +337,12 @@ pub static FIELDS: &[Field] = &[
         "segmentation.init",
         Kind::Choice(&["scratch", "classifier"]),
         "encoder start: seeded init, or the trained classifier's weights",
+    ),
+    f(
+        "segmentation.select",
+        Kind::Choice(&["last", "label-agreement"]),
+        "epoch kept: the last, or the best agreement with the validation images' labels \
+         (pseudo labels when weak)",
     ),
     f(
         "segmentation.scale",
@@ -712,6 +724,8 @@ mod tests {
         cfg.labels.level = crate::config::LabelLevel::Patch; // the defaults are not serialised
         cfg.cam.balance = crate::config::CamBalance::Median;
         cfg.cam.contrast = true;
+        cfg.segmentation.select = crate::config::SegSelect::LabelAgreement;
+        cfg.stain.normalize = crate::config::StainNorm::Reinhard;
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);
         got.sort();

@@ -21,6 +21,10 @@ pub struct ExperimentConfig {
     /// made before this section existed keep their cache keys.
     #[serde(skip_serializing_if = "LabelsConfig::is_default")]
     pub labels: LabelsConfig,
+    /// Stain normalisation of every image (left out of the saved config while it is the
+    /// default, so earlier runs keep their cache keys).
+    #[serde(skip_serializing_if = "StainConfig::is_default")]
+    pub stain: StainConfig,
     /// `cpu`, `cuda:N` or `auto`.
     pub device: String,
     /// Patient-level split.
@@ -44,6 +48,7 @@ impl Default for ExperimentConfig {
             description: String::new(),
             dataset: "synthetic".into(),
             labels: LabelsConfig::default(),
+            stain: StainConfig::default(),
             device: "cpu".into(),
             split: SplitConfig::default(),
             backbone: BackboneConfig::default(),
@@ -52,6 +57,33 @@ impl Default for ExperimentConfig {
             segmentation: SegmentationConfig::default(),
             train: TrainConfig::default(),
         }
+    }
+}
+
+/// Stain normalisation methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StainNorm {
+    /// Images as they are.
+    #[default]
+    None,
+    /// Reinhard colour transfer in L*a*b* onto the training images' statistics
+    /// (`data::stain`).
+    Reinhard,
+}
+
+/// `[stain]`: colour normalisation applied to every image every stage reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StainConfig {
+    /// Method; its target is fitted on the training split only.
+    pub normalize: StainNorm,
+}
+
+impl StainConfig {
+    /// Whether this is the default (no normalisation).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -349,6 +381,29 @@ pub enum SegLoss {
     /// OEEM with the weights normalised within each pseudo-label class of an image, so each
     /// class keeps its share of the loss and easy examples are mined within classes.
     OeemBalanced,
+    /// Class-balanced cross-entropy: the mean over the classes present in the batch of each
+    /// class's mean pixel loss, so a minority class weighs as much as the majority.
+    BalancedCe,
+}
+
+/// Which epoch's weights the segmenter keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SegSelect {
+    /// The last epoch.
+    #[default]
+    Last,
+    /// The epoch whose predictions on the validation images agree best (mIoU) with those
+    /// images' labels — their pseudo labels under weak supervision (no mask read), their masks
+    /// under full supervision.
+    LabelAgreement,
+}
+
+impl SegSelect {
+    /// Whether this is the default (then left out of cache keys, which predate it).
+    pub fn is_last(&self) -> bool {
+        *self == SegSelect::Last
+    }
 }
 
 /// Segmentation settings.
@@ -379,6 +434,9 @@ pub struct SegmentationConfig {
     pub aspp_channels: Option<u32>,
     /// Where the encoder's weights start.
     pub init: SegInit,
+    /// Which epoch's weights are kept.
+    #[serde(skip_serializing_if = "SegSelect::is_last")]
+    pub select: SegSelect,
     /// Flip test-time augmentation at inference.
     pub tta: bool,
     /// Resize factor applied to images before training and inference (predictions are
@@ -410,6 +468,7 @@ impl Default for SegmentationConfig {
             width: 1.0,
             aspp_channels: None,
             init: SegInit::Scratch,
+            select: SegSelect::Last,
             tta: false,
             scale: 1.0,
         }

@@ -78,6 +78,7 @@ impl Default for Augment {
 pub struct Images<'a> {
     samples: &'a [Sample],
     cache: Option<Vec<OnceLock<RgbImage>>>,
+    stain: Option<super::stain::Reinhard>,
 }
 
 impl<'a> Images<'a> {
@@ -86,14 +87,28 @@ impl<'a> Images<'a> {
     pub fn new(samples: &'a [Sample], approx_bytes: u64) -> Self {
         let cache = (approx_bytes <= CACHE_BUDGET)
             .then(|| samples.iter().map(|_| OnceLock::new()).collect());
-        Self { samples, cache }
+        Self {
+            samples,
+            cache,
+            stain: None,
+        }
+    }
+
+    /// Stain-normalise every image on decoding (the data stage's fitted target).
+    pub fn with_stain(mut self, stain: Option<super::stain::Reinhard>) -> Self {
+        self.stain = stain;
+        self
     }
 
     /// The decoded image of sample `i`.
     pub fn get(&self, i: usize) -> Result<std::borrow::Cow<'_, RgbImage>> {
         let decode = || -> Result<RgbImage> {
             let p = &self.samples[i].image;
-            Ok(super::decode::open(p, "image")?.into_rgb8())
+            let mut img = super::decode::open(p, "image")?.into_rgb8();
+            if let Some(s) = &self.stain {
+                s.apply(&mut img);
+            }
+            Ok(img)
         };
         match &self.cache {
             Some(c) => {

@@ -9,6 +9,7 @@ pub mod registry;
 pub mod sample;
 pub mod scan;
 pub mod split;
+pub mod stain;
 pub mod synth;
 
 pub use registry::{DatasetSpec, Registry};

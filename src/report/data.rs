@@ -146,20 +146,39 @@ impl RunData {
         self.summaries.get(stage)?.get(field)?.as_f64()
     }
 
-    /// The split the report scores on: `valid` if the run has one, else `test`, else `train`.
-    pub fn eval_split(&self) -> String {
-        let splits: BTreeSet<String> = self
-            .table("split")
+    /// The splits of the run's patients.
+    fn splits(&self) -> BTreeSet<String> {
+        self.table("split")
             .and_then(|t| strs(t, "split"))
             .unwrap_or_default()
             .into_iter()
-            .collect();
+            .collect()
+    }
+
+    /// Whether some patient of the run is in split `s`.
+    pub fn has_split(&self, s: &str) -> bool {
+        self.splits().contains(s)
+    }
+
+    /// The split the report scores on: `valid` if the run has one, else `test`, else `train`.
+    pub fn eval_split(&self) -> String {
+        let splits = self.splits();
         for s in ["valid", "test", "train"] {
             if splits.contains(s) {
                 return s.into();
             }
         }
         "valid".into()
+    }
+
+    /// Whether the run's segmenter collapsed (`segment_summary.json`: one class on nearly
+    /// every pixel of the validation images).
+    pub fn collapsed(&self) -> bool {
+        self.summaries
+            .get("segment")
+            .and_then(|v| v.get("collapsed"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
     }
 
     /// Name of the positive class: the last `p_<class>` column of the predictions (classes

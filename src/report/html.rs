@@ -8,7 +8,9 @@ use base64::Engine as _;
 
 use super::data::Experiment;
 use super::figures::Figure;
-use super::tables::{present_metric_columns, Miss, SeedGroup, SummaryRow, KEY_METRICS};
+use super::tables::{
+    present_metric_columns, Miss, SeedGroup, SummaryRow, KEY_METRICS, TEST_PREFIX,
+};
 use crate::error::{Error, Result};
 
 /// Escape text for HTML.
@@ -106,6 +108,32 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
         dir = esc(&exp.dir.display().to_string()),
         ver = env!("CARGO_PKG_VERSION"),
     );
+    let collapsed: Vec<&str> = page
+        .rows
+        .iter()
+        .filter(|r| r.status == "collapsed")
+        .map(|r| r.variant.as_str())
+        .collect();
+    if !collapsed.is_empty() {
+        let _ = writeln!(
+            h,
+            "<p class=\"warn\"><b>Warning — collapsed segmenter:</b> {} predict(s) one class \
+             on nearly every pixel of the validation images (see each run's \
+             <code>segment_history.csv</code>); their segmentation scores measure a collapse. \
+             They are kept in every mean below.</p>",
+            esc(&collapsed.join(", "))
+        );
+    }
+    if page
+        .rows
+        .iter()
+        .any(|r| r.metrics.keys().any(|k| k.starts_with(TEST_PREFIX)))
+    {
+        h.push_str(
+            "<p><code>test_*</code> columns are scored on the <code>test</code> split (patients \
+             no setting was chosen on); the others on each run's validation split.</p>\n",
+        );
+    }
     // summary table
     h.push_str(
         "<h2 id=\"summary\">Summary</h2>\n<p>One row per variant; click a column to sort. \
@@ -122,6 +150,7 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
             .iter()
             .find(|(k, _)| k == m)
             .map(|(_, d)| *d)
+            .or_else(|| m.starts_with(TEST_PREFIX).then_some("on the test split"))
             .unwrap_or("baseline on the same images");
         let _ = write!(h, "<th title=\"{}\">{}</th>", esc(title), esc(m));
     }
@@ -384,12 +413,31 @@ pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
         .first()
         .map(|r| r.split.as_str())
         .unwrap_or("valid");
+    let test_cols = if shown.iter().any(|c| c.starts_with(TEST_PREFIX)) {
+        "; `test_*` columns on the `test` split (no setting was chosen on it)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         m,
-        "\nMetrics on the `{split}` split. {} misclassification(s) over all variants and splits \
-         (`misclassified.csv`).\n",
+        "\nMetrics on the `{split}` split{test_cols}. {} misclassification(s) over all variants \
+         and splits (`misclassified.csv`).\n",
         page.misses.len()
     );
+    let collapsed: Vec<&str> = page
+        .rows
+        .iter()
+        .filter(|r| r.status == "collapsed")
+        .map(|r| r.variant.as_str())
+        .collect();
+    if !collapsed.is_empty() {
+        let _ = writeln!(
+            m,
+            "**Warning — collapsed segmenter:** {} predict(s) one class on nearly every pixel of \
+             the validation images; their segmentation scores measure a collapse.\n",
+            collapsed.join(", ")
+        );
+    }
     for f in page.figures {
         let _ = writeln!(m, "![{}](figures/{}.png)\n", f.caption, f.stem);
     }

@@ -32,6 +32,10 @@ pub const KEY_METRICS: &[(&str, &str)] = &[
     ("seg_dice", "segmentation Dice of the foreground"),
 ];
 
+/// Prefix of the summary's columns scored on the `test` split when the run is reported on
+/// `valid` (where its choices were made).
+pub const TEST_PREFIX: &str = "test_";
+
 /// One row of the summary.
 #[derive(Debug, Clone)]
 pub struct SummaryRow {
@@ -41,7 +45,8 @@ pub struct SummaryRow {
     pub variant: String,
     /// Config hash.
     pub hash: String,
-    /// `ok` or `failed`.
+    /// `ok`, `failed`, or `collapsed` (finished, but the segmenter predicts one class on
+    /// nearly every pixel of the validation images: its scores measure a collapse).
     pub status: String,
     /// The split the metrics are on.
     pub split: String,
@@ -88,6 +93,27 @@ pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
                 .unwrap_or(f64::NAN),
         );
     }
+    // A run with a test split besides the split it is reported on (choices were made on
+    // `valid`) shows the test numbers beside, as `test_<metric>` columns.
+    if s != "test" && r.has_split("test") {
+        let test = |table: &str, metric: &str, f: Option<(&str, &str)>| {
+            r.metric(table, "test", metric, f).unwrap_or(f64::NAN)
+        };
+        let mut add = |k: String, v: f64| {
+            m.insert(format!("{TEST_PREFIX}{k}"), v);
+        };
+        add("accuracy".into(), test("classify_metrics", "accuracy", img));
+        add("pseudo_miou".into(), test("pseudo_metrics", "miou", None));
+        add("seg_miou".into(), test("seg_metrics", "miou", seg));
+        add(
+            "seg_dice".into(),
+            test("seg_metrics", "dice_foreground", seg),
+        );
+        for source in baseline_sources(r) {
+            let v = test("seg_metrics", "miou", Some(("source", &source)));
+            add(format!("{source}_miou"), v);
+        }
+    }
     let compute_s = ["classify", "cam", "pseudo", "segment", "evaluate"]
         .iter()
         .filter_map(|st| r.summary_num(st, "seconds"))
@@ -96,7 +122,14 @@ pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
         experiment: exp.into(),
         variant: r.id.clone(),
         hash: r.hash.clone(),
-        status: if r.error.is_some() { "failed" } else { "ok" }.into(),
+        status: if r.error.is_some() {
+            "failed"
+        } else if r.collapsed() {
+            "collapsed"
+        } else {
+            "ok"
+        }
+        .into(),
         split,
         metrics: m,
         compute_s,
@@ -193,7 +226,8 @@ pub fn seed_groups(rows: &[SummaryRow], params: &[String]) -> Vec<SeedGroup> {
     let keys: Vec<&String> = params.iter().filter(|k| !is_seed(k)).collect();
     type Params = Vec<(String, String)>;
     let mut groups: Vec<(Params, Vec<&SummaryRow>)> = Vec::new();
-    for r in rows.iter().filter(|r| r.status == "ok") {
+    // Collapsed runs count: leaving them out would hide the failure in the mean.
+    for r in rows.iter().filter(|r| r.status != "failed") {
         let sig: Vec<(String, String)> = keys
             .iter()
             .map(|k| ((*k).clone(), r.config.get(*k).cloned().unwrap_or_default()))

@@ -189,7 +189,7 @@ impl Stage for CamStage {
                 idx.spec.positive
             },
         };
-        let images = Images::new(&idx.samples, bytes);
+        let images = super::data_stage::images(input, bytes)?;
         let dir = out.join(CAM_DIR);
         mkdirs(&dir)?;
         let items: Vec<usize> = (0..idx.samples.len())

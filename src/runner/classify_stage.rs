@@ -92,7 +92,7 @@ impl Stage for ClassifyStage {
         let idx = input.dataset;
         let (split, bytes) =
             super::data_stage::load_split(input.upstream_dir("data")?, "classify")?;
-        let images = Images::new(&idx.samples, bytes);
+        let images = super::data_stage::images(input, bytes)?;
         let cfg = &slice.classifier;
         let job = Job {
             cfg,
@@ -126,6 +126,7 @@ impl Stage for ClassifyStage {
                 "train_accuracy",
                 h.iter().map(|r| r.train_accuracy).collect(),
             )
+            .f64("grad_norm", h.iter().map(|r| r.grad_norm).collect())
             .f64("valid_loss", h.iter().map(|r| r.valid_loss).collect())
             .f64(
                 "valid_accuracy",

@@ -1,5 +1,7 @@
 //! The `data` stage: decode and check every image and mask, assign patients to splits, check
-//! for leakage, and write the split table and a dataset summary.
+//! for leakage, and write the split table and a dataset summary; with `stain.normalize`, fit
+//! the stain normaliser on the training images (`stain.json`, which every image loader of the
+//! later stages applies).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,9 +9,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::stage::{SliceInput, Stage, StageInput};
-use crate::config::SplitConfig;
+use crate::config::{SplitConfig, StainConfig, StainNorm};
 use crate::data::registry::{MaskEncoding, NegativeMasks};
-use crate::data::split;
+use crate::data::stain::Reinhard;
+use crate::data::{decode, split, Split};
 use crate::error::{Error, Result};
 use crate::table::{self, TableBuilder};
 use crate::util::fs::write_json;
@@ -55,6 +58,9 @@ pub struct DataSlice {
     #[serde(skip_serializing_if = "Option::is_none")]
     lossy_mask_threshold: Option<u8>,
     split: SplitConfig,
+    /// Stain normalisation (fitted here, on the training split).
+    #[serde(skip_serializing_if = "StainConfig::is_default")]
+    stain: StainConfig,
 }
 
 impl Stage for DataStage {
@@ -81,6 +87,7 @@ impl Stage for DataStage {
             // What the split method reads (a swept `split.seed` under `method = "patients"`
             // is one computation, not several fake replicates).
             split: split::effective(&input.config.split),
+            stain: input.config.stain,
         }
     }
 
@@ -161,7 +168,37 @@ impl Stage for DataStage {
             min_size: idx.sizes.iter().copied().min().unwrap_or((0, 0)),
             max_size: idx.sizes.iter().copied().max().unwrap_or((0, 0)),
         };
-        write_json(&out.join(SUMMARY), &summary)
+        write_json(&out.join(SUMMARY), &summary)?;
+        if slice.stain.normalize == StainNorm::Reinhard {
+            let train: Vec<usize> = (0..idx.samples.len())
+                .filter(|&i| assign.get(&idx.samples[i].patient) == Some(&Split::Train))
+                .collect();
+            let imgs: Vec<image::RgbImage> = train
+                .iter()
+                .map(|&i| Ok(decode::open(&idx.samples[i].image, "image")?.into_rgb8()))
+                .collect::<Result<_>>()?;
+            let fitted = Reinhard::fit(&imgs).ok_or_else(|| {
+                Error::stage(
+                    "data",
+                    "stain.normalize = \"reinhard\" is fitted on the training images, and the \
+                     split has none",
+                )
+            })?;
+            tracing::info!(
+                "stain normalisation (Reinhard) fitted on {} training images: L*a*b* mean {:.1?}, std {:.1?}",
+                fitted.images,
+                fitted.mean,
+                fitted.std
+            );
+            write_json(
+                &out.join(STAIN),
+                &StainRecord {
+                    method: StainNorm::Reinhard,
+                    reinhard: fitted,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
@@ -169,13 +206,55 @@ impl Stage for DataStage {
             format!("{SPLIT_TABLE}.parquet"),
             format!("{SPLIT_TABLE}.csv"),
             SUMMARY.to_string(),
+            STAIN.to_string(),
         ] {
             let src = entry.join(&f);
+            if f == STAIN && !src.exists() {
+                continue;
+            }
             let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
             crate::util::fs::atomic_write(&run_dir.join(&f), &bytes)?;
         }
         Ok(())
     }
+}
+
+/// The fitted stain normaliser, in the data stage's output and every run directory.
+pub const STAIN: &str = "stain.json";
+
+/// What `stain.json` holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct StainRecord {
+    /// The method.
+    pub method: StainNorm,
+    /// Its fitted target.
+    pub reinhard: Reinhard,
+}
+
+/// The dataset's images as a stage reads them: stain-normalised when the data stage fitted a
+/// normaliser. `bytes` is `load_split`'s size estimate (the loader's cache decision).
+pub(crate) fn images<'a>(
+    input: &StageInput<'a>,
+    bytes: u64,
+) -> Result<crate::data::loader::Images<'a>> {
+    Ok(
+        crate::data::loader::Images::new(&input.dataset.samples, bytes)
+            .with_stain(load_stain(input.upstream_dir("data")?)?),
+    )
+}
+
+/// The stain normaliser a data stage (or run directory) recorded, if any.
+///
+/// Errors: a `stain.json` that cannot be read or parsed (naming the file).
+pub fn load_stain(dir: &Path) -> Result<Option<Reinhard>> {
+    let path = dir.join(STAIN);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let r: StainRecord =
+        serde_json::from_slice(&bytes).map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
+    Ok(Some(r.reinhard))
 }
 
 #[derive(serde::Deserialize)]

@@ -21,7 +21,6 @@ use serde::Serialize;
 use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam;
 use crate::config::SegmentationConfig;
-use crate::data::loader::Images;
 use crate::data::registry::NegativeMasks;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
@@ -150,7 +149,7 @@ impl Stage for EvaluateStage {
         let (pred_dir, ov_dir) = (out.join(PRED_DIR), out.join(OVERLAY_DIR));
         mkdirs(&pred_dir)?;
         mkdirs(&ov_dir)?;
-        let images = Images::new(&idx.samples, bytes);
+        let images = super::data_stage::images(input, bytes)?;
         let items: Vec<usize> = (0..idx.samples.len())
             .filter(|&i| split.contains_key(&idx.samples[i].patient))
             .collect();

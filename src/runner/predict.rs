@@ -65,6 +65,12 @@ pub fn predict_folder(
     let (dev, desc) = device::resolve(device_override.unwrap_or(&cfg.device))?;
     tracing::info!("segmenting images under {} on {desc}", images.display());
     let seg = Segmenter::load(&cfg.segmentation, &dev, &weights)?;
+    // The run's stain normaliser (fitted on its training images), applied to new images as
+    // to the run's own.
+    let stain = super::data_stage::load_stain(run_dir)?;
+    if stain.is_some() {
+        tracing::info!("stain-normalising the images as the run did (stain.json)");
+    }
     let mut files: Vec<PathBuf> = walkdir::WalkDir::new(images)
         .sort_by_file_name()
         .into_iter()
@@ -94,7 +100,14 @@ pub fn predict_folder(
                 continue;
             }
         };
-        let pred = seg.segment(&img, s, &dev)?;
+        let pred = match &stain {
+            Some(st) => {
+                let mut normalised = img.clone();
+                st.apply(&mut normalised);
+                seg.segment(&normalised, s, &dev)?
+            }
+            None => seg.segment(&img, s, &dev)?,
+        };
         let (lp, op) = (lab_dir.join(rel), ov_dir.join(rel));
         for p in [&lp, &op] {
             if let Some(d) = p.parent() {

@@ -26,7 +26,6 @@ use serde::Serialize;
 use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam::{self, refine};
 use crate::config::Refine;
-use crate::data::loader::Images;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
@@ -132,7 +131,7 @@ impl Stage for PseudoStage {
         let cam_dir = input.upstream_dir("cam")?.join(CAM_DIR);
         let dir = out.join(LABEL_DIR);
         mkdirs(&dir)?;
-        let images = Images::new(&idx.samples, bytes);
+        let images = super::data_stage::images(input, bytes)?;
         let items: Vec<usize> = (0..idx.samples.len())
             .filter(|&i| split.contains_key(&idx.samples[i].patient))
             .collect();

@@ -36,7 +36,11 @@ pub fn write(m: &Manifest, report: &Report, exp_dir: &Path) -> Result<usize> {
                     continue;
                 };
                 for (k, val) in o {
-                    if let Some(x) = val.as_f64() {
+                    // Flags (e.g. `segment.collapsed`) as 1 / 0.
+                    let x = val
+                        .as_f64()
+                        .or_else(|| val.as_bool().map(|b| f64::from(u8::from(b))));
+                    if let Some(x) = x {
                         let col = format!("{stage}.{k}");
                         columns.insert(col.clone());
                         row.insert(col, x);

@@ -11,7 +11,6 @@ use super::pseudo_stage::LABEL_DIR;
 use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam;
 use crate::config::{SegInit, Supervision};
-use crate::data::loader::Images;
 use crate::data::{mask, Split};
 use crate::error::Result;
 use crate::table::{self, TableBuilder};
@@ -50,7 +49,9 @@ impl Stage for SegmentStage {
     fn version(&self) -> u32 {
         // 2: VGG's 2×2 max-pool passes the whole gradient to each window's maximum (candle's
         // passed a quarter of it), and the CPU conv/batch-norm kernels sum in another order.
-        2
+        // 3: the per-epoch diagnostics (class losses and shares, gradient norm, agreement with
+        // the validation images' labels) and the collapse flag, which the report reads.
+        3
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "pseudo"]
@@ -88,22 +89,36 @@ impl Stage for SegmentStage {
         let cfg = &slice.segmenter;
         let idx = input.dataset;
         let (split, bytes) = super::data_stage::load_split(input.upstream_dir("data")?, "segment")?;
-        let items: Vec<usize> = (0..idx.samples.len())
-            .filter(|&i| split.get(&idx.samples[i].patient) == Some(&Split::Train))
-            .collect();
-        let mut labels = HashMap::new();
+        let of = |want: Split| -> Vec<usize> {
+            (0..idx.samples.len())
+                .filter(|&i| split.get(&idx.samples[i].patient) == Some(&want))
+                .collect()
+        };
+        let (items, valid_items) = (of(Split::Train), of(Split::Valid));
         let full = cfg.segmentation.supervision == Supervision::Full;
-        for &i in &items {
+        // The labels the segmenter learns from, for any sample: its mask (full supervision)
+        // or its pseudo label (weak supervision: no mask is read, on validation images
+        // either).
+        let label_of = |i: usize| -> Result<Option<image::GrayImage>> {
             let s = &idx.samples[i];
-            let l = if full {
-                mask::ground_truth(&idx.spec, s)?
+            if full {
+                mask::ground_truth(&idx.spec, s)
             } else {
                 let p =
                     cam::sample_file(&input.upstream_dir("pseudo")?.join(LABEL_DIR), &s.id, "png");
-                Some(cam::read_labels(&p)?)
-            };
-            if let Some(l) = l {
+                Ok(Some(cam::read_labels(&p)?))
+            }
+        };
+        let mut labels = HashMap::new();
+        for &i in &items {
+            if let Some(l) = label_of(i)? {
                 labels.insert(i, l);
+            }
+        }
+        let mut valid = HashMap::new();
+        for &i in &valid_items {
+            if let Some(l) = label_of(i)? {
+                valid.insert(i, l);
             }
         }
         if full && labels.len() < items.len() {
@@ -113,23 +128,48 @@ impl Stage for SegmentStage {
                 items.len()
             );
         }
-        let images = Images::new(&idx.samples, bytes);
+        let images = super::data_stage::images(input, bytes)?;
         let clf = input
             .upstream_dir("classify")
             .ok()
             .map(|d| d.join("classifier.safetensors"));
+        let data = segment::SegData {
+            images: &images,
+            train: &items,
+            labels: &labels,
+            valid: &valid,
+        };
         let (seg, summary) = segment::train(
             cfg,
-            &images,
-            &items,
-            &labels,
+            &data,
             input.device,
             scratch,
             clf.as_deref(),
             input.manifest_dir,
         )?;
+        let kept = summary.selected();
+        if let Some(v) = kept.filter(|v| v.collapsed) {
+            tracing::warn!(
+                "COLLAPSED: the {} segmenter predicts {} on {:.1} % of the validation images' \
+                 labelled pixels (their labels: {:.1} % foreground); its scores measure a \
+                 collapse, not a segmentation — see segment_history.csv",
+                if full { "fully supervised" } else { "weak" },
+                if v.predicted_foreground >= 0.5 {
+                    "foreground"
+                } else {
+                    "background"
+                },
+                100.0 * v.predicted_foreground.max(1.0 - v.predicted_foreground),
+                100.0 * v.label_foreground
+            );
+        }
         crate::model::weights::save(&seg.vars, &out.join(WEIGHTS))?;
         let h = &summary.history;
+        let valid_col = |f: fn(&segment::LabelAgreement) -> f64| -> Vec<f64> {
+            h.iter()
+                .map(|r| r.valid.as_ref().map_or(f64::NAN, f))
+                .collect()
+        };
         let mut hist = TableBuilder::new()
             .u32("epoch", h.iter().map(|r| r.epoch).collect())
             .f64("lr", h.iter().map(|r| r.lr).collect())
@@ -137,6 +177,35 @@ impl Stage for SegmentStage {
             .f64(
                 "label_accuracy",
                 h.iter().map(|r| r.label_accuracy).collect(),
+            )
+            .f64(
+                "loss_background",
+                h.iter().map(|r| r.class_loss[0]).collect(),
+            )
+            .f64(
+                "loss_foreground",
+                h.iter().map(|r| r.class_loss[1]).collect(),
+            )
+            .f64(
+                "label_foreground",
+                h.iter().map(|r| r.label_foreground).collect(),
+            )
+            .f64(
+                "predicted_foreground",
+                h.iter().map(|r| r.predicted_foreground).collect(),
+            )
+            .f64("grad_norm", h.iter().map(|r| r.grad_norm).collect())
+            .f64("valid_agreement_miou", valid_col(|v| v.miou))
+            .f64("valid_label_foreground", valid_col(|v| v.label_foreground))
+            .f64(
+                "valid_predicted_foreground",
+                valid_col(|v| v.predicted_foreground),
+            )
+            .bool(
+                "valid_collapsed",
+                h.iter()
+                    .map(|r| r.valid.is_some_and(|v| v.collapsed))
+                    .collect(),
             )
             .f64("seconds", h.iter().map(|r| r.seconds).collect())
             .build()?;
@@ -146,8 +215,13 @@ impl Stage for SegmentStage {
             &serde_json::json!({
                 "supervision": cfg.segmentation.supervision,
                 "train_images": labels.len(),
+                "valid_images": valid.len(),
                 "epochs": h.len(),
+                "selected_epoch": summary.selected_epoch,
+                "select": cfg.segmentation.select,
                 "final_loss": h.last().map(|r| r.loss),
+                "valid_agreement": kept,
+                "collapsed": kept.is_some_and(|v| v.collapsed),
                 "train_images_per_s": summary.train_images_per_s,
                 "seconds": t0.elapsed().as_secs_f64(),
             }),

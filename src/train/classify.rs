@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::VarMap;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Checkpoint;
+use super::driver::{self, EpochStats, Learner, Score};
 use super::losses::{self, GridTransform};
 use super::optim::{lr_at, Optimizer};
 use crate::config::{
@@ -23,7 +24,7 @@ use crate::config::{
 use crate::data::loader::{self, Augment, Images, View};
 use crate::data::patches::{self, Patch, FOREGROUND};
 use crate::data::{DatasetIndex, Split};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::classification::Metrics;
 use crate::model::{init, weights, Backbone, BackboneSpec};
 
@@ -38,6 +39,9 @@ pub struct EpochRow {
     pub train_loss: f64,
     /// Training accuracy (on augmented views).
     pub train_accuracy: f64,
+    /// Mean L2 norm of the gradient over the epoch's steps.
+    #[serde(default)]
+    pub grad_norm: f64,
     /// Validation loss (cross-entropy).
     pub valid_loss: f64,
     /// Validation accuracy.
@@ -48,16 +52,6 @@ pub struct EpochRow {
     pub valid_auc: f64,
     /// Wall-clock seconds of the epoch.
     pub seconds: f64,
-}
-
-/// Progress saved after every epoch in the scratch folder.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Progress {
-    epochs_done: u32,
-    best_epoch: u32,
-    best_score: (f64, f64),
-    bad_epochs: u32,
-    history: Vec<EpochRow>,
 }
 
 /// What a finished training reports.
@@ -360,13 +354,12 @@ impl Examples {
     }
 }
 
-/// Target rows `(n, k)` of `examples`.
 /// One training step's batch and random draws, fixed before the epoch runs.
-struct Step<'a> {
+struct Step {
     /// Batch index within the epoch (for the learning-rate schedule and messages).
     bi: usize,
     /// Indices of the training examples.
-    chunk: &'a [usize],
+    chunk: Vec<usize>,
     /// Augmentation seed.
     seed: u64,
     /// Feature dropout mask (0 or 2 per image and channel).
@@ -375,6 +368,7 @@ struct Step<'a> {
     transform: Option<GridTransform>,
 }
 
+/// Target rows `(n, k)` of `examples`.
 fn targets(examples: &[&Example], k: usize) -> Vec<f32> {
     let mut v = vec![0f32; examples.len() * k];
     for (row, e) in v.chunks_mut(k).zip(examples) {
@@ -383,18 +377,7 @@ fn targets(examples: &[&Example], k: usize) -> Vec<f32> {
     v
 }
 
-/// The error of a training epoch that made no optimiser step: a model that trained nothing
-/// must never be scored as a result.
-pub fn no_step(stage: &str, epoch: u32, items: usize, batch_size: usize) -> Error {
-    Error::stage(
-        stage,
-        format!(
-            "epoch {epoch} made no optimiser step: {items} training example(s) in batches of \
-             {batch_size}, and a last batch of one is dropped (batch norm); add training \
-             images or lower the batch size"
-        ),
-    )
-}
+pub use super::driver::no_step;
 
 /// Number of classifier outputs: the dataset's classes, or the two window labels.
 pub fn outputs(cfg: &ClassifierConfig, idx: &DatasetIndex) -> usize {
@@ -430,52 +413,51 @@ impl Job<'_> {
     }
 }
 
-/// Train the classifier on `ex`; returns the model with its best weights loaded, and the
-/// summary.
-pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, TrainSummary)> {
-    let cfg = job.cfg;
-    let t = &cfg.train;
-    let k = outputs(cfg, job.idx);
-    let (multi, scored) = (ex.multi_label, ex.scored);
-    let dev = job.device;
-    let clf = Classifier::build(cfg, k, dev, job.manifest_dir)?;
-    let trainable = clf.trainable(cfg.backbone.freeze_blocks);
-    let mut opt = Optimizer::new(t.optimizer, trainable, t.lr, t.weight_decay, t.momentum)?;
-    let (n_train, n_valid) = (ex.train.len(), ex.valid.len());
-    let aug = if ex.windows() {
-        Augment {
-            min_crop_area: 1.0,
-            ..Augment::default()
-        }
-    } else {
-        Augment::default()
-    };
-    let groups = if multi { 2 } else { k };
-    let bs = t.batch_size as usize;
-    let steps_per_epoch = n_train.div_ceil(bs).max(1);
+/// The classifier's part of a training loop (the [`driver`] runs it).
+struct ClassifierLearner<'a> {
+    job: &'a Job<'a>,
+    images: &'a Images<'a>,
+    ex: &'a Examples,
+    clf: &'a Classifier,
+    aug: Augment,
+    /// Outputs.
+    k: usize,
+    /// Feature channels (the dropout mask's width).
+    c: usize,
+    /// Balanced-sampling groups.
+    groups: usize,
+}
 
-    let ckpt = Checkpoint::new(job.scratch, "last");
-    let mut prog = Progress {
-        epochs_done: 0,
-        best_epoch: 0,
-        best_score: (f64::NEG_INFINITY, f64::NEG_INFINITY),
-        bad_epochs: 0,
-        history: vec![],
-    };
-    if let Some(p) = ckpt.resume::<Progress>(&clf.vars, &mut opt, dev)? {
-        tracing::info!("resuming classifier training after epoch {}", p.epochs_done);
-        prog = p;
+/// Correct predictions of an epoch's training steps.
+#[derive(Default)]
+struct Correct(f64);
+
+impl Learner for ClassifierLearner<'_> {
+    type Step = Step;
+    type Batch = Tensor;
+    type Tally = Correct;
+    type Row = EpochRow;
+
+    fn stage(&self) -> &'static str {
+        "classify"
     }
-
-    let mut seen = 0usize;
-    let mut train_secs = 0.0;
-    let mut early = false;
-    for epoch in prog.epochs_done..t.epochs {
-        let t0 = Instant::now();
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            t.seed ^ (epoch as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
-        );
-        let order: Vec<usize> = if t.balanced_sampling {
+    fn lr_key(&self) -> &'static str {
+        "train.lr"
+    }
+    fn epochs(&self) -> u32 {
+        self.job.cfg.train.epochs
+    }
+    fn examples(&self) -> (usize, usize) {
+        (self.ex.train.len(), self.job.cfg.train.batch_size as usize)
+    }
+    fn epoch_seed(&self, epoch: u32) -> u64 {
+        self.job.cfg.train.seed ^ (epoch as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn plan(&self, _epoch: u32, rng: &mut ChaCha8Rng) -> Vec<Step> {
+        let (cfg, ex) = (self.job.cfg, self.ex);
+        let (n_train, scored, groups) = (ex.train.len(), ex.scored, self.groups);
+        let bs = cfg.train.batch_size as usize;
+        let order: Vec<usize> = if cfg.train.balanced_sampling {
             let by_group: Vec<Vec<usize>> = (0..groups)
                 .map(|c| {
                     (0..n_train)
@@ -493,15 +475,11 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
                 .collect()
         } else {
             let mut o: Vec<usize> = (0..n_train).collect();
-            o.shuffle(&mut rng);
+            o.shuffle(rng);
             o
         };
-        let lr0 = lr_at(t.schedule, t.lr, epoch as f64, t.epochs, t.warmup_epochs);
-        let (mut loss_sum, mut correct, mut n) = (0.0, 0.0f64, 0usize);
-        // Every random draw of the epoch's steps, in the order the steps make them, so that
-        // the next batch can be prepared while the current one trains.
-        let c = clf.model.feature_channels();
-        let plan: Vec<Step> = order
+        // Every random draw of the epoch's steps, in the order the steps make them.
+        order
             .chunks(bs)
             .enumerate()
             // A last batch of one is dropped where batch norm trains on it (batch statistics
@@ -509,97 +487,107 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
             .filter(|(_, chunk)| chunk.len() >= 2 || bs == 1 || !cfg.backbone.batch_norm)
             .map(|(bi, chunk)| Step {
                 bi,
-                chunk,
+                chunk: chunk.to_vec(),
                 seed: rng.random(),
-                mask: (0..chunk.len() * c)
+                mask: (0..chunk.len() * self.c)
                     .map(|_| if rng.random_bool(0.5) { 2.0 } else { 0.0 })
                     .collect(),
                 transform: matches!(cfg.loss.variant, LossVariant::Equivariance)
                     .then(|| GridTransform::ALL[rng.random_range(0..GridTransform::ALL.len())]),
             })
-            .collect();
-        let build = |step: usize| {
-            let views: Vec<View> = plan[step].chunk.iter().map(|&j| ex.train[j].view).collect();
-            // Built on the CPU by the helper thread; moved to the device by the training one.
-            let cpu = &Device::Cpu;
-            loader::batch(
-                images,
-                &views,
-                t.image_size,
-                Some(&aug),
-                plan[step].seed,
-                cpu,
-            )
-        };
-        loader::prefetched(plan.len(), build, |step, x| -> Result<()> {
-            // An interrupted epoch is dropped: resuming starts it again from the checkpoint.
-            crate::util::interrupt::check()?;
-            let Step {
-                bi,
-                chunk,
-                ref mask,
-                transform,
-                ..
-            } = plan[step];
-            let x = x?.to_device(dev)?;
-            let at = epoch as f64 + bi as f64 / steps_per_epoch as f64;
-            opt.set_lr(lr_at(t.schedule, t.lr, at, t.epochs, t.warmup_epochs));
-            let batch: Vec<&Example> = chunk.iter().map(|&i| &ex.train[i]).collect();
-            let target = targets(&batch, k);
-            let yt = Tensor::from_vec(target.clone(), (chunk.len(), k), dev)?;
-            let mask = Tensor::from_vec(mask.clone(), (chunk.len(), c), dev)?;
-            let (feats, logits) = clf.model.forward_t(&x, true, Some(&mask))?;
-            let l = &cfg.loss;
-            let loss = match l.variant {
-                LossVariant::Ce => losses::cross_entropy(&logits, &yt)?,
-                LossVariant::Bce => losses::bce(&logits, &yt)?,
-                LossVariant::Focal => losses::focal(&logits, &yt, l.focal_gamma, l.focal_alpha)?,
-                LossVariant::LabelSmoothing => {
-                    losses::label_smoothing(&logits, &yt, l.label_smoothing)?
-                }
-                LossVariant::CamArea => {
-                    let cam = clf.model.cam(&feats)?;
-                    (losses::cross_entropy(&logits, &yt)?
-                        + (losses::cam_area(&cam, &yt, scored)? * l.evidence_weight)?)?
-                }
-                LossVariant::Equivariance => {
-                    // Drawn in the plan for this loss (the first transform otherwise).
-                    let tf = transform.unwrap_or(GridTransform::ALL[0]);
-                    let cam = clf.model.cam(&feats)?;
-                    let (feats_t, _) = clf.model.forward_t(&tf.apply(&x)?, true, None)?;
-                    let cam_t = clf.model.cam(&feats_t)?;
-                    let eq = losses::equivariance(&cam_t, &tf.apply(&cam)?)?;
-                    (losses::cross_entropy(&logits, &yt)? + (eq * l.evidence_weight)?)?
-                }
-            };
-            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !lv.is_finite() {
-                return Err(Error::stage(
-                    "classify",
-                    format!("the loss became {lv} at epoch {} batch {} (lr {:.2e}); lower train.lr or use a warm-up", epoch + 1, bi + 1, opt.lr()),
-                ));
+            .collect()
+    }
+    fn position(&self, step: &Step) -> usize {
+        step.bi
+    }
+    fn steps_per_epoch(&self) -> usize {
+        self.ex
+            .train
+            .len()
+            .div_ceil(self.job.cfg.train.batch_size as usize)
+    }
+    fn lr_at(&self, epoch: f64) -> f64 {
+        let t = &self.job.cfg.train;
+        lr_at(t.schedule, t.lr, epoch, t.epochs, t.warmup_epochs)
+    }
+    fn build(&self, step: &Step) -> Result<Tensor> {
+        let views: Vec<View> = step.chunk.iter().map(|&j| self.ex.train[j].view).collect();
+        // Built on the CPU by the helper thread; moved to the device by the training one.
+        let t = &self.job.cfg.train;
+        loader::batch(
+            self.images,
+            &views,
+            t.image_size,
+            Some(&self.aug),
+            step.seed,
+            &Device::Cpu,
+        )
+    }
+    fn loss(
+        &self,
+        step: &Step,
+        x: Tensor,
+        dev: &Device,
+        tally: &mut Correct,
+    ) -> Result<(Tensor, usize)> {
+        let (cfg, ex, clf, k) = (self.job.cfg, self.ex, self.clf, self.k);
+        let n = step.chunk.len();
+        let x = x.to_device(dev)?;
+        let batch: Vec<&Example> = step.chunk.iter().map(|&i| &ex.train[i]).collect();
+        let target = targets(&batch, k);
+        let yt = Tensor::from_vec(target.clone(), (n, k), dev)?;
+        let mask = Tensor::from_vec(step.mask.clone(), (n, self.c), dev)?;
+        let (feats, logits) = clf.model.forward_t(&x, true, Some(&mask))?;
+        let l = &cfg.loss;
+        let loss = match l.variant {
+            LossVariant::Ce => losses::cross_entropy(&logits, &yt)?,
+            LossVariant::Bce => losses::bce(&logits, &yt)?,
+            LossVariant::Focal => losses::focal(&logits, &yt, l.focal_gamma, l.focal_alpha)?,
+            LossVariant::LabelSmoothing => {
+                losses::label_smoothing(&logits, &yt, l.label_smoothing)?
             }
-            let grads = loss.backward()?;
-            opt.step(&grads)?;
-            let lg = logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
-            correct += lg
-                .iter()
-                .zip(target.chunks(k))
-                .map(|(z, y)| accuracy_of(z, y, multi))
-                .sum::<f64>();
-            loss_sum += lv * chunk.len() as f64;
-            n += chunk.len();
-            Ok(())
-        })?;
-        train_secs += t0.elapsed().as_secs_f64();
-        if n == 0 {
-            return Err(no_step("classify", epoch + 1, order.len(), bs));
-        }
-        seen += n;
-
+            LossVariant::CamArea => {
+                let cam = clf.model.cam(&feats)?;
+                (losses::cross_entropy(&logits, &yt)?
+                    + (losses::cam_area(&cam, &yt, ex.scored)? * l.evidence_weight)?)?
+            }
+            LossVariant::Equivariance => {
+                // Drawn in the plan for this loss (the first transform otherwise).
+                let tf = step.transform.unwrap_or(GridTransform::ALL[0]);
+                let cam = clf.model.cam(&feats)?;
+                let (feats_t, _) = clf.model.forward_t(&tf.apply(&x)?, true, None)?;
+                let cam_t = clf.model.cam(&feats_t)?;
+                let eq = losses::equivariance(&cam_t, &tf.apply(&cam)?)?;
+                (losses::cross_entropy(&logits, &yt)? + (eq * l.evidence_weight)?)?
+            }
+        };
+        let lg = logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+        tally.0 += lg
+            .iter()
+            .zip(target.chunks(k))
+            .map(|(z, y)| accuracy_of(z, y, ex.multi_label))
+            .sum::<f64>();
+        Ok((loss, n))
+    }
+    fn end_epoch(
+        &self,
+        e: EpochStats,
+        correct: Correct,
+        started: Instant,
+    ) -> Result<(EpochRow, Option<Score>)> {
+        let (t, ex, k) = (&self.job.cfg.train, self.ex, self.k);
+        let (multi, scored) = (ex.multi_label, ex.scored);
         let valid: Vec<&Example> = ex.valid.iter().collect();
         let views: Vec<View> = valid.iter().map(|e| e.view).collect();
-        let pv = clf.predict(images, &views, t.image_size, bs * 2, multi, dev)?;
+        let bs = t.batch_size as usize;
+        let pv = self.clf.predict(
+            self.images,
+            &views,
+            t.image_size,
+            bs * 2,
+            multi,
+            self.job.device,
+        )?;
         let vt = targets(&valid, k);
         let vp: Vec<f64> = pv.probs.iter().map(|p| p[scored] as f64).collect();
         let truth_pos: Vec<usize> = valid.iter().map(|e| usize::from(e.truth(scored))).collect();
@@ -610,55 +598,62 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
             .zip(vt.chunks(k))
             .map(|(p, y)| prob_loss(p, y, multi))
             .sum::<f64>()
-            / n_valid.max(1) as f64;
+            / valid.len().max(1) as f64;
         let row = EpochRow {
-            epoch: epoch + 1,
-            lr: lr0,
-            train_loss: loss_sum / n.max(1) as f64,
-            train_accuracy: correct / n.max(1) as f64,
+            epoch: e.epoch,
+            lr: e.lr,
+            train_loss: e.loss,
+            train_accuracy: correct.0 / e.examples.max(1) as f64,
+            grad_norm: e.grad_norm,
             valid_loss: vloss,
             valid_accuracy: m.accuracy,
             valid_balanced_accuracy: m.balanced_accuracy,
             valid_auc: m.auc,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(
-            "epoch {}/{}: loss {:.4} acc {:.3} | valid loss {:.4} acc {:.3} bal {:.3} auc {:.3} ({:.1}s)",
-            row.epoch, t.epochs, row.train_loss, row.train_accuracy, row.valid_loss, row.valid_accuracy, row.valid_balanced_accuracy, row.valid_auc, row.seconds
+            "epoch {}/{}: loss {:.4} acc {:.3} |grad| {:.3} | valid loss {:.4} acc {:.3} bal {:.3} auc {:.3} ({:.1}s)",
+            row.epoch, t.epochs, row.train_loss, row.train_accuracy, row.grad_norm, row.valid_loss, row.valid_accuracy, row.valid_balanced_accuracy, row.valid_auc, row.seconds
         );
-        let score = (m.balanced_accuracy, -vloss);
-        let best_now = score > prog.best_score;
-        if best_now {
-            prog.best_score = score;
-            prog.best_epoch = epoch + 1;
-            prog.bad_epochs = 0;
-        } else {
-            prog.bad_epochs += 1;
-        }
-        prog.history.push(row);
-        prog.epochs_done = epoch + 1;
-        // Weights, optimiser, progress and best weights are committed as one checkpoint.
-        ckpt.save(&clf.vars, &opt, &prog, epoch + 1, best_now)?;
-        crate::util::interrupt::check()?;
-        if t.patience > 0 && prog.bad_epochs >= t.patience {
-            tracing::info!("early stopping: no improvement for {} epochs", t.patience);
-            early = true;
-            break;
-        }
+        Ok((row, Some((m.balanced_accuracy, -vloss))))
     }
-    if let Some(best) = ckpt.best() {
-        weights::load_all(&clf.vars, &best)?;
-    }
+}
+
+/// Train the classifier on `ex`; returns the model with its best weights loaded (by validation
+/// balanced accuracy, then loss), and the summary.
+pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, TrainSummary)> {
+    let cfg = job.cfg;
+    let t = &cfg.train;
+    let k = outputs(cfg, job.idx);
+    let clf = Classifier::build(cfg, k, job.device, job.manifest_dir)?;
+    let trainable = clf.trainable(cfg.backbone.freeze_blocks);
+    let mut opt = Optimizer::new(t.optimizer, trainable, t.lr, t.weight_decay, t.momentum)?;
+    let aug = if ex.windows() {
+        Augment {
+            min_crop_area: 1.0,
+            ..Augment::default()
+        }
+    } else {
+        Augment::default()
+    };
+    let learner = ClassifierLearner {
+        job,
+        images,
+        ex,
+        clf: &clf,
+        aug,
+        k,
+        c: clf.model.feature_channels(),
+        groups: if ex.multi_label { 2 } else { k },
+    };
+    let ckpt = Checkpoint::new(job.scratch, "last");
+    let fitted = driver::fit(&learner, &clf.vars, &mut opt, job.device, &ckpt, t.patience)?;
     let summary = TrainSummary {
-        best_epoch: prog.best_epoch,
-        epochs_run: prog.epochs_done,
-        early_stopped: early || prog.epochs_done < t.epochs,
-        train_images_per_s: if train_secs > 0.0 {
-            seen as f64 / train_secs
-        } else {
-            0.0
-        },
-        history: prog.history,
+        best_epoch: fitted.best_epoch,
+        epochs_run: fitted.epochs_run,
+        early_stopped: fitted.early_stopped,
+        train_images_per_s: fitted.examples_per_s,
+        history: fitted.history,
     };
     Ok((clf, summary))
 }

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod classify;
+pub mod driver;
 pub mod losses;
 pub mod optim;
 pub mod segment;

@@ -85,6 +85,23 @@ impl Optimizer {
         self.lr
     }
 
+    /// Global L2 norm of the gradients of the optimised variables (those without a gradient
+    /// count as zero), as `torch.nn.utils.clip_grad_norm_` reports it. Recorded per epoch so a
+    /// user can see a training blow up or die out.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut s = 0f64;
+        for (_, var) in &self.vars {
+            if let Some(g) = grads.get(var) {
+                s += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        Ok(s.sqrt())
+    }
+
     /// One update from the gradients; variables without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.steps += 1;

@@ -6,9 +6,12 @@
 //! `segmentation.crop_size` (images smaller than a crop are scaled up first), flips, 90° rotations — applied identically to image
 //! and label — and colour / stain jitter on the image; per-pixel cross-entropy with ignore
 //! index 255, or the OEEM weighting; poly learning-rate decay; the optimiser, momentum and
-//! weight decay of `[train]`; a checkpoint after every epoch so an interrupted training
-//! resumes at the right epoch. The last epoch is kept: validation labels are pseudo labels
-//! too, so there is nothing trustworthy to select on without ground truth.
+//! weight decay of `[train]`, run by the one training driver (`driver::fit`: checkpoints,
+//! resume, non-finite loss). Every epoch records what shows a collapse coming — per-class
+//! loss, label and predicted foreground shares, gradient norm — and how the predictions on the
+//! validation images agree with those images' labels (pseudo labels under weak supervision: no
+//! mask is read). The last epoch is kept, or the best by that agreement
+//! (`segmentation.select = "label-agreement"`).
 //!
 //! Inference: windows of the crop size with a third of overlap, softmax probabilities averaged
 //! where windows overlap (and over a horizontal flip with `segmentation.tta`), argmax.
@@ -17,7 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::VarMap;
 use image::{imageops, imageops::FilterType, GrayImage, RgbImage};
 use rand::seq::SliceRandom;
@@ -27,11 +30,13 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Checkpoint;
+use super::driver::{self, EpochStats, Learner, Score};
 use super::optim::{lr_at, Optimizer};
 use crate::config::{
-    ExperimentConfig, Optimizer as OptimizerKind, Schedule, SegInit, SegLoss, SegmentationConfig,
+    ExperimentConfig, Optimizer as OptimizerKind, Schedule, SegInit, SegLoss, SegSelect,
+    SegmentationConfig,
 };
-use crate::data::loader::{self, color_jitter, to_chw, Augment, Images};
+use crate::data::loader::{color_jitter, to_chw, Augment, Images};
 use crate::data::mask::IGNORE;
 use crate::error::{Error, Result};
 use crate::model::deeplab::{DeepLab, DeepLabConfig};
@@ -327,9 +332,13 @@ pub fn argmax_labels(prob: &[f32], w: u32, h: u32) -> GrayImage {
 /// (`n_c · softmax_c(−ℓ)`), so every class keeps the total weight it has under cross-entropy.
 /// Plain OEEM can feed on itself: early on the majority class is the easy one, its pixels gain
 /// weight, and on GlaS one seed's segmenter ended up predicting background everywhere.
+///
+/// `BalancedCe` gives every class present in the batch the same total weight: the mean over
+/// those classes of each class's mean pixel cross-entropy (median-frequency-style balancing,
+/// Eigen & Fergus 2015, with frequencies counted per batch).
 pub fn seg_loss(logits: &Tensor, labels: &[u8], kind: SegLoss) -> Result<Tensor> {
-    let (b, k, h, w) = logits.dims4()?;
-    let n = h * w;
+    let (b, k, h, w_) = logits.dims4()?;
+    let n = h * w_;
     let mut onehot = vec![0f32; b * k * n];
     let mut valid = vec![0f32; b * n];
     for bi in 0..b {
@@ -342,8 +351,8 @@ pub fn seg_loss(logits: &Tensor, labels: &[u8], kind: SegLoss) -> Result<Tensor>
         }
     }
     let dev = logits.device();
-    let onehot = Tensor::from_vec(onehot, (b, k, h, w), dev)?;
-    let valid_t = Tensor::from_vec(valid.clone(), (b, h, w), dev)?;
+    let onehot = Tensor::from_vec(onehot, (b, k, h, w_), dev)?;
+    let valid_t = Tensor::from_vec(valid.clone(), (b, h, w_), dev)?;
     let total = valid.iter().sum::<f32>().max(1.0) as f64;
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
     let pix = (logp * &onehot)?.sum(1)?.neg()?; // (B, H, W), 0 where ignored
@@ -368,6 +377,28 @@ pub fn seg_loss(logits: &Tensor, labels: &[u8], kind: SegLoss) -> Result<Tensor>
                 wgt = (wgt + ec.broadcast_div(&(zc + 1e-12)?)?.broadcast_mul(&nc)?)?;
             }
             Ok(((pix * wgt)?.sum_all()? / total)?)
+        }
+        SegLoss::BalancedCe => {
+            // Σ_c (Σ_{i∈c} ℓ_i / n_c) / |{c : n_c > 0}|, as weights n / (K' · n_c) per pixel.
+            let counts: Vec<f32> = (0..k)
+                .map(|c| {
+                    (0..b * n)
+                        .filter(|&j| valid[j] > 0.0 && labels[j] as usize == c)
+                        .count() as f32
+                })
+                .collect();
+            let present = counts.iter().filter(|&&c| c > 0.0).count().max(1) as f32;
+            let w: Vec<f32> = (0..b * n)
+                .map(|j| {
+                    if valid[j] > 0.0 {
+                        1.0 / (present * counts[labels[j] as usize])
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let w = Tensor::from_vec(w, (b, h, w_), dev)?;
+            Ok((pix * w)?.sum_all()?)
         }
     }
 }
@@ -428,25 +459,99 @@ pub fn augment_pair(
     (img, label)
 }
 
-/// One row of the segmenter's training history.
+/// One row of the segmenter's training history: what a user needs to see a collapse coming.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SegEpoch {
     /// Epoch (1-based).
     pub epoch: u32,
     /// Learning rate at the start of the epoch.
     pub lr: f64,
-    /// Mean training loss.
+    /// Mean training loss (the configured loss).
     pub loss: f64,
     /// Pixel accuracy against the training labels (labelled pixels).
     pub label_accuracy: f64,
+    /// Mean per-pixel cross-entropy of the training crops' background / foreground label
+    /// pixels (unweighted, whatever the loss): a class the network gives up on shows here.
+    #[serde(default)]
+    pub class_loss: [f64; SEG_CLASSES],
+    /// Foreground share of the training crops' labelled pixels.
+    #[serde(default)]
+    pub label_foreground: f64,
+    /// Foreground share of the segmenter's predictions on those pixels.
+    #[serde(default)]
+    pub predicted_foreground: f64,
+    /// Mean L2 norm of the gradient over the epoch's steps.
+    #[serde(default)]
+    pub grad_norm: f64,
+    /// Validation images (no ground truth read for weak supervision: their pseudo labels):
+    /// the share and agreement below; absent without validation labels.
+    #[serde(default)]
+    pub valid: Option<LabelAgreement>,
     /// Seconds.
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Progress {
-    epochs_done: u32,
-    history: Vec<SegEpoch>,
+/// How a segmenter's predictions on some images agree with those images' labels (the pseudo
+/// labels under weak supervision, which weak supervision may read on validation images; the
+/// true masks under full supervision).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LabelAgreement {
+    /// 2-class mIoU of prediction against label over the labelled pixels of all images.
+    pub miou: f64,
+    /// Foreground share of the labelled pixels.
+    pub label_foreground: f64,
+    /// Foreground share of the predictions on them.
+    pub predicted_foreground: f64,
+    /// One class predicted on nearly every pixel although the labels hold both
+    /// ([`collapsed`]).
+    pub collapsed: bool,
+}
+
+/// A prediction has *collapsed* when a class is predicted on less than this share of the
+/// pixels (the other on more than 99 %)…
+pub const COLLAPSE_SHARE: f64 = 0.01;
+/// …and on less than this fraction of the share its labels give it…
+pub const COLLAPSE_RATIO: f64 = 0.25;
+/// …which is at least this share (labels with less of a class are one class: no collapse).
+pub const COLLAPSE_LABEL_SHARE: f64 = 0.005;
+
+/// Whether a prediction with foreground share `predicted` against labels with foreground share
+/// `label` has collapsed onto one class: some class is predicted on < [`COLLAPSE_SHARE`] of the
+/// pixels and on < [`COLLAPSE_RATIO`] × its label share, which is ≥ [`COLLAPSE_LABEL_SHARE`].
+/// (On synthetic tiles a segmenter predicted no foreground where its pseudo labels had 1.8 %:
+/// a collapse, which an absolute label floor of 2 % missed.)
+pub fn collapsed(predicted: f64, label: f64) -> bool {
+    [(predicted, label), (1.0 - predicted, 1.0 - label)]
+        .iter()
+        .any(|&(p, l)| p < COLLAPSE_SHARE && p < COLLAPSE_RATIO * l && l >= COLLAPSE_LABEL_SHARE)
+}
+
+impl LabelAgreement {
+    /// From a 2×2 confusion matrix `[label][prediction]` of pixel counts.
+    pub fn of(confusion: [[u64; 2]; 2]) -> Option<Self> {
+        let total = confusion.iter().flatten().sum::<u64>();
+        if total == 0 {
+            return None;
+        }
+        let iou = |c: usize| {
+            let tp = confusion[c][c] as f64;
+            let union =
+                (confusion[c][0] + confusion[c][1] + confusion[0][c] + confusion[1][c]) as f64 - tp;
+            if union > 0.0 {
+                tp / union
+            } else {
+                1.0
+            }
+        };
+        let label_foreground = (confusion[1][0] + confusion[1][1]) as f64 / total as f64;
+        let predicted_foreground = (confusion[0][1] + confusion[1][1]) as f64 / total as f64;
+        Some(Self {
+            miou: (iou(0) + iou(1)) / 2.0,
+            label_foreground,
+            predicted_foreground,
+            collapsed: collapsed(predicted_foreground, label_foreground),
+        })
+    }
 }
 
 /// What a segmenter training reports.
@@ -454,17 +559,272 @@ struct Progress {
 pub struct SegSummary {
     /// Per-epoch history.
     pub history: Vec<SegEpoch>,
+    /// The epoch whose weights were kept (the last, or the best by `segmentation.select`).
+    pub selected_epoch: u32,
     /// Training crops per second.
     pub train_images_per_s: f64,
 }
 
-/// Train on `items` with their label maps. `scratch` keeps checkpoints across interruptions.
-#[allow(clippy::too_many_arguments)]
+impl SegSummary {
+    /// The kept epoch's agreement with the validation labels, if measured.
+    pub fn selected(&self) -> Option<LabelAgreement> {
+        self.history
+            .iter()
+            .find(|r| r.epoch == self.selected_epoch)
+            .and_then(|r| r.valid)
+    }
+}
+
+/// Images and labels a segmenter trains and is validated on.
+pub struct SegData<'a> {
+    /// The images (all samples).
+    pub images: &'a Images<'a>,
+    /// Training samples and their label maps (samples without one are skipped).
+    pub train: &'a [usize],
+    /// Label maps of training samples, at image size.
+    pub labels: &'a HashMap<usize, GrayImage>,
+    /// Validation samples and their label maps (pseudo labels for weak supervision).
+    pub valid: &'a HashMap<usize, GrayImage>,
+}
+
+/// One step: the batch's samples and its augmentation seed.
+struct SegStep {
+    bi: usize,
+    chunk: Vec<usize>,
+    seed: u64,
+}
+
+/// Statistics of an epoch's training crops.
+#[derive(Default)]
+struct SegTally {
+    correct: u64,
+    counted: u64,
+    label_fg: u64,
+    pred_fg: u64,
+    class_loss: [f64; SEG_CLASSES],
+    class_count: [u64; SEG_CLASSES],
+}
+
+struct SegLearner<'a> {
+    cfg: &'a SegmenterConfig,
+    seg: &'a Segmenter,
+    images: &'a Images<'a>,
+    items: Vec<usize>,
+    /// Training labels at the training scale.
+    labels: &'a HashMap<usize, GrayImage>,
+    /// Validation images (at the training scale) and labels.
+    valid: Vec<(RgbImage, GrayImage)>,
+    aug: Augment,
+    dev: &'a Device,
+}
+
+impl SegLearner<'_> {
+    fn bs(&self) -> usize {
+        (self.cfg.segmentation.batch_size as usize).max(1)
+    }
+    fn scaled(&self) -> bool {
+        (self.cfg.segmentation.scale - 1.0).abs() > 1e-9
+    }
+
+    /// Agreement of the current weights with the validation labels.
+    fn validate(&self) -> Result<Option<LabelAgreement>> {
+        let s = &self.cfg.segmentation;
+        let mut conf = [[0u64; 2]; 2];
+        for (img, label) in &self.valid {
+            let p = self
+                .seg
+                .predict(img, s.crop_size, 1.0, false, self.bs(), self.dev)?;
+            for (&pi, &l) in p.iter().zip(label.as_raw()) {
+                if l != IGNORE && (l as usize) < SEG_CLASSES {
+                    conf[l as usize][usize::from(pi >= 0.5)] += 1;
+                }
+            }
+        }
+        Ok(LabelAgreement::of(conf))
+    }
+}
+
+impl Learner for SegLearner<'_> {
+    type Step = SegStep;
+    type Batch = (Tensor, Vec<u8>);
+    type Tally = SegTally;
+    type Row = SegEpoch;
+
+    fn stage(&self) -> &'static str {
+        "segment"
+    }
+    fn lr_key(&self) -> &'static str {
+        "segmentation.lr"
+    }
+    fn epochs(&self) -> u32 {
+        self.cfg.segmentation.epochs
+    }
+    fn examples(&self) -> (usize, usize) {
+        (self.items.len(), self.bs())
+    }
+    fn epoch_seed(&self, epoch: u32) -> u64 {
+        self.cfg.train.seed ^ 0x5e65_e65e ^ (epoch as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn plan(&self, _epoch: u32, rng: &mut ChaCha8Rng) -> Vec<SegStep> {
+        let bs = self.bs();
+        let mut order = self.items.clone();
+        order.shuffle(rng);
+        order
+            .chunks(bs)
+            .enumerate()
+            // A last batch of one crop is dropped (batch statistics of one crop); with
+            // `segmentation.batch_size = 1` every batch is one crop and trains (the image
+            // pooling branch then uses its running statistics, see `model::deeplab`).
+            .filter(|(_, chunk)| chunk.len() >= 2 || bs == 1)
+            .map(|(bi, chunk)| SegStep {
+                bi,
+                chunk: chunk.to_vec(),
+                seed: rng.random(),
+            })
+            .collect()
+    }
+    fn position(&self, step: &SegStep) -> usize {
+        step.bi
+    }
+    fn steps_per_epoch(&self) -> usize {
+        self.items.len().div_ceil(self.bs())
+    }
+    fn lr_at(&self, epoch: f64) -> f64 {
+        let s = &self.cfg.segmentation;
+        lr_at(Schedule::Poly, s.lr, epoch, s.epochs, 0)
+    }
+    fn build(&self, step: &SegStep) -> Result<(Tensor, Vec<u8>)> {
+        let s = &self.cfg.segmentation;
+        let (crop, scaled) = (s.crop_size, self.scaled());
+        let pairs: Vec<Result<(Vec<f32>, Vec<u8>)>> = step
+            .chunk
+            .par_iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let mut r = ChaCha8Rng::seed_from_u64(
+                    step.seed
+                        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        .wrapping_add(j as u64),
+                );
+                let img = self.images.get(i)?;
+                let img = if scaled {
+                    std::borrow::Cow::Owned(rescale(&img, s.scale))
+                } else {
+                    img
+                };
+                let (a, l) = augment_pair(&img, &self.labels[&i], crop, &self.aug, &mut r);
+                Ok((to_chw(&a), l.into_raw()))
+            })
+            .collect();
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for p in pairs {
+            let (x, y) = p?;
+            xs.extend(x);
+            ys.extend(y);
+        }
+        let c = crop as usize;
+        Ok((
+            // On the CPU: the helper thread builds it, the training thread moves it.
+            Tensor::from_vec(xs, (step.chunk.len(), 3, c, c), &Device::Cpu)?,
+            ys,
+        ))
+    }
+    fn loss(
+        &self,
+        step: &SegStep,
+        (x, ys): (Tensor, Vec<u8>),
+        dev: &Device,
+        t: &mut SegTally,
+    ) -> Result<(Tensor, usize)> {
+        let x = x.to_device(dev)?;
+        let logits = self.seg.model.forward_t(&x, true)?;
+        let loss = seg_loss(&logits, &ys, self.cfg.segmentation.loss)?;
+        let (b, k, h, w) = logits.dims4()?;
+        let z = logits
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let n = h * w;
+        for bi in 0..b {
+            for i in 0..n {
+                let y = ys[bi * n + i];
+                if y == IGNORE || (y as usize) >= k {
+                    continue;
+                }
+                let (z0, z1) = (z[bi * k * n + i], z[(bi * k + 1) * n + i]);
+                let pred = u8::from(z1 > z0);
+                t.counted += 1;
+                t.correct += u64::from(pred == y);
+                t.label_fg += u64::from(y == 1);
+                t.pred_fg += u64::from(pred);
+                // −log softmax of the label's logit, stably: log(1 + e^(z_other − z_label)).
+                let d = if y == 1 { z0 - z1 } else { z1 - z0 } as f64;
+                let ce = d.max(0.0) + (-d.abs()).exp().ln_1p();
+                t.class_loss[y as usize] += ce;
+                t.class_count[y as usize] += 1;
+            }
+        }
+        Ok((loss, step.chunk.len()))
+    }
+    fn end_epoch(
+        &self,
+        e: EpochStats,
+        t: SegTally,
+        started: Instant,
+    ) -> Result<(SegEpoch, Option<Score>)> {
+        let valid = self.validate()?;
+        let share = |a: u64| a as f64 / t.counted.max(1) as f64;
+        let row = SegEpoch {
+            epoch: e.epoch,
+            lr: e.lr,
+            loss: e.loss,
+            label_accuracy: share(t.correct),
+            class_loss: [0, 1].map(|c| t.class_loss[c] / t.class_count[c].max(1) as f64),
+            label_foreground: share(t.label_fg),
+            predicted_foreground: share(t.pred_fg),
+            grad_norm: e.grad_norm,
+            valid,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let v = valid.map_or(String::new(), |v| {
+            format!(
+                " | valid: agreement mIoU {:.3}, fg {:.3} predicted / {:.3} labelled{}",
+                v.miou,
+                v.predicted_foreground,
+                v.label_foreground,
+                if v.collapsed { " — COLLAPSED" } else { "" }
+            )
+        });
+        tracing::info!(
+            "segment epoch {}/{}: loss {:.4} (bg {:.3} fg {:.3}) label acc {:.3} fg {:.3} predicted / {:.3} labelled |grad| {:.3}{v} ({:.1}s)",
+            row.epoch,
+            self.cfg.segmentation.epochs,
+            row.loss,
+            row.class_loss[0],
+            row.class_loss[1],
+            row.label_accuracy,
+            row.predicted_foreground,
+            row.label_foreground,
+            row.grad_norm,
+            row.seconds
+        );
+        let score = match self.cfg.segmentation.select {
+            SegSelect::Last => None,
+            // Ties go to the later epoch.
+            SegSelect::LabelAgreement => valid.map(|v| (v.miou, e.epoch as f64)),
+        };
+        Ok((row, score))
+    }
+}
+
+/// Train on `data.train` with their label maps, validated every epoch on `data.valid`.
+/// `scratch` keeps checkpoints across interruptions.
+///
+/// Errors: no training image with a label map; `segmentation.select = "label-agreement"`
+/// without validation labels; whatever [`driver::fit`] reports.
 pub fn train(
     cfg: &SegmenterConfig,
-    images: &Images,
-    items: &[usize],
-    labels: &HashMap<usize, GrayImage>,
+    data: &SegData,
     dev: &Device,
     scratch: &Path,
     classifier_weights: Option<&Path>,
@@ -485,169 +845,66 @@ pub fn train(
         v
     };
     let mut opt = Optimizer::new(t.optimizer, vars, s.lr, t.weight_decay, t.momentum)?;
-    let items: Vec<usize> = items
+    let items: Vec<usize> = data
+        .train
         .iter()
         .copied()
-        .filter(|i| labels.contains_key(i))
+        .filter(|i| data.labels.contains_key(i))
         .collect();
     if items.is_empty() {
         return Err(Error::stage("segment", "no training image has a label map"));
     }
-    let bs = (s.batch_size as usize).max(1);
-    let steps = items.len().div_ceil(bs).max(1);
-    let aug = Augment::default();
-    let crop = s.crop_size;
+    if s.select == SegSelect::LabelAgreement && data.valid.is_empty() {
+        return Err(Error::stage(
+            "segment",
+            "segmentation.select = \"label-agreement\" needs validation images with labels, \
+             and the valid split has none; use select = \"last\" or give the split \
+             validation patients",
+        ));
+    }
     let scaled = (s.scale - 1.0).abs() > 1e-9;
-    let rescaled: HashMap<usize, GrayImage>;
-    let labels = if scaled {
-        rescaled = labels
-            .iter()
-            .map(|(k, l)| (*k, rescale_labels(l, s.scale)))
-            .collect();
-        &rescaled
-    } else {
-        labels
+    let at_scale = |l: &GrayImage| {
+        if scaled {
+            rescale_labels(l, s.scale)
+        } else {
+            l.clone()
+        }
+    };
+    let labels: HashMap<usize, GrayImage> =
+        data.labels.iter().map(|(k, l)| (*k, at_scale(l))).collect();
+    let mut valid_ids: Vec<usize> = data.valid.keys().copied().collect();
+    valid_ids.sort_unstable();
+    let mut valid = Vec::with_capacity(valid_ids.len());
+    for i in valid_ids {
+        let img = data.images.get(i)?;
+        let img = if scaled {
+            rescale(&img, s.scale)
+        } else {
+            img.into_owned()
+        };
+        // Labels resized to the scaled image exactly (rounding may differ by a pixel).
+        let (w, h) = img.dimensions();
+        let l = imageops::resize(&data.valid[&i], w, h, FilterType::Nearest);
+        valid.push((img, l));
+    }
+    let learner = SegLearner {
+        cfg,
+        seg: &seg,
+        images: data.images,
+        items,
+        labels: &labels,
+        valid,
+        aug: Augment::default(),
+        dev,
     };
     let ckpt = Checkpoint::new(scratch, "seg_last");
-    let mut prog = Progress {
-        epochs_done: 0,
-        history: vec![],
-    };
-    if let Some(p) = ckpt.resume::<Progress>(&seg.vars, &mut opt, dev)? {
-        tracing::info!("resuming segmenter training after epoch {}", p.epochs_done);
-        prog = p;
-    }
-    let (mut seen, mut secs) = (0usize, 0.0);
-    for epoch in prog.epochs_done..s.epochs {
-        let t0 = Instant::now();
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            t.seed ^ 0x5e65_e65e ^ (epoch as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
-        );
-        let mut order = items.clone();
-        order.shuffle(&mut rng);
-        let lr0 = lr_at(Schedule::Poly, s.lr, epoch as f64, s.epochs, 0);
-        let (mut loss_sum, mut n, mut correct, mut counted) = (0.0, 0usize, 0u64, 0u64);
-        // The batches and their augmentation seeds, drawn in step order, so that the next
-        // batch can be prepared while the current one trains.
-        let plan: Vec<(usize, &[usize], u64)> = order
-            .chunks(bs)
-            .enumerate()
-            // A last batch of one crop is dropped (batch statistics of one crop); with
-            // `segmentation.batch_size = 1` every batch is one crop and trains (the image
-            // pooling branch then uses its running statistics, see `model::deeplab`).
-            .filter(|(_, chunk)| chunk.len() >= 2 || bs == 1)
-            .map(|(bi, chunk)| (bi, chunk, rng.random()))
-            .collect();
-        let build = |step: usize| -> Result<(Tensor, Vec<u8>)> {
-            let (_, chunk, seed) = plan[step];
-            let pairs: Vec<Result<(Vec<f32>, Vec<u8>)>> = chunk
-                .par_iter()
-                .enumerate()
-                .map(|(j, &i)| {
-                    let mut r = ChaCha8Rng::seed_from_u64(
-                        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                            .wrapping_add(j as u64),
-                    );
-                    let img = images.get(i)?;
-                    let img = if scaled {
-                        std::borrow::Cow::Owned(rescale(&img, s.scale))
-                    } else {
-                        img
-                    };
-                    let (a, l) = augment_pair(&img, &labels[&i], crop, &aug, &mut r);
-                    Ok((to_chw(&a), l.into_raw()))
-                })
-                .collect();
-            let (mut xs, mut ys) = (Vec::new(), Vec::new());
-            for p in pairs {
-                let (x, y) = p?;
-                xs.extend(x);
-                ys.extend(y);
-            }
-            let c = crop as usize;
-            Ok((
-                // On the CPU: the helper thread builds it, the training thread moves it.
-                Tensor::from_vec(xs, (chunk.len(), 3, c, c), &Device::Cpu)?,
-                ys,
-            ))
-        };
-        loader::prefetched(plan.len(), build, |step, batch| -> Result<()> {
-            // An interrupted epoch is dropped: resuming starts it again from the checkpoint.
-            crate::util::interrupt::check()?;
-            let (bi, chunk, _) = plan[step];
-            let (x, ys) = batch?;
-            let x = x.to_device(dev)?;
-            opt.set_lr(lr_at(
-                Schedule::Poly,
-                s.lr,
-                epoch as f64 + bi as f64 / steps as f64,
-                s.epochs,
-                0,
-            ));
-            let logits = seg.model.forward_t(&x, true)?;
-            let loss = seg_loss(&logits, &ys, s.loss)?;
-            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !lv.is_finite() {
-                return Err(Error::stage(
-                    "segment",
-                    format!(
-                        "the loss became {lv} at epoch {} batch {}; lower segmentation.lr",
-                        epoch + 1,
-                        bi + 1
-                    ),
-                ));
-            }
-            opt.step(&loss.backward()?)?;
-            let pred = logits
-                .argmax(1)?
-                .flatten_all()?
-                .to_device(&Device::Cpu)?
-                .to_vec1::<u32>()?;
-            for (p, y) in pred.iter().zip(&ys) {
-                if *y != IGNORE {
-                    counted += 1;
-                    correct += u64::from(*p == *y as u32);
-                }
-            }
-            loss_sum += lv * chunk.len() as f64;
-            n += chunk.len();
-            Ok(())
-        })?;
-        secs += t0.elapsed().as_secs_f64();
-        if n == 0 {
-            return Err(crate::train::classify::no_step(
-                "segment",
-                epoch + 1,
-                order.len(),
-                bs,
-            ));
-        }
-        seen += n;
-        let row = SegEpoch {
-            epoch: epoch + 1,
-            lr: lr0,
-            loss: loss_sum / n.max(1) as f64,
-            label_accuracy: correct as f64 / counted.max(1) as f64,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        tracing::info!(
-            "segment epoch {}/{}: loss {:.4} label acc {:.3} ({:.1}s)",
-            row.epoch,
-            s.epochs,
-            row.loss,
-            row.label_accuracy,
-            row.seconds
-        );
-        prog.history.push(row);
-        prog.epochs_done = epoch + 1;
-        ckpt.save(&seg.vars, &opt, &prog, epoch + 1, false)?;
-        crate::util::interrupt::check()?;
-    }
+    let fitted = driver::fit(&learner, &seg.vars, &mut opt, dev, &ckpt, 0)?;
     Ok((
         seg,
         SegSummary {
-            history: prog.history,
-            train_images_per_s: if secs > 0.0 { seen as f64 / secs } else { 0.0 },
+            history: fitted.history,
+            selected_epoch: fitted.best_epoch,
+            train_images_per_s: fitted.examples_per_s,
         },
     ))
 }
@@ -730,6 +987,61 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!((a - b).abs() < 1e-6);
+    }
+
+    #[test]
+    fn balanced_ce_by_hand() {
+        // Three labelled pixels (two background, one foreground) and one ignored: each class
+        // present gets half the weight, whatever its pixel count.
+        let z = [(2f32, 0f32), (0.5, 0.0), (0.0, 1.0), (9.0, -9.0)];
+        let mut v = vec![];
+        v.extend(z.iter().map(|p| p.0));
+        v.extend(z.iter().map(|p| p.1));
+        let logits = Tensor::from_vec(v, (1, 2, 1, 4), &Device::Cpu).unwrap();
+        let got = seg_loss(&logits, &[0, 0, 1, IGNORE], SegLoss::BalancedCe)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let ce = |a: f64, b: f64| (a.exp() + b.exp()).ln() - a;
+        let bg = (ce(2.0, 0.0) + ce(0.5, 0.0)) / 2.0;
+        let fg = ce(1.0, 0.0);
+        assert!((got - (bg + fg) / 2.0).abs() < 1e-6, "{got}");
+        // One class only: its mean loss, the same as cross-entropy.
+        let a = seg_loss(&logits, &[0, 0, 0, 0], SegLoss::BalancedCe)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let b = seg_loss(&logits, &[0, 0, 0, 0], SegLoss::Ce)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((a - b).abs() < 1e-6);
+    }
+
+    #[test]
+    fn agreement_and_collapse_by_hand() {
+        // confusion[label][prediction]: 60 bg→bg, 20 bg→fg, 5 fg→bg, 15 fg→fg.
+        let a = LabelAgreement::of([[60, 20], [5, 15]]).unwrap();
+        let iou_bg = 60.0 / (60.0 + 20.0 + 5.0);
+        let iou_fg = 15.0 / (15.0 + 5.0 + 20.0);
+        assert!((a.miou - (iou_bg + iou_fg) / 2.0).abs() < 1e-12);
+        assert!((a.label_foreground - 0.20).abs() < 1e-12);
+        assert!((a.predicted_foreground - 0.35).abs() < 1e-12);
+        assert!(!a.collapsed);
+        // All background predicted while a fifth of the labels are foreground: collapsed.
+        let c = LabelAgreement::of([[80, 0], [20, 0]]).unwrap();
+        assert!(c.collapsed && c.predicted_foreground == 0.0);
+        // All foreground predicted: collapsed too.
+        assert!(collapsed(1.0, 0.3));
+        // 0.5 % foreground predicted where the labels have 1 %: under-segmented, not collapsed;
+        // where they have 6 %: collapsed. No foreground predicted where the labels have 1.8 %
+        // (a synthetic seed's pseudo labels): collapsed; where they have 0.4 %: the labels are
+        // one class.
+        assert!(!collapsed(0.005, 0.01));
+        assert!(collapsed(0.005, 0.06));
+        assert!(collapsed(0.0, 0.018));
+        assert!(!collapsed(0.0, 0.004));
+        assert!(LabelAgreement::of([[0, 0], [0, 0]]).is_none());
     }
 
     #[test]
