@@ -232,8 +232,10 @@ pub fn all(exp: &Experiment, dir: &Path) -> Result<Vec<Figure>> {
     if segment_curves(exp, dir)? {
         add(
             "segment_curves",
-            "DeepLab V3+ training: loss and label accuracy per epoch (at most 10 lines: the \
-             best by held-out mIoU).",
+            "DeepLab V3+ training per epoch: loss; foreground share of the predictions vs the \
+             labels on the training crops (a collapse: the solid line falls to 0); agreement \
+             with the validation images' labels, pseudo labels when weak (at most 10 lines: \
+             the best by held-out mIoU).",
         );
     }
     Ok(figs)
@@ -413,37 +415,54 @@ fn classify_curves(exp: &Experiment, dir: &Path) -> Result<bool> {
 
 fn segment_curves(exp: &Experiment, dir: &Path) -> Result<bool> {
     let groups = top_groups(distinct(exp, "segment", &["evaluate."]));
-    let mut loss = Vec::new();
-    let mut acc = Vec::new();
+    let (mut loss, mut share, mut agree) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (r, label)) in groups.iter().enumerate() {
+        let c = color(i);
         loss.extend(history_curves(
             r,
             "segment_history",
             &[("loss", false)],
             label,
-            color(i),
+            c,
         ));
-        acc.extend(history_curves(
+        // What shows a collapse coming: the predicted foreground share leaving the labels'.
+        share.extend(history_curves(
             r,
             "segment_history",
-            &[("label_accuracy", false)],
+            &[("predicted_foreground", false), ("label_foreground", true)],
             label,
-            color(i),
+            c,
+        ));
+        agree.extend(history_curves(
+            r,
+            "segment_history",
+            &[("valid_agreement_miou", false)],
+            label,
+            c,
         ));
     }
     if loss.is_empty() {
         return Ok(false);
     }
-    render!(dir, "segment_curves", (1400, 520), |root| {
+    render!(dir, "segment_curves", (1800, 520), |root| {
         root.fill(&WHITE).map_err(fe)?;
-        let (l, r) = root.split_horizontally(700);
+        let (l, rest) = root.split_horizontally(600);
+        let (m, r) = rest.split_horizontally(600);
         draw_lines(&l, "Segmenter loss (train)", "epoch", "loss", &loss, false)?;
         draw_lines(
-            &r,
-            "Segmenter pixel accuracy on its labels",
+            &m,
+            "Foreground share: predicted (solid) vs labels (dashed), train crops",
             "epoch",
-            "accuracy",
-            &acc,
+            "share of pixels",
+            &share,
+            true,
+        )?;
+        draw_lines(
+            &r,
+            "Agreement with the validation images' labels (mIoU)",
+            "epoch",
+            "mIoU",
+            &agree,
             true,
         )?;
         Ok(())

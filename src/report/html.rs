@@ -9,7 +9,8 @@ use base64::Engine as _;
 use super::data::Experiment;
 use super::figures::Figure;
 use super::tables::{
-    present_metric_columns, Miss, SeedGroup, SummaryRow, KEY_METRICS, TEST_PREFIX,
+    collapsed_variants, present_metric_columns, Miss, SeedGroup, SummaryRow, KEY_METRICS,
+    TEST_PREFIX,
 };
 use crate::error::{Error, Result};
 
@@ -108,12 +109,7 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
         dir = esc(&exp.dir.display().to_string()),
         ver = env!("CARGO_PKG_VERSION"),
     );
-    let collapsed: Vec<&str> = page
-        .rows
-        .iter()
-        .filter(|r| r.status == "collapsed")
-        .map(|r| r.variant.as_str())
-        .collect();
+    let collapsed = collapsed_variants(page.rows);
     if !collapsed.is_empty() {
         let _ = writeln!(
             h,
@@ -424,12 +420,7 @@ pub fn write_markdown(page: &Page, dir: &Path) -> Result<()> {
          and splits (`misclassified.csv`).\n",
         page.misses.len()
     );
-    let collapsed: Vec<&str> = page
-        .rows
-        .iter()
-        .filter(|r| r.status == "collapsed")
-        .map(|r| r.variant.as_str())
-        .collect();
+    let collapsed = collapsed_variants(page.rows);
     if !collapsed.is_empty() {
         let _ = writeln!(
             m,

@@ -153,6 +153,14 @@ pub fn baseline_sources(r: &RunData) -> Vec<String> {
     out
 }
 
+/// Variants whose segmenter collapsed (status `collapsed`), for the report's warning.
+pub fn collapsed_variants(rows: &[SummaryRow]) -> Vec<&str> {
+    rows.iter()
+        .filter(|r| r.status == "collapsed")
+        .map(|r| r.variant.as_str())
+        .collect()
+}
+
 /// Metric column names present in any row, in display order.
 pub fn metric_columns(rows: &[SummaryRow]) -> Vec<String> {
     let mut cols: Vec<String> = KEY_METRICS.iter().map(|(k, _)| k.to_string()).collect();
@@ -460,6 +468,17 @@ pub fn metrics(exp: &Experiment) -> Result<(DataFrame, DataFrame)> {
             &[
                 ("loss", "train", "loss"),
                 ("label_accuracy", "train", "label_accuracy"),
+                ("loss_background", "train", "loss_background"),
+                ("loss_foreground", "train", "loss_foreground"),
+                ("label_foreground", "train", "label_foreground"),
+                ("predicted_foreground", "train", "predicted_foreground"),
+                ("grad_norm", "train", "grad_norm"),
+                ("valid_agreement_miou", "valid", "agreement_miou"),
+                (
+                    "valid_predicted_foreground",
+                    "valid",
+                    "predicted_foreground",
+                ),
                 ("lr", "train", "lr"),
             ],
         );

@@ -40,8 +40,13 @@ pub fn write(m: &Manifest, report: &Report, exp_dir: &Path) -> Result<usize> {
                     let x = val
                         .as_f64()
                         .or_else(|| val.as_bool().map(|b| f64::from(u8::from(b))));
+                    let col = format!("{stage}.{k}");
+                    // A stage that records one of its settings (`cam.tta`) under the swept
+                    // key's own name: the swept column already holds it.
+                    if swept.contains(&col) {
+                        continue;
+                    }
                     if let Some(x) = x {
-                        let col = format!("{stage}.{k}");
                         columns.insert(col.clone());
                         row.insert(col, x);
                     }

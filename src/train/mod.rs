@@ -1,5 +1,7 @@
-//! Training: losses, optimisers and learning-rate schedules, the classifier loop and the
-//! segmenter (DeepLab V3+) loop with its sliding-window inference.
+//! Training: one driver (`driver::fit`: resume, seeded epochs, step plans, checkpoints,
+//! selection) and the learners it runs — the classifier and the segmenter (DeepLab V3+, with
+//! its sliding-window inference and collapse diagnostics) — with their losses, optimisers and
+//! learning-rate schedules.
 
 pub mod checkpoint;
 pub mod classify;
