@@ -542,6 +542,15 @@ pub fn schema_text() -> String {
         cam.insert("balance".into(), "none".into());
         cam.insert("contrast".into(), false.into());
     }
+    // Likewise `[stain]` and `segmentation.select` (left out of hashes while default).
+    if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
+        let mut st = st.as_table().cloned().unwrap_or_default();
+        st.insert("normalize".into(), "none".into());
+        t.insert("stain".into(), toml::Value::Table(st));
+    }
+    if let Some(seg) = v.get_mut("segmentation").and_then(|c| c.as_table_mut()) {
+        seg.insert("select".into(), "last".into());
+    }
     let rows: Vec<Vec<String>> = schema::FIELDS
         .iter()
         .map(|f| {

@@ -339,7 +339,7 @@ fn classify_stage_writes_history_metrics_and_predictions() {
     let rd = first_dir(sb.work().join("t"));
     let hist = std::fs::read_to_string(rd.join("history.csv")).unwrap();
     assert_eq!(hist.lines().count(), 3, "header + 2 epochs:\n{hist}");
-    assert!(hist.starts_with("epoch,lr,train_loss,train_accuracy,valid_loss,valid_accuracy,valid_balanced_accuracy,valid_auc,seconds"));
+    assert!(hist.starts_with("epoch,lr,train_loss,train_accuracy,grad_norm,valid_loss,valid_accuracy,valid_balanced_accuracy,valid_auc,seconds"), "{hist}");
     let preds = std::fs::read_to_string(rd.join("predictions.csv")).unwrap();
     assert!(
         preds.starts_with("id,patient,class,split,p_normal,p_malignant,predicted,correct"),

@@ -70,14 +70,20 @@ synth = { patients_per_class = 3, images_per_patient = 3, size = 64, seed = 7 }
     }
 }
 
-/// The first sub-folder of `dir` (e.g. the one run directory of an experiment).
+/// The first sub-folder of `dir` in name order (e.g. the one run directory of an experiment),
+/// leaving out run directories that `--fresh` moved aside (`<dir>.replaced-<time>`): in
+/// `read_dir`'s order, which the file system decides, the old one came first on some runs.
 pub fn first_dir(dir: impl AsRef<Path>) -> PathBuf {
-    std::fs::read_dir(dir.as_ref())
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir.as_ref())
         .unwrap()
         .flatten()
-        .find(|e| e.path().is_dir())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.to_string_lossy().contains(".replaced-"))
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .next()
         .unwrap_or_else(|| panic!("no folder in {}", dir.as_ref().display()))
-        .path()
 }
 
 pub fn stdout(o: &Output) -> String {
