@@ -377,8 +377,6 @@ fn targets(examples: &[&Example], k: usize) -> Vec<f32> {
     v
 }
 
-pub use super::driver::no_step;
-
 /// Number of classifier outputs: the dataset's classes, or the two window labels.
 pub fn outputs(cfg: &ClassifierConfig, idx: &DatasetIndex) -> usize {
     if cfg.labels.patch() {

@@ -89,17 +89,21 @@ impl Optimizer {
     /// count as zero), as `torch.nn.utils.clip_grad_norm_` reports it. Recorded per epoch so a
     /// user can see a training blow up or die out.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut s = 0f64;
+        // Summed on the device, read once: one synchronisation per step, not one per variable.
+        let mut total: Option<Tensor> = None;
         for (_, var) in &self.vars {
             if let Some(g) = grads.get(var) {
-                s += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
+                let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+                total = Some(match total {
+                    Some(t) => (t + s)?,
+                    None => s,
+                });
             }
         }
-        Ok(s.sqrt())
+        Ok(match total {
+            Some(t) => t.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt(),
+            None => 0.0,
+        })
     }
 
     /// One update from the gradients; variables without a gradient are left alone.

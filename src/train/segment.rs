@@ -39,6 +39,7 @@ use crate::config::{
 use crate::data::loader::{color_jitter, to_chw, Augment, Images};
 use crate::data::mask::IGNORE;
 use crate::error::{Error, Result};
+use crate::metrics::segmentation::Confusion;
 use crate::model::deeplab::{DeepLab, DeepLabConfig};
 use crate::model::{init, weights, BackboneSpec};
 
@@ -527,26 +528,19 @@ pub fn collapsed(predicted: f64, label: f64) -> bool {
 }
 
 impl LabelAgreement {
-    /// From a 2×2 confusion matrix `[label][prediction]` of pixel counts.
-    pub fn of(confusion: [[u64; 2]; 2]) -> Option<Self> {
-        let total = confusion.iter().flatten().sum::<u64>();
-        if total == 0 {
+    /// From the confusion matrix of labels (truth) against predictions, the project's
+    /// [`Confusion`] (mIoU over the classes present in either, as every score of wsss).
+    /// `None` without a counted pixel.
+    pub fn of(cm: &Confusion) -> Option<Self> {
+        let sc = cm.scores();
+        if sc.pixels == 0 {
             return None;
         }
-        let iou = |c: usize| {
-            let tp = confusion[c][c] as f64;
-            let union =
-                (confusion[c][0] + confusion[c][1] + confusion[0][c] + confusion[1][c]) as f64 - tp;
-            if union > 0.0 {
-                tp / union
-            } else {
-                1.0
-            }
-        };
-        let label_foreground = (confusion[1][0] + confusion[1][1]) as f64 / total as f64;
-        let predicted_foreground = (confusion[0][1] + confusion[1][1]) as f64 / total as f64;
+        let share = |fg: u64| fg as f64 / sc.pixels as f64;
+        let label_foreground = share(cm.get(1, 0) + cm.get(1, 1));
+        let predicted_foreground = share(cm.get(0, 1) + cm.get(1, 1));
         Some(Self {
-            miou: (iou(0) + iou(1)) / 2.0,
+            miou: sc.miou,
             label_foreground,
             predicted_foreground,
             collapsed: collapsed(predicted_foreground, label_foreground),
@@ -629,18 +623,15 @@ impl SegLearner<'_> {
     /// Agreement of the current weights with the validation labels.
     fn validate(&self) -> Result<Option<LabelAgreement>> {
         let s = &self.cfg.segmentation;
-        let mut conf = [[0u64; 2]; 2];
+        let mut cm = Confusion::new(SEG_CLASSES);
         for (img, label) in &self.valid {
             let p = self
                 .seg
                 .predict(img, s.crop_size, 1.0, false, self.bs(), self.dev)?;
-            for (&pi, &l) in p.iter().zip(label.as_raw()) {
-                if l != IGNORE && (l as usize) < SEG_CLASSES {
-                    conf[l as usize][usize::from(pi >= 0.5)] += 1;
-                }
-            }
+            let pred: Vec<u8> = p.iter().map(|&v| u8::from(v >= 0.5)).collect();
+            cm.add(label.as_raw(), &pred);
         }
-        Ok(LabelAgreement::of(conf))
+        Ok(LabelAgreement::of(&cm))
     }
 }
 
@@ -1021,7 +1012,16 @@ mod tests {
     #[test]
     fn agreement_and_collapse_by_hand() {
         // confusion[label][prediction]: 60 bg→bg, 20 bg→fg, 5 fg→bg, 15 fg→fg.
-        let a = LabelAgreement::of([[60, 20], [5, 15]]).unwrap();
+        let counts = |c: [[u64; 2]; 2]| {
+            let mut cm = Confusion::new(2);
+            for (t, row) in c.iter().enumerate() {
+                for (p, &n) in row.iter().enumerate() {
+                    cm.add_count(t, p, n);
+                }
+            }
+            cm
+        };
+        let a = LabelAgreement::of(&counts([[60, 20], [5, 15]])).unwrap();
         let iou_bg = 60.0 / (60.0 + 20.0 + 5.0);
         let iou_fg = 15.0 / (15.0 + 5.0 + 20.0);
         assert!((a.miou - (iou_bg + iou_fg) / 2.0).abs() < 1e-12);
@@ -1029,7 +1029,7 @@ mod tests {
         assert!((a.predicted_foreground - 0.35).abs() < 1e-12);
         assert!(!a.collapsed);
         // All background predicted while a fifth of the labels are foreground: collapsed.
-        let c = LabelAgreement::of([[80, 0], [20, 0]]).unwrap();
+        let c = LabelAgreement::of(&counts([[80, 0], [20, 0]])).unwrap();
         assert!(c.collapsed && c.predicted_foreground == 0.0);
         // All foreground predicted: collapsed too.
         assert!(collapsed(1.0, 0.3));
@@ -1041,7 +1041,7 @@ mod tests {
         assert!(collapsed(0.005, 0.06));
         assert!(collapsed(0.0, 0.018));
         assert!(!collapsed(0.0, 0.004));
-        assert!(LabelAgreement::of([[0, 0], [0, 0]]).is_none());
+        assert!(LabelAgreement::of(&counts([[0, 0], [0, 0]])).is_none());
     }
 
     #[test]
