@@ -19,12 +19,12 @@ mod common;
 use candle_core::Tensor;
 use image::{GrayImage, RgbImage};
 use wsss::cam::{self, CamSettings};
-use wsss::config::{Arch, CamMethod, CamNorm, Optimizer as OptKind, SegLoss};
+use wsss::config::{Arch, CamMethod, CamNorm, Optimizer as OptKind, SegBlend, SegLoss};
 use wsss::metrics::segmentation::Confusion;
 use wsss::model::deeplab::{DeepLab, DeepLabConfig};
 use wsss::model::{init, Backbone, BackboneSpec};
 use wsss::train::optim::Optimizer;
-use wsss::train::segment::{seg_loss, Segmenter};
+use wsss::train::segment::{seg_loss, Inference, Segmenter};
 
 const BATCH: usize = 8;
 
@@ -176,7 +176,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let seg = Segmenter { model, vars: vm };
     let (t, _, _) = common::time(&dev, reps, || {
-        seg.predict(&img, 256, 1.0, false, BATCH, &dev)
+        let inf = Inference {
+            crop: 256,
+            scale: 1.0,
+            tta: false,
+            blend: SegBlend::Mean,
+            batch: BATCH,
+        };
+        seg.predict(&img, &inf, &dev)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(())
     })?;

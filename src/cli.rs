@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, schema, LoadOptions, Manifest};
-use crate::data::{self, registry::SynthParams, Registry};
+use crate::data::{
+    self,
+    registry::{SynthGenerator, SynthParams},
+    Registry,
+};
 use crate::error::{Error, Result, EXIT_OK, EXIT_RUN_FAILED};
 use crate::report::compare::CompareOptions;
 use crate::report::{Experiment, ReportOptions};
@@ -138,6 +142,10 @@ pub enum Command {
         /// Seed.
         #[arg(long, default_value_t = SynthParams::default().seed)]
         seed: u64,
+        /// Generator: `tissue` (gland architecture and nuclear pleomorphism) or `nuclei` (the
+        /// first generator: solid dark nuclear masses).
+        #[arg(long, default_value = "tissue", value_parser = parse_generator)]
+        generator: SynthGenerator,
     },
     /// Segment a folder of new images with the DeepLab V3+ of a finished run.
     Predict {
@@ -212,8 +220,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             images_per_patient,
             size,
             seed,
+            generator,
         } => {
             let p = SynthParams {
+                generator: *generator,
                 patients_per_class: *patients_per_class,
                 images_per_patient: *images_per_patient,
                 size: *size,
@@ -503,6 +513,17 @@ fn datasets(cli: &Cli, name: Option<&str>, manifest: Option<&Path>, verify: bool
     Ok(EXIT_OK)
 }
 
+/// `--generator` of `wsss synth`: the registry's names for [`SynthGenerator`].
+fn parse_generator(s: &str) -> std::result::Result<SynthGenerator, String> {
+    match s {
+        "tissue" => Ok(SynthGenerator::Tissue),
+        "nuclei" => Ok(SynthGenerator::Nuclei),
+        _ => Err(format!(
+            "`{s}` is not a generator (allowed: tissue, nuclei)"
+        )),
+    }
+}
+
 fn synth(out: &Path, p: &SynthParams) -> Result<i32> {
     if out.exists() {
         return Err(Error::Usage(format!(
@@ -542,7 +563,7 @@ pub fn schema_text() -> String {
         cam.insert("balance".into(), "none".into());
         cam.insert("contrast".into(), false.into());
     }
-    // Likewise `[stain]` and `segmentation.select` (left out of hashes while default).
+    // Likewise `[stain]`, `segmentation.select` and `.blend` (left out of hashes while default).
     if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
         let mut st = st.as_table().cloned().unwrap_or_default();
         st.insert("normalize".into(), "none".into());
@@ -550,6 +571,7 @@ pub fn schema_text() -> String {
     }
     if let Some(seg) = v.get_mut("segmentation").and_then(|c| c.as_table_mut()) {
         seg.insert("select".into(), "last".into());
+        seg.insert("blend".into(), "mean".into());
     }
     let rows: Vec<Vec<String>> = schema::FIELDS
         .iter()

@@ -359,6 +359,12 @@ pub static FIELDS: &[Field] = &[
         "average predictions over a horizontal flip at inference",
     ),
     f(
+        "segmentation.blend",
+        Kind::Choice(&["mean", "gaussian"]),
+        "how overlapping sliding windows combine at inference: equal weights, or a Gaussian \
+         centred on each window (no seams at window edges)",
+    ),
+    f(
         "segmentation.crop_size",
         Kind::Int { min: 16, max: 8192 },
         "training crop size (pixels)",
@@ -725,6 +731,7 @@ mod tests {
         cfg.cam.balance = crate::config::CamBalance::Median;
         cfg.cam.contrast = true;
         cfg.segmentation.select = crate::config::SegSelect::LabelAgreement;
+        cfg.segmentation.blend = crate::config::SegBlend::Gaussian;
         cfg.stain.normalize = crate::config::StainNorm::Reinhard;
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);

@@ -406,6 +406,28 @@ impl SegSelect {
     }
 }
 
+/// How overlapping sliding-window predictions are combined at inference
+/// (`segmentation.blend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SegBlend {
+    /// Every window's probabilities weigh the same (mmsegmentation's `slide` mode): where two
+    /// windows that disagree meet, the map can jump at a window's edge.
+    #[default]
+    Mean,
+    /// Each window's probabilities weighted by a Gaussian centred on it (σ = ⅛ of the window
+    /// side, as nnU-Net; Isensee et al., Nature Methods 2021): a pixel is decided by the
+    /// windows that see it nearest their centre, and no seam is left at window edges.
+    Gaussian,
+}
+
+impl SegBlend {
+    /// Whether this is the default (then left out of cache keys, which predate it).
+    pub fn is_mean(&self) -> bool {
+        *self == SegBlend::Mean
+    }
+}
+
 /// Segmentation settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -439,6 +461,9 @@ pub struct SegmentationConfig {
     pub select: SegSelect,
     /// Flip test-time augmentation at inference.
     pub tta: bool,
+    /// How overlapping sliding windows are combined at inference.
+    #[serde(skip_serializing_if = "SegBlend::is_mean")]
+    pub blend: SegBlend,
     /// Resize factor applied to images before training and inference (predictions are
     /// resized back to the image's size before scoring).
     pub scale: f64,
@@ -470,6 +495,7 @@ impl Default for SegmentationConfig {
             init: SegInit::Scratch,
             select: SegSelect::Last,
             tta: false,
+            blend: SegBlend::Mean,
             scale: 1.0,
         }
     }

@@ -48,10 +48,25 @@ pub enum NegativeMasks {
     AsIs,
 }
 
+/// Which synthetic generator draws the tiles (`synth.generator`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SynthGenerator {
+    /// Malignant regions told apart by gland architecture and nuclear pleomorphism, with
+    /// lymphocyte clusters and dense crypts in both classes (a colour threshold is fooled).
+    #[default]
+    Tissue,
+    /// The first generator (version 1): malignant regions are solid dark nuclear masses that a
+    /// haematoxylin threshold finds by construction. Kept for tests that depend on it.
+    Nuclei,
+}
+
 /// Parameters of the synthetic generator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SynthParams {
+    /// Generator: `tissue` (default) or `nuclei` (the first one).
+    pub generator: SynthGenerator,
     /// Patients per class.
     pub patients_per_class: u32,
     /// Images per patient.
@@ -65,6 +80,7 @@ pub struct SynthParams {
 impl Default for SynthParams {
     fn default() -> Self {
         Self {
+            generator: SynthGenerator::Tissue,
             patients_per_class: 6,
             images_per_patient: 8,
             size: 128,

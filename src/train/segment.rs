@@ -33,7 +33,7 @@ use super::checkpoint::Checkpoint;
 use super::driver::{self, EpochStats, Learner, Score};
 use super::optim::{lr_at, Optimizer};
 use crate::config::{
-    ExperimentConfig, Optimizer as OptimizerKind, Schedule, SegInit, SegLoss, SegSelect,
+    ExperimentConfig, Optimizer as OptimizerKind, Schedule, SegBlend, SegInit, SegLoss, SegSelect,
     SegmentationConfig,
 };
 use crate::data::loader::{color_jitter, to_chw, Augment, Images};
@@ -71,7 +71,8 @@ pub struct SegTrain {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SegmenterConfig {
     /// `[segmentation]`; `tta` (an inference setting, the evaluate stage's) is always
-    /// `false` here.
+    /// `false` here, and `blend` is the default unless the epoch is chosen by agreement (the
+    /// only inference in training).
     pub segmentation: SegmentationConfig,
     /// Shared `[train]` settings.
     pub train: SegTrain,
@@ -91,6 +92,12 @@ impl SegmenterConfig {
         Self {
             segmentation: SegmentationConfig {
                 tta: false,
+                // windows are blended in training only to choose the epoch by agreement
+                blend: if s.select == SegSelect::LabelAgreement {
+                    s.blend
+                } else {
+                    SegBlend::Mean
+                },
                 ..s.clone()
             },
             train: SegTrain {
@@ -177,20 +184,19 @@ impl Segmenter {
     /// Foreground probability map `(H, W)` of an image at its own size: the image is resized
     /// by `scale`, segmented by sliding windows of `crop` pixels, and the map is resized back
     /// bilinearly.
-    pub fn predict(
-        &self,
-        img: &RgbImage,
-        crop: u32,
-        scale: f64,
-        tta: bool,
-        batch: usize,
-        dev: &Device,
-    ) -> Result<Vec<f32>> {
+    pub fn predict(&self, img: &RgbImage, inf: &Inference, dev: &Device) -> Result<Vec<f32>> {
+        let Inference {
+            crop,
+            scale,
+            tta,
+            blend,
+            batch,
+        } = *inf;
         let (w0, h0) = img.dimensions();
         // Predict on a resized copy and resize the probability map back to (w0, h0).
         let resized = |other: &RgbImage| -> Result<Vec<f32>> {
             let (w, h) = other.dimensions();
-            let p = self.predict(other, crop, 1.0, tta, batch, dev)?;
+            let p = self.predict(other, &Inference { scale: 1.0, ..*inf }, dev)?;
             let t = Tensor::from_vec(p, (1, 1, h as usize, w as usize), &Device::Cpu)?;
             Ok(
                 crate::model::ops::resize_bilinear(&t, h0 as usize, w0 as usize)?
@@ -236,9 +242,7 @@ impl Segmenter {
                 windows.push((x, y));
             }
         }
-        let (wu, hu) = (w as usize, h as usize);
-        let mut prob = vec![0f32; wu * hu];
-        let mut count = vec![0f32; wu * hu];
+        let mut acc = WindowBlend::new(w, h, cw, ch, blend);
         for chunk in windows.chunks(batch.max(1)) {
             let mut data = Vec::with_capacity(chunk.len() * 3 * (cw * ch) as usize);
             for &(x, y) in chunk {
@@ -263,20 +267,102 @@ impl Segmenter {
                 .to_device(&Device::Cpu)?
                 .to_vec3::<f32>()?;
             for (k, &(x, y)) in chunk.iter().enumerate() {
-                for (yy, row) in fg[k].iter().enumerate() {
-                    let base = (y as usize + yy) * wu + x as usize;
-                    for (xx, v) in row.iter().enumerate() {
-                        prob[base + xx] += v;
-                        count[base + xx] += 1.0;
-                    }
-                }
+                acc.add(x, y, &fg[k]);
             }
         }
-        Ok(prob
+        Ok(acc.finish())
+    }
+}
+
+/// Inference settings of a `[segmentation]` table: window (= training crop) side in pixels,
+/// resize factor, flip TTA, how windows combine, windows per forward pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inference {
+    /// Window side in pixels (`segmentation.crop_size`).
+    pub crop: u32,
+    /// Resize factor before inference (`segmentation.scale`); the map is resized back.
+    pub scale: f64,
+    /// Average with a horizontal flip (`segmentation.tta`).
+    pub tta: bool,
+    /// How overlapping windows combine (`segmentation.blend`).
+    pub blend: SegBlend,
+    /// Windows per forward pass (`segmentation.batch_size`, at least 1).
+    pub batch: usize,
+}
+
+impl Inference {
+    /// The inference settings of `s`.
+    pub fn of(s: &SegmentationConfig) -> Self {
+        Self {
+            crop: s.crop_size,
+            scale: s.scale,
+            tta: s.tta,
+            blend: s.blend,
+            batch: (s.batch_size as usize).max(1),
+        }
+    }
+}
+
+/// Sliding-window probabilities combined into one map (`segmentation.blend`): each window's
+/// map is weighted per pixel by `wx[x] · wy[y]` — 1 for [`SegBlend::Mean`], a Gaussian of σ =
+/// ⅛ of the window side centred on the window for [`SegBlend::Gaussian`] (floored at 10⁻³ of
+/// its peak, so every pixel a window covers counts, as nnU-Net's importance map) — and the sum
+/// divided by the summed weights. Where one window covers a pixel the result is that window's
+/// value whatever the weights; pixels no window covers are 0.
+pub struct WindowBlend {
+    w: usize,
+    prob: Vec<f32>,
+    weight: Vec<f32>,
+    wx: Vec<f32>,
+    wy: Vec<f32>,
+}
+
+impl WindowBlend {
+    /// An empty map of `w × h` pixels for windows of `cw × ch`.
+    pub fn new(w: u32, h: u32, cw: u32, ch: u32, blend: SegBlend) -> Self {
+        let profile = |n: u32| -> Vec<f32> {
+            match blend {
+                SegBlend::Mean => vec![1.0; n as usize],
+                SegBlend::Gaussian => {
+                    let sigma = n as f32 / 8.0;
+                    (0..n)
+                        .map(|i| {
+                            let d = i as f32 + 0.5 - n as f32 / 2.0;
+                            (-(d * d) / (2.0 * sigma * sigma)).exp().max(1e-3)
+                        })
+                        .collect()
+                }
+            }
+        };
+        let n = w as usize * h as usize;
+        Self {
+            w: w as usize,
+            prob: vec![0.0; n],
+            weight: vec![0.0; n],
+            wx: profile(cw),
+            wy: profile(ch),
+        }
+    }
+
+    /// Add one window's map (rows of `cw` values) with its top-left corner at `(x, y)`.
+    pub fn add(&mut self, x: u32, y: u32, map: &[Vec<f32>]) {
+        for (yy, row) in map.iter().enumerate() {
+            let base = (y as usize + yy) * self.w + x as usize;
+            for (xx, v) in row.iter().enumerate() {
+                let g = self.wx[xx] * self.wy[yy];
+                self.prob[base + xx] += v * g;
+                self.weight[base + xx] += g;
+            }
+        }
+    }
+
+    /// The combined map, row-major.
+    pub fn finish(self) -> Vec<f32> {
+        self.prob
             .iter()
-            .zip(&count)
+            .zip(&self.weight)
             .map(|(p, c)| if *c > 0.0 { p / c } else { 0.0 })
-            .collect())
+            .collect()
     }
 }
 
@@ -310,7 +396,7 @@ impl Segmenter {
         s: &crate::config::SegmentationConfig,
         dev: &Device,
     ) -> Result<GrayImage> {
-        let prob = self.predict(img, s.crop_size, s.scale, s.tta, s.batch_size as usize, dev)?;
+        let prob = self.predict(img, &Inference::of(s), dev)?;
         let (w, h) = img.dimensions();
         Ok(argmax_labels(&prob, w, h))
     }
@@ -625,9 +711,14 @@ impl SegLearner<'_> {
         let s = &self.cfg.segmentation;
         let mut cm = Confusion::new(SEG_CLASSES);
         for (img, label) in &self.valid {
-            let p = self
-                .seg
-                .predict(img, s.crop_size, 1.0, false, self.bs(), self.dev)?;
+            // the validation images are already at the training scale; no flip while training
+            let inf = Inference {
+                scale: 1.0,
+                tta: false,
+                batch: self.bs(),
+                ..Inference::of(s)
+            };
+            let p = self.seg.predict(img, &inf, self.dev)?;
             let pred: Vec<u8> = p.iter().map(|&v| u8::from(v >= 0.5)).collect();
             cm.add(label.as_raw(), &pred);
         }
@@ -903,6 +994,40 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two 4×1 windows at x = 0 and x = 2 of a 6×1 map, predicting 1 and 0 everywhere. By hand:
+    /// the Gaussian profile of a 4-pixel window (σ = 0.5) at offsets ±1.5 and ±0.5 from its
+    /// centre is e^-4.5 = 0.011109 and e^-0.5 = 0.606531, so pixel 2 (the first window's
+    /// inner pixel, the second's outer) is 0.606531 / (0.606531 + 0.011109) = 0.982014 and
+    /// pixel 3 is 0.017986; equal weights give 0.5 on both. Pixels one window covers keep its
+    /// value.
+    #[test]
+    fn window_blend_by_hand() {
+        let run = |blend| {
+            let mut acc = WindowBlend::new(6, 1, 4, 1, blend);
+            acc.add(0, 0, &[vec![1.0; 4]]);
+            acc.add(2, 0, &[vec![0.0; 4]]);
+            acc.finish()
+        };
+        let mean = run(SegBlend::Mean);
+        assert_eq!(mean, vec![1.0, 1.0, 0.5, 0.5, 0.0, 0.0]);
+        let g = run(SegBlend::Gaussian);
+        let want = [1.0, 1.0, 0.982014, 0.017986, 0.0, 0.0];
+        for (a, b) in g.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{g:?}");
+        }
+        // one window over the whole map: its own values, whatever the weights
+        let map = vec![vec![0.1, 0.7, 0.3], vec![0.9, 0.2, 0.4]];
+        for blend in [SegBlend::Mean, SegBlend::Gaussian] {
+            let mut acc = WindowBlend::new(3, 2, 3, 2, blend);
+            acc.add(0, 0, &map);
+            let got = acc.finish();
+            let flat: Vec<f32> = map.concat();
+            for (a, b) in got.iter().zip(&flat) {
+                assert!((a - b).abs() < 1e-6, "{blend:?}: {got:?}");
+            }
+        }
+    }
 
     #[test]
     fn ce_with_ignore_by_hand() {

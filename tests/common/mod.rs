@@ -18,15 +18,23 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Self {
+        Self::with_generator("tissue")
+    }
+
+    /// The same sandbox with the tiles of another synthetic generator (`nuclei`: the first
+    /// one, for tests whose settings were measured on it).
+    pub fn with_generator(generator: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let reg = r#"
+        let reg = format!(
+            r#"
 [synthetic]
 layout = "synthetic"
 root = "data/synthetic"
 classes = ["normal", "malignant"]
 positive_class = "malignant"
-synth = { patients_per_class = 3, images_per_patient = 3, size = 64, seed = 7 }
-"#;
+synth = {{ generator = "{generator}", patients_per_class = 3, images_per_patient = 3, size = 64, seed = 7 }}
+"#
+        );
         std::fs::write(dir.path().join("datasets.toml"), reg).unwrap();
         Sandbox { dir }
     }
