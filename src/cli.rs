@@ -562,12 +562,18 @@ pub fn schema_text() -> String {
     if let Some(cam) = v.get_mut("cam").and_then(|c| c.as_table_mut()) {
         cam.insert("balance".into(), "none".into());
         cam.insert("contrast".into(), false.into());
+        if let Ok(crf) = toml::Value::try_from(d.cam.crf) {
+            cam.insert("crf".into(), crf);
+        }
     }
     // Likewise `[stain]`, `segmentation.select` and `.blend` (left out of hashes while default).
     if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
         let mut st = st.as_table().cloned().unwrap_or_default();
         st.insert("normalize".into(), "none".into());
         t.insert("stain".into(), toml::Value::Table(st));
+    }
+    if let (Some(t), Ok(m)) = (v.as_table_mut(), toml::Value::try_from(d.metrics)) {
+        t.insert("metrics".into(), m);
     }
     if let Some(seg) = v.get_mut("segmentation").and_then(|c| c.as_table_mut()) {
         seg.insert("select".into(), "last".into());

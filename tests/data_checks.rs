@@ -454,15 +454,15 @@ fn a_masks_folder_beside_the_images_is_used_and_said_so() {
 }
 
 #[test]
-fn crf_is_refused_until_it_exists() {
+fn gcn_is_refused_until_it_exists() {
     let sb = Sandbox::new();
-    let m = sb.write("m.toml", &format!("{MINIMAL}\n[cam]\nrefine = \"crf\"\n"));
+    let m = sb.write("m.toml", &format!("{MINIMAL}\n[cam]\nrefine = \"gcn\"\n"));
     let o = sb.run(&["validate", m.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
         err.contains("key `cam.refine`")
-            && err.contains("dense CRF refinement is not implemented yet"),
+            && err.contains("graph-convolutional pseudo labels are not implemented yet"),
         "{err}"
     );
 }

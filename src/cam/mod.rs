@@ -14,6 +14,7 @@
 //! `stored / 255 ≥ threshold`, so a threshold decision can differ from the float one only for
 //! values within 1/510 of the threshold.
 
+pub mod crf;
 pub mod methods;
 pub mod patch;
 pub mod refine;

@@ -9,9 +9,9 @@ use toml::Value;
 
 /// Values users may expect that are refused until they are implemented, with the reason.
 const NOT_YET: &[(&str, &str)] = &[(
-    "crf",
-    "dense CRF refinement is not implemented yet; until it is, `crf` is refused rather than \
-     computing the same labels as `none`",
+    "gcn",
+    "graph-convolutional pseudo labels are not implemented yet; until they are, `gcn` is \
+     refused rather than computing the same labels as `none`",
 )];
 
 /// The type and allowed values of one key.
@@ -81,6 +81,12 @@ const NONNEG: Kind = Kind::Float {
     min: 0.0,
     max: f64::INFINITY,
     min_open: false,
+};
+/// A distance as a fraction of the image diagonal.
+const DIAGONAL_FRACTION: Kind = Kind::Float {
+    min: 0.0,
+    max: 0.5,
+    min_open: true,
 };
 const ARCHS: &[&str] = &[
     "vgg16",
@@ -237,8 +243,38 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "cam.refine",
-        Kind::Choice(&["none", "slic"]),
-        "refinement of the CAM before thresholding",
+        Kind::Choice(&["none", "slic", "crf"]),
+        "refinement of the CAM before thresholding: SLIC superpixel voting or a dense CRF",
+    ),
+    f(
+        "cam.crf.iterations",
+        Kind::Int { min: 1, max: 100 },
+        "dense CRF: mean-field iterations",
+    ),
+    f(
+        "cam.crf.gaussian_sxy",
+        POS,
+        "dense CRF: smoothness kernel's position std (pixels)",
+    ),
+    f(
+        "cam.crf.gaussian_weight",
+        NONNEG,
+        "dense CRF: smoothness kernel's Potts weight",
+    ),
+    f(
+        "cam.crf.bilateral_sxy",
+        POS,
+        "dense CRF: appearance kernel's position std (pixels)",
+    ),
+    f(
+        "cam.crf.bilateral_srgb",
+        POS,
+        "dense CRF: appearance kernel's colour std (8-bit RGB units)",
+    ),
+    f(
+        "cam.crf.bilateral_weight",
+        NONNEG,
+        "dense CRF: appearance kernel's Potts weight",
     ),
     f("cam.tta", Kind::Bool, "average CAMs over flips and scales"),
     f(
@@ -284,6 +320,16 @@ pub static FIELDS: &[Field] = &[
         Kind::Choice(&["none", "reinhard"]),
         "stain normalisation of every image, fitted on the training split (Reinhard: L*a*b* \
          colour transfer)",
+    ),
+    f(
+        "metrics.boundary_f_tolerance",
+        DIAGONAL_FRACTION,
+        "boundary F-score match distance, fraction of the image diagonal (DAVIS: 0.008)",
+    ),
+    f(
+        "metrics.boundary_iou_width",
+        DIAGONAL_FRACTION,
+        "Boundary IoU band width, fraction of the image diagonal (Cheng et al. 2021: 0.02)",
     ),
     f(
         "segmentation.encoder",
@@ -733,6 +779,8 @@ mod tests {
         cfg.segmentation.select = crate::config::SegSelect::LabelAgreement;
         cfg.segmentation.blend = crate::config::SegBlend::Gaussian;
         cfg.stain.normalize = crate::config::StainNorm::Reinhard;
+        cfg.metrics.boundary_f_tolerance = 0.01;
+        cfg.cam.crf.iterations = 5;
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);
         got.sort();

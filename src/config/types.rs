@@ -39,6 +39,38 @@ pub struct ExperimentConfig {
     pub segmentation: SegmentationConfig,
     /// Classifier training.
     pub train: TrainConfig,
+    /// Settings of the scores (boundary tolerances); left out of the saved config while it is
+    /// the default, so earlier runs keep their cache keys.
+    #[serde(skip_serializing_if = "MetricsConfig::is_default")]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: how predictions are scored (not what is computed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Boundary F-score match distance as a fraction of the image diagonal (the DAVIS
+    /// benchmark's 0.008: 8 px on a 775×522 GlaS tile, 2 px on a 128² tile).
+    pub boundary_f_tolerance: f64,
+    /// Boundary IoU band width as a fraction of the image diagonal (Cheng et al. 2021's 0.02:
+    /// 19 px on a GlaS tile, 4 px on a 128² tile).
+    pub boundary_iou_width: f64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            boundary_f_tolerance: 0.008,
+            boundary_iou_width: 0.02,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Whether these are the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for ExperimentConfig {
@@ -56,6 +88,7 @@ impl Default for ExperimentConfig {
             loss: LossConfig::default(),
             segmentation: SegmentationConfig::default(),
             train: TrainConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -234,6 +267,48 @@ pub enum Refine {
     None,
     /// SLIC superpixel voting.
     Slic,
+    /// Dense CRF (Krähenbühl & Koltun 2011) with the settings of `[cam.crf]`.
+    Crf,
+}
+
+/// `[cam.crf]`: the dense CRF of `cam.refine = "crf"` — mean-field iterations, and the two
+/// Gaussian kernels' standard deviations (pixels; colour in 8-bit units) and Potts weights.
+/// Defaults are `pydensecrf`'s example settings, which WSSS pipelines reuse (Ahn & Kwak 2018).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrfConfig {
+    /// Mean-field iterations.
+    pub iterations: u32,
+    /// Smoothness kernel: position standard deviation in pixels.
+    pub gaussian_sxy: f64,
+    /// Smoothness kernel weight.
+    pub gaussian_weight: f64,
+    /// Appearance kernel: position standard deviation in pixels.
+    pub bilateral_sxy: f64,
+    /// Appearance kernel: colour standard deviation (8-bit RGB units).
+    pub bilateral_srgb: f64,
+    /// Appearance kernel weight.
+    pub bilateral_weight: f64,
+}
+
+impl Default for CrfConfig {
+    fn default() -> Self {
+        Self {
+            iterations: 10,
+            gaussian_sxy: 3.0,
+            gaussian_weight: 3.0,
+            bilateral_sxy: 80.0,
+            bilateral_srgb: 13.0,
+            bilateral_weight: 10.0,
+        }
+    }
+}
+
+impl CrfConfig {
+    /// Whether these are the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// CAM normalisation.
@@ -273,6 +348,10 @@ pub struct CamConfig {
     /// config while `none`, so earlier runs keep their hashes).
     #[serde(skip_serializing_if = "CamBalance::is_none")]
     pub balance: CamBalance,
+    /// Dense CRF settings (read only with `refine = "crf"`; left out of the saved config while
+    /// they are the defaults).
+    #[serde(skip_serializing_if = "CrfConfig::is_default")]
+    pub crf: CrfConfig,
 }
 
 /// Serde helper: skip a `false` flag.
@@ -310,6 +389,7 @@ impl Default for CamConfig {
             tta: false,
             contrast: false,
             balance: CamBalance::None,
+            crf: CrfConfig::default(),
         }
     }
 }

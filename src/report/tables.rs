@@ -30,6 +30,18 @@ pub const KEY_METRICS: &[(&str, &str)] = &[
     ("pseudo_miou", "pseudo-label mIoU"),
     ("seg_miou", "segmentation mIoU (DeepLab V3+)"),
     ("seg_dice", "segmentation Dice of the foreground"),
+    (
+        "pseudo_boundary_f",
+        "pseudo-label boundary F-score (mean over classes)",
+    ),
+    (
+        "seg_boundary_f",
+        "segmentation boundary F-score (mean over classes)",
+    ),
+    (
+        "seg_boundary_iou",
+        "segmentation Boundary IoU (mean over classes)",
+    ),
 ];
 
 /// Prefix of the summary's columns scored on the `test` split when the run is reported on
@@ -67,6 +79,7 @@ pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
     let mut m = BTreeMap::new();
     let img = Some(("level", r.classify_level()));
     let seg = Some(("source", "segmenter"));
+    let pseudo = Some(("source", "pseudo"));
     let values = [
         ("accuracy", r.metric("classify_metrics", s, "accuracy", img)),
         ("f1", r.metric("classify_metrics", s, "f1", img)),
@@ -81,6 +94,18 @@ pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
         (
             "seg_dice",
             r.metric("seg_metrics", s, "dice_foreground", seg),
+        ),
+        (
+            "pseudo_boundary_f",
+            r.metric("seg_metrics", s, "boundary_f", pseudo),
+        ),
+        (
+            "seg_boundary_f",
+            r.metric("seg_metrics", s, "boundary_f", seg),
+        ),
+        (
+            "seg_boundary_iou",
+            r.metric("seg_metrics", s, "boundary_iou", seg),
         ),
     ];
     for (k, v) in values {
@@ -108,6 +133,18 @@ pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
         add(
             "seg_dice".into(),
             test("seg_metrics", "dice_foreground", seg),
+        );
+        add(
+            "pseudo_boundary_f".into(),
+            test("seg_metrics", "boundary_f", pseudo),
+        );
+        add(
+            "seg_boundary_f".into(),
+            test("seg_metrics", "boundary_f", seg),
+        );
+        add(
+            "seg_boundary_iou".into(),
+            test("seg_metrics", "boundary_iou", seg),
         );
         for source in baseline_sources(r) {
             let v = test("seg_metrics", "miou", Some(("source", &source)));

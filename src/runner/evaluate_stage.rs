@@ -1,7 +1,8 @@
 //! The `evaluate` stage: the segmenter's predictions on every image (index PNGs and overlays),
 //! and, on every split with masks, the dataset-level scores of the predictions and of the
 //! pseudo labels side by side — how much the segmenter recovers beyond the labels it learnt
-//! from. See [`crate::metrics::segmentation`] for how background and ignore are counted.
+//! from. See [`crate::metrics::segmentation`] for how background and ignore are counted, and
+//! [`crate::metrics::boundary`] for the boundary F-score and Boundary IoU beside mIoU.
 //!
 //! Baselines are scored on the same pixels, so a number means something: `all_background`,
 //! `all_foreground`, `otsu` (Otsu on the haematoxylin channel) and, where negative images are
@@ -25,6 +26,7 @@ use crate::data::registry::NegativeMasks;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
 use crate::metrics::baselines;
+use crate::metrics::boundary::{BoundaryCounts, BoundaryTolerance};
 use crate::metrics::segmentation::Confusion;
 use crate::table::{self, TableBuilder};
 use crate::train::segment::Segmenter;
@@ -99,6 +101,8 @@ pub fn overlay(img: &RgbImage, labels: &GrayImage) -> RgbImage {
 pub struct EvaluateSlice {
     segmentation: SegmentationConfig,
     gate: bool,
+    /// `[metrics]`: the boundary tolerances.
+    boundary: BoundaryTolerance,
 }
 
 impl Stage for EvaluateStage {
@@ -107,7 +111,8 @@ impl Stage for EvaluateStage {
         "evaluate"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: boundary F-score and Boundary IoU in seg_metrics and the summary
+        3
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "pseudo", "segment"]
@@ -117,6 +122,10 @@ impl Stage for EvaluateStage {
             segmentation: input.config.segmentation.clone(),
             gate: input.dataset.spec.negative_masks == NegativeMasks::Background
                 && !input.config.labels.patch(),
+            boundary: BoundaryTolerance {
+                f: input.config.metrics.boundary_f_tolerance,
+                iou: input.config.metrics.boundary_iou_width,
+            },
         }
     }
 
@@ -159,7 +168,8 @@ impl Stage for EvaluateStage {
         let mut infer_secs = 0.0;
         // Inference runs image by image (the model uses every core); what follows per image —
         // PNG encoding, the baselines, the confusion counts — runs in parallel per chunk.
-        type Row = (usize, Split, f64, Vec<Option<Confusion>>);
+        type Row = (usize, Split, f64, Vec<Option<(Confusion, BoundaryCounts)>>);
+        let tol = cfg.boundary;
         for chunk in items.chunks(16) {
             let mut done = Vec::with_capacity(chunk.len());
             for &i in chunk {
@@ -182,7 +192,8 @@ impl Stage for EvaluateStage {
                         .map_err(|e| Error::io(&op, std::io::Error::other(e)))?;
                     let gt = mask::ground_truth_sized(&idx.spec, smp, pred.dimensions())?;
                     let pseudo = cam::read_labels(&cam::sample_file(&pseudo_dir, &smp.id, "png"))?;
-                    let mut conf: Vec<Option<Confusion>> = vec![None; SOURCES.len()];
+                    let mut conf: Vec<Option<(Confusion, BoundaryCounts)>> =
+                        vec![None; SOURCES.len()];
                     if let Some(gt) = &gt {
                         let (w, h) = pred.dimensions();
                         let otsu = baselines::otsu_haematoxylin(&img);
@@ -204,7 +215,9 @@ impl Stage for EvaluateStage {
                             }
                             let mut c = Confusion::new(2);
                             c.add(gt.as_raw(), m.as_raw());
-                            conf[k] = Some(c);
+                            let mut b = BoundaryCounts::new(2);
+                            b.add(gt.as_raw(), m.as_raw(), w, h, &tol);
+                            conf[k] = Some((c, b));
                         }
                     }
                     let fg = pred.as_raw().iter().filter(|&&v| v == 1).count() as f64
@@ -245,19 +258,19 @@ impl Stage for EvaluateStage {
             .f64(
                 "iou_foreground",
                 rows.iter()
-                    .map(|r| r.3[0].as_ref().map_or(nan, |c| c.scores().iou[1]))
+                    .map(|r| r.3[0].as_ref().map_or(nan, |c| c.0.scores().iou[1]))
                     .collect(),
             )
             .f64(
                 "miou",
                 rows.iter()
-                    .map(|r| r.3[0].as_ref().map_or(nan, |c| c.scores().miou))
+                    .map(|r| r.3[0].as_ref().map_or(nan, |c| c.0.scores().miou))
                     .collect(),
             )
             .f64(
                 "pseudo_miou",
                 rows.iter()
-                    .map(|r| r.3[1].as_ref().map_or(nan, |c| c.scores().miou))
+                    .map(|r| r.3[1].as_ref().map_or(nan, |c| c.0.scores().miou))
                     .collect(),
             )
             .build()?;
@@ -268,11 +281,12 @@ impl Stage for EvaluateStage {
         let mut summary = serde_json::Map::new();
         for sp in [Split::Train, Split::Valid, Split::Test] {
             for (k, source) in SOURCES.iter().enumerate() {
-                let mut cm = Confusion::new(2);
+                let (mut cm, mut bc) = (Confusion::new(2), BoundaryCounts::new(2));
                 let mut any = false;
                 for r in rows.iter().filter(|r| r.1 == sp) {
-                    if let Some(c) = &r.3[k] {
+                    if let Some((c, b)) = &r.3[k] {
                         cm.merge(c);
+                        bc.merge(b);
                         any = true;
                     }
                 }
@@ -289,7 +303,17 @@ impl Stage for EvaluateStage {
                 if *source == "segmenter" {
                     summary.insert(format!("{sp}_dice_foreground"), sc.dice[1].into());
                 }
-                for (name, v) in sc.pairs() {
+                let bs = bc.scores();
+                if ["segmenter", "pseudo"].contains(source) {
+                    let pre = if *source == "segmenter" {
+                        format!("{sp}")
+                    } else {
+                        format!("{sp}_{source}")
+                    };
+                    summary.insert(format!("{pre}_boundary_f"), bs.mean_f.into());
+                    summary.insert(format!("{pre}_boundary_iou"), bs.mean_iou.into());
+                }
+                for (name, v) in sc.pairs().into_iter().chain(bs.pairs()) {
                     m_split.push(sp.to_string());
                     m_source.push(source.to_string());
                     m_metric.push(name);

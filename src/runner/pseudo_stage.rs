@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam::{self, refine};
-use crate::config::Refine;
+use crate::config::{CrfConfig, Refine};
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
@@ -90,6 +90,9 @@ pub struct PseudoSlice {
     threshold: f64,
     background_threshold: f64,
     refine: Refine,
+    /// `[cam.crf]`, read only with `refine = "crf"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crf: Option<CrfConfig>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     every_image_positive: bool,
 }
@@ -111,6 +114,7 @@ impl Stage for PseudoStage {
             threshold: c.threshold,
             background_threshold: c.background_threshold.unwrap_or(c.threshold),
             refine: c.refine,
+            crf: (c.refine == Refine::Crf).then_some(c.crf),
             every_image_positive: input.config.labels.patch(),
         }
     }
@@ -146,11 +150,17 @@ impl Stage for PseudoStage {
                     .into_luma8();
                 let positive = every_positive || s.class == idx.spec.positive;
                 let refined;
-                let c = if cfg.refine == Refine::Slic && positive {
-                    refined = refine::refine_slic(images.get(i)?.as_ref(), &raw);
-                    &refined
-                } else {
-                    &raw
+                let c = match (cfg.refine, cfg.crf.as_ref()) {
+                    _ if !positive => &raw,
+                    (Refine::Slic, _) => {
+                        refined = refine::refine_slic(images.get(i)?.as_ref(), &raw);
+                        &refined
+                    }
+                    (Refine::Crf, Some(p)) => {
+                        refined = cam::crf::refine_crf(images.get(i)?.as_ref(), &raw, fg_t, p);
+                        &refined
+                    }
+                    _ => &raw,
                 };
                 let label = cam::pseudo_label(c, fg_t, bg_t, positive);
                 let png = cam::label_png(&label)?;

@@ -22,7 +22,7 @@ pub(super) fn tile(
 ) -> (RgbImage, GrayImage) {
     let n = params.size as usize;
     let sc = n as f32 / 128.0;
-    let st = stain(params, patient);
+    let st = stain(params, patient, 0x5eed, 0.93..1.05);
     let mut rng = tile_rng(params, patient, index);
     let mut cv = stroma(n, sc, &st, &mut rng, 18.0);
     let mut placed = Vec::new();

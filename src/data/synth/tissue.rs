@@ -5,11 +5,11 @@
 //!   with a cribriform pattern (several small punched-out lumens) and large, pleomorphic,
 //!   crowded nuclei of varying darkness. Their colour is the normal epithelium's; what sets
 //!   them apart is architecture and nuclear size.
-//! - *Both* classes hold what fools a haematoxylin threshold: lymphocyte clusters (small round
-//!   nuclei packed so tightly the cluster is the darkest thing in the tile), dense crypts cut
+//! - *Both* classes hold what fools a haematoxylin threshold: lymphocyte clusters (small round,
+//!   very dark nuclei packed densely), dense crypts cut
 //!   tangentially (crowded small nuclei around a slit lumen) and regular crypts, on stroma with
 //!   scattered nuclei; each patient has its own stain (haematoxylin and eosin hues,
-//!   brightness) with more spread than the first generator.
+//!   brightness).
 //!
 //! Sizes are given for a 128 px tile and scale with `size`. Every random choice comes from the
 //! tile's own stream ([`tile_rng`]), so a tile is a pure function of (seed, patient, index).
@@ -17,10 +17,10 @@
 use std::f32::consts::TAU;
 
 use image::{GrayImage, RgbImage};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{bounds, el, finish, free_spot, gland, seed_of, stroma, tile_rng, Canvas, Stain};
+use super::{bounds, el, finish, free_spot, gland, stain, stroma, tile_rng, Canvas, Stain};
 use crate::data::registry::SynthParams;
 
 /// One tile and its mask (255 = tumour region).
@@ -32,7 +32,7 @@ pub(super) fn tile(
 ) -> (RgbImage, GrayImage) {
     let n = params.size as usize;
     let sc = n as f32 / 128.0;
-    let st = stain(params, patient);
+    let st = stain(params, patient, 0x7155_0e5a, 0.92..1.05);
     let mut rng = tile_rng(params, patient, index);
     let mut cv = stroma(n, sc, &st, &mut rng, 22.0);
     let mut placed = Vec::new();
@@ -66,24 +66,6 @@ pub(super) fn tile(
         }
     }
     finish(cv, &st, &mut rng)
-}
-
-/// A patient's stain: haematoxylin, eosin and cytoplasm colours and a brightness, jittered
-/// more widely than the first generator's (staining differs between labs and days).
-fn stain(params: &SynthParams, patient: &str) -> Stain {
-    let mut rng = ChaCha8Rng::seed_from_u64(params.seed ^ seed_of(patient) ^ 0x7155_0e5a);
-    let mut jitter =
-        |c: [f32; 3], s: f32| c.map(|x| (x * rng.random_range(1.0 - s..1.0 + s)).clamp(0.0, 1.0));
-    let h = jitter([0.30, 0.17, 0.47], 0.15);
-    let e = jitter([0.93, 0.63, 0.78], 0.06);
-    let cyto = jitter([0.82, 0.55, 0.76], 0.06);
-    Stain {
-        h,
-        e,
-        cyto,
-        lumen: [0.96, 0.93, 0.96],
-        bright: rng.random_range(0.92..1.05),
-    }
 }
 
 /// A closed outline `r0 · (1 + Σ a_k sin(k t + φ_k))`, k = 2…5: the irregular border of a
@@ -157,8 +139,8 @@ fn tumour(cv: &mut Canvas, rng: &mut ChaCha8Rng, st: &Stain, cx: f32, cy: f32, r
     }
 }
 
-/// A lymphocyte cluster: small, round, very dark nuclei packed into an irregular patch — the
-/// darkest structure in the tile, in either class.
+/// A lymphocyte cluster: small, round, very dark nuclei packed into an irregular patch, in
+/// either class — what a haematoxylin threshold takes for tumour.
 fn lymphocytes(
     cv: &mut Canvas,
     rng: &mut ChaCha8Rng,
