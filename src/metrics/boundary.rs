@@ -127,14 +127,11 @@ impl BoundaryCounts {
         }
     }
 
-    /// Count one `w × h` image (row-major label maps of equal length).
+    /// Count one `w × h` image (row-major label maps of equal length). To score several
+    /// predictions against one ground truth, prepare it once with [`TruthOutlines`].
     pub fn add(&mut self, truth: &[u8], pred: &[u8], w: u32, h: u32, tol: &BoundaryTolerance) {
-        let (fpx, dpx) = (tol.f_pixels(w, h), tol.iou_pixels(w, h));
-        for (c, counts) in self.classes.iter_mut().enumerate() {
-            let t: Vec<bool> = truth.iter().map(|&v| usize::from(v) == c).collect();
-            let p: Vec<bool> = pred.iter().map(|&v| usize::from(v) == c).collect();
-            counts.merge(&class_counts(&t, &p, w as usize, h as usize, fpx, dpx));
-        }
+        let k = self.classes.len();
+        self.merge(&TruthOutlines::new(truth, w, h, k, tol).counts(pred));
     }
 
     /// Add another set of counts (same classes).
@@ -186,6 +183,67 @@ impl BoundaryScores {
     }
 }
 
+/// One class mask's outline quantities: its boundary map, the squared distance from every
+/// pixel to that boundary, and its inner band.
+struct Outline {
+    boundary: Vec<bool>,
+    dist2: Vec<f64>,
+    band: Vec<bool>,
+}
+
+impl Outline {
+    /// The outline of `mask`; `previous` (another class of the same map) lends its distance
+    /// transform when the boundary maps are equal — always for two classes without ignore,
+    /// since seg2bmap marks a change whichever side it is on.
+    fn of(mask: &[bool], w: usize, h: usize, dpx: u32, previous: Option<&Outline>) -> Self {
+        let boundary = boundary_map(mask, w, h);
+        let dist2 = match previous {
+            Some(o) if o.boundary == boundary => o.dist2.clone(),
+            _ => distance_to_nearest(&boundary, w, h),
+        };
+        Self {
+            band: inner_band(mask, w, h, dpx),
+            boundary,
+            dist2,
+        }
+    }
+
+    /// The outlines of every class `0..k` of a label map.
+    fn classes(labels: &[u8], w: usize, h: usize, k: usize, dpx: u32) -> Vec<Outline> {
+        let mut out: Vec<Outline> = Vec::with_capacity(k);
+        for c in 0..k {
+            let m: Vec<bool> = labels.iter().map(|&v| usize::from(v) == c).collect();
+            let o = Outline::of(&m, w, h, dpx, out.last());
+            out.push(o);
+        }
+        out
+    }
+}
+
+/// Boundary F and Boundary IoU counts of a predicted outline against a true one.
+fn match_outlines(t: &Outline, p: &Outline, fpx: f64) -> ClassCounts {
+    let tol2 = fpx * fpx;
+    let matched = |b: &[bool], d: &[f64]| {
+        b.iter()
+            .zip(d)
+            .filter(|(&on, &d2)| on && d2 <= tol2)
+            .count() as u64
+    };
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (a, b) in t.band.iter().zip(&p.band) {
+        inter += u64::from(*a && *b);
+        union += u64::from(*a || *b);
+    }
+    ClassCounts {
+        pred_matched: matched(&p.boundary, &t.dist2),
+        pred: p.boundary.iter().filter(|&&b| b).count() as u64,
+        truth_matched: matched(&t.boundary, &p.dist2),
+        truth: t.boundary.iter().filter(|&&b| b).count() as u64,
+        band_intersection: inter,
+        band_union: union,
+    }
+}
+
 /// The counts of one class in one image: `truth` and `pred` its masks, `fpx` the boundary F
 /// match distance and `dpx` the Boundary IoU band width, in pixels.
 pub fn class_counts(
@@ -196,31 +254,48 @@ pub fn class_counts(
     fpx: f64,
     dpx: u32,
 ) -> ClassCounts {
-    let (bt, bp) = (boundary_map(truth, w, h), boundary_map(pred, w, h));
-    let (dt, dp) = (
-        distance_to_nearest(&bt, w, h),
-        distance_to_nearest(&bp, w, h),
-    );
-    let tol2 = fpx * fpx;
-    let matched = |b: &[bool], d: &[f64]| {
-        b.iter()
-            .zip(d)
-            .filter(|(&on, &d2)| on && d2 <= tol2)
-            .count() as u64
-    };
-    let (gt_band, pred_band) = (inner_band(truth, w, h, dpx), inner_band(pred, w, h, dpx));
-    let (mut inter, mut union) = (0u64, 0u64);
-    for (a, b) in gt_band.iter().zip(&pred_band) {
-        inter += u64::from(*a && *b);
-        union += u64::from(*a || *b);
+    match_outlines(
+        &Outline::of(truth, w, h, dpx, None),
+        &Outline::of(pred, w, h, dpx, None),
+        fpx,
+    )
+}
+
+/// One image's ground truth with its per-class outlines computed once, to score several
+/// predictions of the image (the segmenter, its pseudo labels, the baselines).
+pub struct TruthOutlines {
+    w: usize,
+    h: usize,
+    fpx: f64,
+    dpx: u32,
+    classes: Vec<Outline>,
+}
+
+impl TruthOutlines {
+    /// Prepare a `w × h` ground-truth label map over `k` classes.
+    pub fn new(truth: &[u8], w: u32, h: u32, k: usize, tol: &BoundaryTolerance) -> Self {
+        let (wu, hu) = (w as usize, h as usize);
+        let dpx = tol.iou_pixels(w, h);
+        Self {
+            w: wu,
+            h: hu,
+            fpx: tol.f_pixels(w, h),
+            dpx,
+            classes: Outline::classes(truth, wu, hu, k, dpx),
+        }
     }
-    ClassCounts {
-        pred_matched: matched(&bp, &dt),
-        pred: bp.iter().filter(|&&b| b).count() as u64,
-        truth_matched: matched(&bt, &dp),
-        truth: bt.iter().filter(|&&b| b).count() as u64,
-        band_intersection: inter,
-        band_union: union,
+
+    /// The counts of one prediction (same size) against this ground truth.
+    pub fn counts(&self, pred: &[u8]) -> BoundaryCounts {
+        let p = Outline::classes(pred, self.w, self.h, self.classes.len(), self.dpx);
+        BoundaryCounts {
+            classes: self
+                .classes
+                .iter()
+                .zip(&p)
+                .map(|(t, p)| match_outlines(t, p, self.fpx))
+                .collect(),
+        }
     }
 }
 
@@ -246,6 +321,9 @@ pub fn boundary_map(m: &[bool], w: usize, h: usize) -> Vec<bool> {
 /// 2012: the lower envelope of parabolas, one pass per axis).
 pub fn distance_to_nearest(on: &[bool], w: usize, h: usize) -> Vec<f64> {
     const FAR: f64 = 1e20;
+    if !on.contains(&true) {
+        return vec![f64::INFINITY; on.len()];
+    }
     let mut d: Vec<f64> = on.iter().map(|&b| if b { 0.0 } else { FAR }).collect();
     let n = w.max(h);
     let (mut f, mut out) = (vec![0.0; n], vec![0.0; n]);
@@ -476,6 +554,36 @@ mod tests {
         let c = class_counts(&sq(3), &sq(5), w, h, 1.0, 1);
         assert_eq!((c.band_intersection, c.band_union), (16, 56));
         assert!((c.boundary_iou() - 16.0 / 56.0).abs() < 1e-12);
+    }
+
+    /// Prepared ground truth (shared distance transforms) counts what the plain per-class
+    /// definition counts, with and without ignore pixels in either map.
+    #[test]
+    fn prepared_truth_counts_what_the_definition_counts() {
+        let (w, h) = (20u32, 16u32);
+        let to_labels = |m: &[bool]| m.iter().map(|&b| u8::from(b)).collect::<Vec<u8>>();
+        let truth = to_labels(&sq(3));
+        let mut pred = to_labels(&sq(6));
+        let mut truth_ig = truth.clone();
+        for i in (0..pred.len()).step_by(7) {
+            pred[i] = 255;
+        }
+        for i in (0..truth_ig.len()).step_by(11) {
+            truth_ig[i] = 255;
+        }
+        let tol = BoundaryTolerance { f: 0.05, iou: 0.05 };
+        for t in [&truth, &truth_ig] {
+            for p in [&truth, &pred] {
+                let got = TruthOutlines::new(t, w, h, 2, &tol).counts(p);
+                for c in 0..2u8 {
+                    let tm: Vec<bool> = t.iter().map(|&v| v == c).collect();
+                    let pm: Vec<bool> = p.iter().map(|&v| v == c).collect();
+                    let want =
+                        class_counts(&tm, &pm, 20, 16, tol.f_pixels(w, h), tol.iou_pixels(w, h));
+                    assert_eq!(got.classes[c as usize], want, "class {c}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::data::registry::NegativeMasks;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
 use crate::metrics::baselines;
-use crate::metrics::boundary::{BoundaryCounts, BoundaryTolerance};
+use crate::metrics::boundary::{BoundaryCounts, BoundaryTolerance, TruthOutlines};
 use crate::metrics::segmentation::Confusion;
 use crate::table::{self, TableBuilder};
 use crate::train::segment::Segmenter;
@@ -209,15 +209,14 @@ impl Stage for EvaluateStage {
                             if negative { &bg } else { &pred },
                             if negative { &bg } else { &otsu },
                         ];
+                        let outlines = TruthOutlines::new(gt.as_raw(), w, h, 2, &tol);
                         for (k, m) in maps.iter().enumerate() {
                             if k >= 5 && !gate {
                                 continue;
                             }
                             let mut c = Confusion::new(2);
                             c.add(gt.as_raw(), m.as_raw());
-                            let mut b = BoundaryCounts::new(2);
-                            b.add(gt.as_raw(), m.as_raw(), w, h, &tol);
-                            conf[k] = Some((c, b));
+                            conf[k] = Some((c, outlines.counts(m.as_raw())));
                         }
                     }
                     let fg = pred.as_raw().iter().filter(|&&v| v == 1).count() as f64
