@@ -148,6 +148,8 @@ fn shipped_manifests_validate() {
         "glas-oeem.toml",
         "glas-oeem-loss.toml",
         "glas-oeem-gpu.toml",
+        "glas-talk-balanced.toml",
+        "glas-talk-refine.toml",
     ] {
         let o = sb
             .cmd()
