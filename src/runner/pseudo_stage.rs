@@ -150,17 +150,32 @@ impl Stage for PseudoStage {
                     .into_luma8();
                 let positive = every_positive || s.class == idx.spec.positive;
                 let refined;
-                let c = match (cfg.refine, cfg.crf.as_ref()) {
-                    _ if !positive => &raw,
-                    (Refine::Slic, _) => {
-                        refined = refine::refine_slic(images.get(i)?.as_ref(), &raw);
-                        &refined
+                let c = if cfg.refine == Refine::None || !positive {
+                    &raw
+                } else {
+                    let img = images.get(i)?;
+                    if img.dimensions() != raw.dimensions() {
+                        return Err(Error::stage(
+                            "pseudo",
+                            format!(
+                                "{}: the CAM is {:?} but its image is {:?}; refinement needs both at the image's size",
+                                cam_path.display(),
+                                raw.dimensions(),
+                                img.dimensions()
+                            ),
+                        ));
                     }
-                    (Refine::Crf, Some(p)) => {
-                        refined = cam::crf::refine_crf(images.get(i)?.as_ref(), &raw, fg_t, p);
-                        &refined
-                    }
-                    _ => &raw,
+                    refined = match (cfg.refine, cfg.crf.as_ref()) {
+                        (Refine::Crf, Some(p)) => cam::crf::refine_crf(&img, &raw, fg_t, p),
+                        (Refine::Crf, None) => {
+                            return Err(Error::stage(
+                                "pseudo",
+                                String::from("cam.refine = \"crf\" reached the stage without its [cam.crf] settings"),
+                            ))
+                        }
+                        _ => refine::refine_slic(&img, &raw),
+                    };
+                    &refined
                 };
                 let label = cam::pseudo_label(c, fg_t, bg_t, positive);
                 let png = cam::label_png(&label)?;

@@ -20,7 +20,9 @@ use image::{GrayImage, RgbImage};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{bounds, el, finish, free_spot, gland, stain, stroma, tile_rng, Canvas, Stain};
+use super::{
+    bounds, el, finish, free_spot, gland, nuclear_ring, stain, stroma, tile_rng, Canvas, Stain,
+};
 use crate::data::registry::SynthParams;
 
 /// One tile and its mask (255 = tumour region).
@@ -172,26 +174,12 @@ fn dense_crypt(
     sc: f32,
 ) {
     let (ex, rot) = (rng.random_range(0.8..1.25), rng.random_range(0.0..TAU));
-    let (s, c) = rot.sin_cos();
     cv.ellipse(el(cx, cy, r * ex, r / ex, rot), st.cyto, 0.95);
     cv.ellipse(el(cx, cy, r * 0.35 * ex, r * 0.08, rot), st.lumen, 1.0);
     for ring in [0.82f32, 0.6, 0.4] {
         let k = ((TAU * r * ring) / (2.9 * sc)).round().max(5.0) as usize;
         let phase = rng.random_range(0.0..TAU);
-        for j in 0..k {
-            let t = phase + j as f32 / k as f32 * TAU;
-            let (u, v) = (r * ring * ex * t.cos(), r * ring / ex * t.sin());
-            cv.ellipse(
-                el(
-                    cx + u * c - v * s,
-                    cy + u * s + v * c,
-                    1.3 * sc,
-                    1.0 * sc,
-                    t,
-                ),
-                st.h.map(|x| x * 0.9),
-                0.9,
-            );
-        }
+        let e = el(cx, cy, r * ring * ex, r * ring / ex, rot);
+        nuclear_ring(cv, e, k, phase, sc, st.h.map(|x| x * 0.9), 0.9);
     }
 }
