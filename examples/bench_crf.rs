@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
-use wsss::cam::crf::refine_crf;
+use wsss::cam::refine::crf::refine_crf;
 use wsss::config::CrfConfig;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 
 use image::RgbImage;
-use wsss::cam::crf::{features, mean_field};
+use wsss::cam::refine::crf::{features, mean_field};
 use wsss::config::CrfConfig;
 
 const W: u32 = 64;

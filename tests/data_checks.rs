@@ -454,15 +454,22 @@ fn a_masks_folder_beside_the_images_is_used_and_said_so() {
 }
 
 #[test]
-fn gcn_is_refused_until_it_exists() {
+fn gcn_seeds_must_not_overlap() {
     let sb = Sandbox::new();
-    let m = sb.write("m.toml", &format!("{MINIMAL}\n[cam]\nrefine = \"gcn\"\n"));
+    let ok = sb.write("ok.toml", &format!("{MINIMAL}\n[cam]\nrefine = \"gcn\"\n"));
+    let o = sb.run(&["validate", ok.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m = sb.write(
+        "m.toml",
+        &format!("{MINIMAL}\n[cam]\nrefine = \"gcn\"\nthreshold = 0.5\n[cam.gcn]\nbackground_seed = 0.6\n"),
+    );
     let o = sb.run(&["validate", m.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
-        err.contains("key `cam.refine`")
-            && err.contains("graph-convolutional pseudo labels are not implemented yet"),
+        err.contains("m.toml")
+            && err.contains("cam.gcn.background_seed")
+            && err.contains("0.6 is above cam.threshold = 0.5"),
         "{err}"
     );
 }

@@ -7,14 +7,13 @@
 //!   per-image normalisation, and 8-bit quantisation for a compact on-disk cache (a threshold
 //!   sweep reads these instead of recomputing);
 //! - the confidence-threshold rule turning a normalised CAM into a pseudo label;
-//! - [`refine`]: superpixel refinement toward boundaries;
+//! - [`refine`]: the pseudo-label methods behind one seam (none, SLIC, dense CRF, GCN);
 //! - [`patch`]: CAMs of a patch-level (multi-label) classifier stitched per image (OEEM).
 //!
 //! Quantisation: a normalised value `v ∈ [0, 1]` is stored as `round(255 v)` and compared as
 //! `stored / 255 ≥ threshold`, so a threshold decision can differ from the float one only for
 //! values within 1/510 of the threshold.
 
-pub mod crf;
 pub mod methods;
 pub mod patch;
 pub mod refine;
@@ -111,6 +110,63 @@ pub fn cams(
         out.push(quantize(&normalize(&m, s.normalize), w, h));
     }
     Ok(out)
+}
+
+/// How the classifier sees a whole image: resized to its square input (image-level labels),
+/// or scaled by `train.image_size / labels.patch_size` (classifiers trained on windows).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CamView {
+    /// Resized to `size × size`.
+    Square(u32),
+    /// Scaled by this factor, aspect kept.
+    Scale(f64),
+}
+
+impl CamView {
+    /// The view of a protocol: windows are seen at their training scale.
+    pub fn of(labels: &crate::config::LabelsConfig, image_size: u32) -> Self {
+        if labels.windows() {
+            Self::Scale(f64::from(image_size) / f64::from(labels.patch_size.max(1)))
+        } else {
+            Self::Square(image_size)
+        }
+    }
+}
+
+/// The classifier's feature map of a whole image at block `layer` (0-based), seen as `view`
+/// says (sides rounded to multiples of 16, at least 32 px): `C × h × w` on the block's grid,
+/// batch norm in inference mode. Used by the pseudo-label methods that read features
+/// ([`refine::Needs::features`]).
+pub fn feature_map(
+    model: &Backbone,
+    img: &RgbImage,
+    view: CamView,
+    layer: usize,
+    dev: &Device,
+) -> Result<refine::FeatureMap> {
+    let (w, h) = img.dimensions();
+    let side = |v: f64| (((v / 16.0).round() as u32).max(2)) * 16;
+    let (rw, rh) = match view {
+        CamView::Square(s) => (side(f64::from(s)), side(f64::from(s))),
+        CamView::Scale(f) => (side(f64::from(w) * f), side(f64::from(h) * f)),
+    };
+    let r = imageops::resize(img, rw, rh, FilterType::Triangle);
+    let x = Tensor::from_vec(to_chw(&r), (1, 3, rh as usize, rw as usize), &Device::Cpu)?
+        .to_device(dev)?;
+    let blocks = model.features.blocks(&x, false)?;
+    let b = blocks.get(layer).ok_or_else(|| {
+        Error::Usage(format!(
+            "backbone.cam_layer = {layer}: the backbone has {} blocks",
+            blocks.len()
+        ))
+    })?;
+    let (_, c, fh, fw) = b.dims4()?;
+    Ok(refine::FeatureMap {
+        channels: c,
+        height: fh,
+        width: fw,
+        data: b.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?,
+    })
 }
 
 /// Per-image normalisation of a non-negative map to `[0, 1]` (an all-zero map stays zero).

@@ -13,8 +13,8 @@ use toml::{Table, Value};
 use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
 use super::{
-    Arch, CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant, SegInit,
-    SplitMethod,
+    Arch, CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant, Refine,
+    SegInit, SplitMethod,
 };
 
 /// Environment variables with the `WSSS_` prefix that are settings of the program rather than
@@ -864,6 +864,15 @@ fn semantic(
                 format!("{bg} is above cam.threshold = {}: the background threshold must be ≤ the foreground threshold", c.cam.threshold),
             );
         }
+    }
+    if c.cam.refine == Refine::Gcn && c.cam.gcn.background_seed > c.cam.threshold {
+        push(
+            "cam.gcn.background_seed",
+            format!(
+                "{} is above cam.threshold = {}: a node cannot be both a background and a foreground seed",
+                c.cam.gcn.background_seed, c.cam.threshold
+            ),
+        );
     }
     let s = &c.split;
     match s.method {

@@ -8,11 +8,7 @@
 use toml::Value;
 
 /// Values users may expect that are refused until they are implemented, with the reason.
-const NOT_YET: &[(&str, &str)] = &[(
-    "gcn",
-    "graph-convolutional pseudo labels are not implemented yet; until they are, `gcn` is \
-     refused rather than computing the same labels as `none`",
-)];
+const NOT_YET: &[(&str, &str)] = &[];
 
 /// The type and allowed values of one key.
 #[derive(Debug, Clone, Copy)]
@@ -243,8 +239,8 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "cam.refine",
-        Kind::Choice(&["none", "slic", "crf"]),
-        "refinement of the CAM before thresholding: SLIC superpixel voting or a dense CRF",
+        Kind::Choice(&["none", "slic", "crf", "gcn"]),
+        "refinement of the CAM before thresholding: SLIC superpixel voting, a dense CRF, or a graph convolutional network over superpixels",
     ),
     f(
         "cam.crf.iterations",
@@ -275,6 +271,36 @@ pub static FIELDS: &[Field] = &[
         "cam.crf.bilateral_weight",
         NONNEG,
         "dense CRF: appearance kernel's Potts weight",
+    ),
+    f(
+        "cam.gcn.hidden",
+        Kind::Int { min: 1, max: 1024 },
+        "GCN pseudo labels: hidden units of the first layer",
+    ),
+    f(
+        "cam.gcn.epochs",
+        Kind::Int { min: 1, max: 10000 },
+        "GCN pseudo labels: full-batch training steps per image",
+    ),
+    f(
+        "cam.gcn.learning_rate",
+        POS,
+        "GCN pseudo labels: Adam learning rate",
+    ),
+    f(
+        "cam.gcn.weight_decay",
+        NONNEG,
+        "GCN pseudo labels: L2 penalty on the first layer's weights",
+    ),
+    f(
+        "cam.gcn.knn",
+        Kind::Int { min: 0, max: 64 },
+        "GCN pseudo labels: feature-space neighbours added to each superpixel's adjacent ones",
+    ),
+    f(
+        "cam.gcn.background_seed",
+        PROB,
+        "GCN pseudo labels: superpixels whose mean CAM is below this are background seeds",
     ),
     f("cam.tta", Kind::Bool, "average CAMs over flips and scales"),
     f(
@@ -781,6 +807,7 @@ mod tests {
         cfg.stain.normalize = crate::config::StainNorm::Reinhard;
         cfg.metrics.boundary_f_tolerance = 0.01;
         cfg.cam.crf.iterations = 5;
+        cfg.cam.gcn.epochs = 50;
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);
         got.sort();

@@ -269,6 +269,9 @@ pub enum Refine {
     Slic,
     /// Dense CRF (Krähenbühl & Koltun 2011) with the settings of `[cam.crf]`.
     Crf,
+    /// Graph convolutional network over superpixels (Kipf & Welling 2017) trained on the
+    /// confident CAM, with the settings of `[cam.gcn]`.
+    Gcn,
 }
 
 /// `[cam.crf]`: the dense CRF of `cam.refine = "crf"` — mean-field iterations, and the two
@@ -305,6 +308,49 @@ impl Default for CrfConfig {
 }
 
 impl CrfConfig {
+    /// Whether these are the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `[cam.gcn]`: the graph convolutional pseudo labels of `cam.refine = "gcn"`. Nodes are the
+/// SLIC superpixels of `cam.refine = "slic"`; the network and its training follow Kipf &
+/// Welling (ICLR 2017): two layers, `hidden` units, Adam at `learning_rate` for `epochs`
+/// full-batch steps, L2 `weight_decay` on the first layer (their values; no dropout, so the
+/// labels are a pure function of the seed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcnConfig {
+    /// Hidden units of the first layer.
+    pub hidden: u32,
+    /// Full-batch training steps per image.
+    pub epochs: u32,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// L2 penalty on the first layer's weights.
+    pub weight_decay: f64,
+    /// Feature-space neighbours added to each node's superpixel neighbours.
+    pub knn: u32,
+    /// Nodes whose mean normalised CAM is below this are background seeds (foreground seeds:
+    /// at or above `cam.threshold`); every other node is predicted by the network.
+    pub background_seed: f64,
+}
+
+impl Default for GcnConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 16,
+            epochs: 200,
+            learning_rate: 0.01,
+            weight_decay: 5e-4,
+            knn: 8,
+            background_seed: 0.3,
+        }
+    }
+}
+
+impl GcnConfig {
     /// Whether these are the defaults.
     pub fn is_default(&self) -> bool {
         *self == Self::default()
@@ -352,6 +398,10 @@ pub struct CamConfig {
     /// they are the defaults).
     #[serde(skip_serializing_if = "CrfConfig::is_default")]
     pub crf: CrfConfig,
+    /// GCN settings (read only with `refine = "gcn"`; left out of the saved config while they
+    /// are the defaults).
+    #[serde(skip_serializing_if = "GcnConfig::is_default")]
+    pub gcn: GcnConfig,
 }
 
 /// Serde helper: skip a `false` flag.
@@ -390,6 +440,7 @@ impl Default for CamConfig {
             contrast: false,
             balance: CamBalance::None,
             crf: CrfConfig::default(),
+            gcn: GcnConfig::default(),
         }
     }
 }

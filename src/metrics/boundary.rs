@@ -20,6 +20,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::table::schema::metric;
+
 /// Tolerances of the boundary metrics, as fractions of the image diagonal.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BoundaryTolerance {
@@ -172,8 +174,8 @@ impl BoundaryScores {
             _ => format!("class{c}"),
         };
         let mut v = vec![
-            ("boundary_f".to_string(), self.mean_f),
-            ("boundary_iou".to_string(), self.mean_iou),
+            (metric::BOUNDARY_F.to_string(), self.mean_f),
+            (metric::BOUNDARY_IOU.to_string(), self.mean_iou),
         ];
         for c in 0..self.f.len() {
             v.push((format!("boundary_f_{}", name(c)), self.f[c]));

@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use crate::data::mask::IGNORE;
+use crate::table::schema::metric;
 
 /// Confusion matrix `m[truth][pred]` over `k` classes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +154,7 @@ impl SegScores {
             _ => format!("class{c}"),
         };
         let mut v = vec![
-            ("miou".to_string(), self.miou),
+            (metric::MIOU.to_string(), self.miou),
             ("fwiou".to_string(), self.fwiou),
             ("mdice".to_string(), self.mdice),
             ("pixel_accuracy".to_string(), self.pixel_accuracy),

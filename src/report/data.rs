@@ -9,24 +9,22 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
+use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::runner::Report;
-use crate::table;
+use crate::table::schema::{col, metric};
+use crate::table::{self, Source, Table};
 
-/// Stage tables a run directory may hold (each `<name>.parquet`).
-pub const TABLES: &[&str] = &[
-    "split",
-    "history",
-    "predictions",
-    "classify_metrics",
-    "cam_curve",
-    "cam_quality",
-    "pseudo_images",
-    "pseudo_metrics",
-    "segment_history",
-    "seg_images",
-    "seg_metrics",
-];
+/// Which rows of a long metric table to read besides split and metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// No other column (`cam_quality`, `pseudo_metrics`).
+    All,
+    /// `seg_metrics` rows of one source.
+    Source(Source),
+    /// `classify_metrics` rows of one level (`image`, `patch`).
+    Level(&'static str),
+}
 
 /// One variant's run, read back from its run directory.
 #[derive(Debug, Clone)]
@@ -49,8 +47,8 @@ pub struct RunData {
     pub dataset_root: Option<PathBuf>,
     /// `<stage>_summary.json` contents by stage.
     pub summaries: BTreeMap<String, serde_json::Value>,
-    /// Stage tables by name (see [`TABLES`]); absent when the stage did not run.
-    pub tables: BTreeMap<String, DataFrame>,
+    /// Stage tables; absent when the stage did not run.
+    pub tables: BTreeMap<Table, DataFrame>,
     /// The classifier's per-image predictions, parsed once from `predictions` (empty without).
     pub predictions: Vec<Prediction>,
 }
@@ -122,8 +120,8 @@ fn positive_of(t: &DataFrame) -> Option<String> {
 
 impl RunData {
     /// A stage table, if the run has it.
-    pub fn table(&self, name: &str) -> Option<&DataFrame> {
-        self.tables.get(name)
+    pub fn table(&self, t: Table) -> Option<&DataFrame> {
+        self.tables.get(&t)
     }
 
     /// A config value (`"cam.threshold"`), if set.
@@ -148,27 +146,27 @@ impl RunData {
 
     /// The splits of the run's patients.
     fn splits(&self) -> BTreeSet<String> {
-        self.table("split")
-            .and_then(|t| strs(t, "split"))
+        self.table(Table::Split)
+            .and_then(|t| strs(t, col::SPLIT))
             .unwrap_or_default()
             .into_iter()
             .collect()
     }
 
     /// Whether some patient of the run is in split `s`.
-    pub fn has_split(&self, s: &str) -> bool {
-        self.splits().contains(s)
+    pub fn has_split(&self, s: Split) -> bool {
+        self.splits().contains(s.as_str())
     }
 
     /// The split the report scores on: `valid` if the run has one, else `test`, else `train`.
-    pub fn eval_split(&self) -> String {
+    pub fn eval_split(&self) -> Split {
         let splits = self.splits();
-        for s in ["valid", "test", "train"] {
-            if splits.contains(s) {
-                return s.into();
+        for s in [Split::Valid, Split::Test, Split::Train] {
+            if splits.contains(s.as_str()) {
+                return s;
             }
         }
-        "valid".into()
+        Split::Valid
     }
 
     /// Whether the run's segmenter collapsed (`segment_summary.json`: one class on nearly
@@ -184,48 +182,52 @@ impl RunData {
     /// Name of the positive class: the last `p_<class>` column of the predictions (classes
     /// are stored negative first).
     pub fn positive_class(&self) -> Option<String> {
-        positive_of(self.table("predictions")?)
+        positive_of(self.table(Table::Predictions)?)
     }
 
     /// A per-image column (`col`) of a stage table by image id; empty if absent.
-    pub fn per_image(&self, table: &str, col: &str) -> BTreeMap<String, f64> {
+    pub fn per_image(&self, table: Table, column: &str) -> BTreeMap<String, f64> {
         self.table(table)
-            .and_then(|t| Some(strs(t, "id")?.into_iter().zip(nums(t, col)?).collect()))
+            .and_then(|t| {
+                Some(
+                    strs(t, col::ID)?
+                        .into_iter()
+                        .zip(nums(t, column)?)
+                        .collect(),
+                )
+            })
             .unwrap_or_default()
     }
 
     /// The held-out mIoU a run is ranked by: its segmenter's, else its pseudo labels'.
     pub fn headline_miou(&self) -> Option<f64> {
         let s = self.eval_split();
-        self.metric("seg_metrics", &s, "miou", Some(("source", "segmenter")))
-            .or_else(|| self.metric("pseudo_metrics", &s, "miou", None))
+        self.metric(
+            Table::SegMetrics,
+            s,
+            metric::MIOU,
+            Rows::Source(Source::Segmenter),
+        )
+        .or_else(|| self.metric(Table::PseudoMetrics, s, metric::MIOU, Rows::All))
     }
 
     /// `value` of the row of a `(split, metric, value)` table (with optional extra filter
     /// column == value).
-    pub fn metric(
-        &self,
-        table: &str,
-        split: &str,
-        metric: &str,
-        filter: Option<(&str, &str)>,
-    ) -> Option<f64> {
+    pub fn metric(&self, table: Table, split: Split, metric: &str, rows: Rows) -> Option<f64> {
         let t = self.table(table)?;
-        let sp = strs(t, "split")?;
-        let me = strs(t, "metric")?;
-        let va = nums(t, "value")?;
-        let fc = match filter {
-            Some((c, _)) => Some(strs(t, c)?),
-            None => None,
+        let sp = strs(t, col::SPLIT)?;
+        let me = strs(t, col::METRIC)?;
+        let va = nums(t, col::VALUE)?;
+        let filter = match rows {
+            Rows::All => None,
+            Rows::Source(s) => Some((strs(t, col::SOURCE)?, s.as_str())),
+            Rows::Level(l) => Some((strs(t, col::LEVEL)?, l)),
         };
         (0..sp.len())
             .find(|&i| {
-                sp[i] == split
+                sp[i] == split.as_str()
                     && me[i] == metric
-                    && match (&fc, filter) {
-                        (Some(col), Some((_, want))) => col[i] == want,
-                        _ => true,
-                    }
+                    && filter.as_ref().is_none_or(|(c, want)| c[i] == *want)
             })
             .map(|i| va[i])
     }
@@ -329,14 +331,14 @@ fn load_run(id: &str, hash: &str, run_dir: &Path, error: Option<String>) -> Resu
             }
         }
     }
-    for t in TABLES {
-        let p = run_dir.join(format!("{t}.parquet"));
+    for t in Table::ALL {
+        let p = run_dir.join(format!("{}.parquet", t.stem()));
         if p.exists() {
-            tables.insert(t.to_string(), table::read_parquet(&p)?);
+            tables.insert(t, table::read_parquet(&p)?);
         }
     }
     let predictions = tables
-        .get("predictions")
+        .get(&Table::Predictions)
         .and_then(parse_predictions)
         .unwrap_or_default();
     Ok(RunData {

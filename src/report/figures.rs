@@ -15,9 +15,13 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+use super::data::Rows;
 use super::data::{nums, strs, Experiment, Prediction, RunData};
 use super::tables::baseline_sources;
+use crate::data::Split;
 use crate::error::{Error, Result};
+use crate::table::schema::{col, metric};
+use crate::table::{Source, Table};
 use crate::util::fs::atomic_write;
 
 /// Font family registered for the figures.
@@ -346,7 +350,7 @@ fn draw_lines<DB: DrawingBackend>(
 
 fn history_curves(
     r: &RunData,
-    table: &str,
+    table: Table,
     cols: &[(&str, bool)],
     label: &str,
     c: RGBColor,
@@ -387,14 +391,14 @@ fn classify_curves(exp: &Experiment, dir: &Path) -> Result<bool> {
         let c = color(i);
         loss.extend(history_curves(
             r,
-            "history",
+            Table::History,
             &[("train_loss", false), ("valid_loss", true)],
             label,
             c,
         ));
         acc.extend(history_curves(
             r,
-            "history",
+            Table::History,
             &[("train_accuracy", false), ("valid_accuracy", true)],
             label,
             c,
@@ -420,7 +424,7 @@ fn segment_curves(exp: &Experiment, dir: &Path) -> Result<bool> {
         let c = color(i);
         loss.extend(history_curves(
             r,
-            "segment_history",
+            Table::SegmentHistory,
             &[("loss", false)],
             label,
             c,
@@ -428,14 +432,14 @@ fn segment_curves(exp: &Experiment, dir: &Path) -> Result<bool> {
         // What shows a collapse coming: the predicted foreground share leaving the labels'.
         share.extend(history_curves(
             r,
-            "segment_history",
+            Table::SegmentHistory,
             &[("predicted_foreground", false), ("label_foreground", true)],
             label,
             c,
         ));
         agree.extend(history_curves(
             r,
-            "segment_history",
+            Table::SegmentHistory,
             &[("valid_agreement_miou", false)],
             label,
             c,
@@ -505,7 +509,10 @@ pub fn roc_curve(scores: &[f64], positive: &[bool]) -> (Vec<(f64, f64)>, f64) {
 /// The classifier's predictions on the split the report scores on.
 fn eval_predictions(r: &RunData) -> Vec<&Prediction> {
     let split = r.eval_split();
-    r.predictions.iter().filter(|p| p.split == split).collect()
+    r.predictions
+        .iter()
+        .filter(|p| p.split == split.as_str())
+        .collect()
 }
 
 fn roc(exp: &Experiment, dir: &Path) -> Result<bool> {
@@ -664,17 +671,19 @@ fn miou_threshold(exp: &Experiment, dir: &Path) -> Result<bool> {
     let mut curves = Vec::new();
     let mut thresholds = Vec::new();
     for (i, (r, label)) in groups.iter().enumerate() {
-        let Some(t) = r.table("cam_curve") else {
+        let Some(t) = r.table(Table::CamCurve) else {
             continue;
         };
         let split = r.eval_split();
-        let (Some(sp), Some(th), Some(mi)) =
-            (strs(t, "split"), nums(t, "threshold"), nums(t, "miou"))
-        else {
+        let (Some(sp), Some(th), Some(mi)) = (
+            strs(t, col::SPLIT),
+            nums(t, "threshold"),
+            nums(t, metric::MIOU),
+        ) else {
             continue;
         };
         let pts: Vec<(f64, f64)> = (0..sp.len())
-            .filter(|&j| sp[j] == split && mi[j].is_finite())
+            .filter(|&j| sp[j] == split.as_str() && mi[j].is_finite())
             .map(|j| (th[j], mi[j]))
             .collect();
         if pts.is_empty() {
@@ -689,7 +698,7 @@ fn miou_threshold(exp: &Experiment, dir: &Path) -> Result<bool> {
             .filter(|v| v.stage_keys.get("cam") == cam_key)
             .filter_map(|v| {
                 let t: f64 = v.cfg("cam.threshold")?.parse().ok()?;
-                let m = v.metric("pseudo_metrics", &split, "miou", None)?;
+                let m = v.metric(Table::PseudoMetrics, split, metric::MIOU, Rows::All)?;
                 Some((t, m))
             })
             .collect();
@@ -876,14 +885,21 @@ fn bar_height(n: usize, k: usize) -> u32 {
 
 fn miou_bars(exp: &Experiment, dir: &Path) -> Result<bool> {
     let names: Vec<String> = exp.variants.iter().map(|v| short_label(&v.id)).collect();
-    let get = |f: &dyn Fn(&RunData, &str) -> Option<f64>| -> Vec<f64> {
+    let get = |f: &dyn Fn(&RunData, Split) -> Option<f64>| -> Vec<f64> {
         exp.variants
             .iter()
-            .map(|r| f(r, &r.eval_split()).unwrap_or(f64::NAN))
+            .map(|r| f(r, r.eval_split()).unwrap_or(f64::NAN))
             .collect()
     };
-    let pseudo = get(&|r, s| r.metric("pseudo_metrics", s, "miou", None));
-    let seg = get(&|r, s| r.metric("seg_metrics", s, "miou", Some(("source", "segmenter"))));
+    let pseudo = get(&|r, s| r.metric(Table::PseudoMetrics, s, metric::MIOU, Rows::All));
+    let seg = get(&|r, s| {
+        r.metric(
+            Table::SegMetrics,
+            s,
+            metric::MIOU,
+            Rows::Source(Source::Segmenter),
+        )
+    });
     let mut series = Vec::new();
     if pseudo.iter().any(|v| v.is_finite()) {
         series.push(("pseudo labels".to_string(), pseudo));
@@ -902,11 +918,15 @@ fn miou_bars(exp: &Experiment, dir: &Path) -> Result<bool> {
             baseline_sources(r)
                 .into_iter()
                 // the gated segmenter differs per variant: it is a result, not a reference
-                .filter(|s| s != "gated_segmenter")
+                .filter(|&s| s != Source::GatedSegmenter)
                 .filter_map(|s| {
-                    let v =
-                        r.metric("seg_metrics", &r.eval_split(), "miou", Some(("source", &s)))?;
-                    Some((s, v))
+                    let v = r.metric(
+                        Table::SegMetrics,
+                        r.eval_split(),
+                        metric::MIOU,
+                        Rows::Source(s),
+                    )?;
+                    Some((s.to_string(), v))
                 })
                 .collect()
         })
@@ -932,7 +952,7 @@ fn class_iou(exp: &Experiment, dir: &Path) -> Result<bool> {
     let has_seg = exp
         .variants
         .iter()
-        .any(|r| r.table("seg_metrics").is_some());
+        .any(|r| r.table(Table::SegMetrics).is_some());
     let mut series = Vec::new();
     for class in ["background", "foreground"] {
         let m = format!("iou_{class}");
@@ -942,9 +962,9 @@ fn class_iou(exp: &Experiment, dir: &Path) -> Result<bool> {
             .map(|r| {
                 let s = r.eval_split();
                 if has_seg {
-                    r.metric("seg_metrics", &s, &m, Some(("source", "segmenter")))
+                    r.metric(Table::SegMetrics, s, &m, Rows::Source(Source::Segmenter))
                 } else {
-                    r.metric("pseudo_metrics", &s, &m, None)
+                    r.metric(Table::PseudoMetrics, s, &m, Rows::All)
                 }
                 .unwrap_or(f64::NAN)
             })

@@ -33,6 +33,10 @@ pub enum Panel {
     Truth,
     /// The segmenter's prediction.
     Prediction,
+    /// The image with the foreground outlines of the ground truth (green), the pseudo label
+    /// (red) and the prediction (blue): where each boundary lies, which the boundary scores
+    /// measure.
+    Outlines,
 }
 
 impl Panel {
@@ -45,6 +49,7 @@ impl Panel {
             Panel::Pseudo => "pseudo label",
             Panel::Truth => "ground truth",
             Panel::Prediction => "prediction",
+            Panel::Outlines => "outlines",
         }
     }
 }
@@ -57,7 +62,45 @@ pub const ALL: &[Panel] = &[
     Panel::Pseudo,
     Panel::Truth,
     Panel::Prediction,
+    Panel::Outlines,
 ];
+
+/// Outline colours: ground truth, pseudo label, prediction.
+const OUTLINE: [[u8; 3]; 3] = [[40, 200, 60], [230, 30, 30], [40, 90, 255]];
+
+/// Pixels of `l` that are foreground (1) with a 4-neighbour inside the image that is not (the
+/// image border itself is not an outline).
+fn outline(l: &GrayImage) -> Vec<bool> {
+    let (w, h) = (l.width() as i64, l.height() as i64);
+    let fg = |x: i64, y: i64| {
+        let (x, y) = (x.clamp(0, w - 1), y.clamp(0, h - 1));
+        l.get_pixel(x as u32, y as u32).0[0] == 1
+    };
+    let mut out = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            out.push(fg(x, y) && !(fg(x - 1, y) && fg(x + 1, y) && fg(x, y - 1) && fg(x, y + 1)));
+        }
+    }
+    out
+}
+
+/// `base` with the outlines of `labels` (each resized to `base`'s size, nearest neighbour)
+/// drawn over it in [`OUTLINE`]'s colours, later ones on top.
+fn draw_outlines(base: &RgbImage, labels: &[Option<GrayImage>]) -> RgbImage {
+    let (w, h) = base.dimensions();
+    let mut out = base.clone();
+    for (l, colour) in labels.iter().zip(OUTLINE) {
+        let Some(l) = l else { continue };
+        let l = imageops::resize(l, w, h, imageops::FilterType::Nearest);
+        for (p, on) in out.pixels_mut().zip(outline(&l)) {
+            if on {
+                p.0 = colour;
+            }
+        }
+    }
+    out
+}
 
 /// One row: an image id and the caption under which it is shown.
 #[derive(Debug, Clone)]
@@ -113,7 +156,7 @@ impl<'a> Sources<'a> {
     fn sample(&self, id: &str) -> Option<Sample> {
         // A window of a patch-level classifier (`<image>@<x>,<y>`) shows its image.
         let id = id.split_once('@').map_or(id, |(image, _)| image);
-        let t = self.run.table("split")?;
+        let t = self.run.table(crate::table::Table::Split)?;
         let ids = strs(t, "id")?;
         let i = ids.iter().position(|x| x == id)?;
         let root = self.root.as_ref()?;
@@ -197,6 +240,23 @@ impl<'a> Sources<'a> {
                 let gt = crate::data::mask::ground_truth(spec, smp.as_ref()?).ok()??;
                 Some(labels_to_rgb(&gt))
             }
+            Panel::Outlines => {
+                // Drawn at the panel's size so the lines stay one pixel wide on the page.
+                let i = img()?;
+                let pw = (PANEL_H as f32 * i.width() as f32 / i.height().max(1) as f32)
+                    .round()
+                    .max(1.0) as u32;
+                let base = imageops::resize(&i, pw, PANEL_H, imageops::FilterType::Triangle);
+                let truth = self
+                    .spec
+                    .and_then(|spec| crate::data::mask::ground_truth(spec, smp.as_ref()?).ok()?);
+                let read =
+                    |dir: &str| cam::read_labels(&cam::sample_file(&rd.join(dir), id, "png")).ok();
+                Some(draw_outlines(
+                    &base,
+                    &[truth, read("pseudo_labels"), read("predictions")],
+                ))
+            }
         }
     }
 }
@@ -246,7 +306,7 @@ pub fn write(
         for (pi, p) in panels.iter().enumerate() {
             let x = GAP + pi as u32 * (pw + GAP);
             let filter = match p {
-                Panel::Image | Panel::Cam => imageops::FilterType::Triangle,
+                Panel::Image | Panel::Cam | Panel::Outlines => imageops::FilterType::Triangle,
                 _ => imageops::FilterType::Nearest,
             };
             let tile = match src.panel(&row.id, *p, threshold) {
@@ -298,6 +358,29 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outlines_by_hand() {
+        // A 4×3 foreground block inside a 6×5 map: its 10 border pixels are the outline, the
+        // 2 inner ones and all background are not.
+        let l = GrayImage::from_fn(6, 5, |x, y| {
+            image::Luma([u8::from((1..5).contains(&x) && (1..4).contains(&y))])
+        });
+        let o = outline(&l);
+        assert_eq!(o.iter().filter(|&&b| b).count(), 10);
+        assert!(!o[2 * 6 + 2] && !o[2 * 6 + 3] && o[6 + 1] && !o[0]);
+        let base = RgbImage::new(6, 5);
+        let drawn = draw_outlines(&base, &[Some(l.clone()), None, None]);
+        assert_eq!(drawn.get_pixel(1, 1).0, OUTLINE[0]);
+        assert_eq!(drawn.get_pixel(2, 2).0, [0, 0, 0]);
+        // Foreground touching the image border: only its inner edge is drawn.
+        let edge = GrayImage::from_fn(4, 3, |x, _| image::Luma([u8::from(x < 2)]));
+        let o = outline(&edge);
+        assert_eq!(
+            o,
+            [false, true, false, false, false, true, false, false, false, true, false, false]
+        );
+    }
 
     #[test]
     fn jet_ends_and_middle() {

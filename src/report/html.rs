@@ -144,8 +144,8 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
     for m in &shown {
         let title = KEY_METRICS
             .iter()
-            .find(|(k, _)| k == m)
-            .map(|(_, d)| *d)
+            .find(|k| k.column == m.as_str())
+            .map(|k| k.meaning)
             .or_else(|| m.starts_with(TEST_PREFIX).then_some("on the test split"))
             .unwrap_or("baseline on the same images");
         let _ = write!(h, "<th title=\"{}\">{}</th>", esc(title), esc(m));

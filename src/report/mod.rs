@@ -27,7 +27,8 @@ pub use data::{Experiment, RunData};
 
 use crate::data::registry::Registry;
 use crate::error::{Error, Result};
-use crate::table;
+use crate::table::schema::metric;
+use crate::table::{self, Table};
 use gallery::{Panel, Row, Sources};
 use html::GalleryRef;
 
@@ -180,13 +181,13 @@ struct ImageFacts<'a> {
 }
 
 fn image_facts(r: &RunData) -> BTreeMap<String, ImageFacts<'_>> {
-    let pm = r.per_image("pseudo_images", "miou");
-    let sm = r.per_image("seg_images", "miou");
+    let pm = r.per_image(Table::PseudoImages, metric::MIOU);
+    let sm = r.per_image(Table::SegImages, metric::MIOU);
     let get = |m: &BTreeMap<String, f64>, id: &str| m.get(id).copied().unwrap_or(f64::NAN);
     if r.classify_level() == "patch" {
         // A patch-level classifier predicts windows, not images: the images come from the
         // pseudo-label table, without an image-level prediction.
-        let Some(t) = r.table("pseudo_images") else {
+        let Some(t) = r.table(Table::PseudoImages) else {
             return BTreeMap::new();
         };
         let col = |c: &str| data::strs(t, c).unwrap_or_default();
@@ -271,7 +272,7 @@ fn galleries(
     let every_positive = run.classify_level() == "patch";
     let mut held: Vec<(&String, &ImageFacts)> = facts
         .iter()
-        .filter(|(_, f)| f.p.split == split && score(f).is_finite())
+        .filter(|(_, f)| f.p.split == split.as_str() && score(f).is_finite())
         .collect();
     held.sort_by(|a, b| score(b.1).total_cmp(&score(a.1)).then(a.0.cmp(b.0)));
     let rows_of = |ids: Vec<&String>| -> Vec<Row> {
@@ -330,7 +331,7 @@ fn galleries(
         })
         .collect();
     let what = format!(
-        "variant {} ({split} split): image | CAM | confident map (CAM ≥ {}) | pseudo label | ground truth | prediction",
+        "variant {} ({split} split): image | CAM | confident map (CAM ≥ {}) | pseudo label | ground truth | prediction | outlines (truth green, pseudo red, prediction blue)",
         run.id,
         run.cfg("cam.threshold").unwrap_or("?")
     );
@@ -349,7 +350,7 @@ fn galleries(
     }
     // misclassified images of the gallery variant's classifier, held-out split first
     let mut mine: Vec<&tables::Miss> = misses.iter().filter(|m| m.variant == run.id).collect();
-    mine.sort_by_key(|m| (m.split != split, m.split.clone()));
+    mine.sort_by_key(|m| (m.split != split.as_str(), m.split.clone()));
     let rows: Vec<Row> = mine
         .iter()
         .take(8)

@@ -16,31 +16,148 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use polars::prelude::*;
 
-use super::data::{nums, strs, Experiment, Prediction, RunData};
+use super::data::{nums, strs, Experiment, Prediction, Rows, RunData};
+use crate::data::Split;
 use crate::error::Result;
-use crate::table::TableBuilder;
+use crate::table::schema::{col, metric};
+use crate::table::{Source, Table, TableBuilder};
 
-/// Key metrics of the summary, in column order: (column, meaning).
-pub const KEY_METRICS: &[(&str, &str)] = &[
-    ("accuracy", "image-level classification accuracy"),
-    ("f1", "F1 of the positive class"),
-    ("auc", "ROC AUC of the positive class"),
-    ("cam_auc", "area under the CAM mIoU-vs-threshold curve"),
-    ("cam_best_threshold", "threshold with the best CAM mIoU"),
-    ("pseudo_miou", "pseudo-label mIoU"),
-    ("seg_miou", "segmentation mIoU (DeepLab V3+)"),
-    ("seg_dice", "segmentation Dice of the foreground"),
-    (
+/// One key metric of the summary: its column, what it means, where it is read, and whether a
+/// run reported on `valid` shows it on `test` too.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyMetric {
+    /// Summary column.
+    pub column: &'static str,
+    /// Meaning (the report's column tooltip).
+    pub meaning: &'static str,
+    /// The long table it is read from.
+    pub table: Table,
+    /// Its `metric` name there.
+    pub metric: &'static str,
+    /// Which rows (source, classifier level).
+    pub rows: KeyRows,
+    /// Also shown on the test split (as `test_<column>`).
+    pub on_test: bool,
+}
+
+/// Rows of a [`KeyMetric`]: like [`Rows`], with the classifier level resolved per run.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyRows {
+    /// No other column.
+    All,
+    /// One `seg_metrics` source.
+    Source(Source),
+    /// The run's classifier level ([`RunData::classify_level`]).
+    ClassifyLevel,
+}
+
+const fn key(
+    column: &'static str,
+    meaning: &'static str,
+    table: Table,
+    metric: &'static str,
+    rows: KeyRows,
+    on_test: bool,
+) -> KeyMetric {
+    KeyMetric {
+        column,
+        meaning,
+        table,
+        metric,
+        rows,
+        on_test,
+    }
+}
+
+/// Key metrics of the summary, in column order. A new metric is one line here.
+pub const KEY_METRICS: &[KeyMetric] = &[
+    key(
+        "accuracy",
+        "image-level classification accuracy",
+        Table::ClassifyMetrics,
+        metric::ACCURACY,
+        KeyRows::ClassifyLevel,
+        true,
+    ),
+    key(
+        "f1",
+        "F1 of the positive class",
+        Table::ClassifyMetrics,
+        metric::F1,
+        KeyRows::ClassifyLevel,
+        false,
+    ),
+    key(
+        "auc",
+        "ROC AUC of the positive class",
+        Table::ClassifyMetrics,
+        metric::AUC,
+        KeyRows::ClassifyLevel,
+        false,
+    ),
+    key(
+        "cam_auc",
+        "area under the CAM mIoU-vs-threshold curve",
+        Table::CamQuality,
+        metric::MIOU_AUC,
+        KeyRows::All,
+        false,
+    ),
+    key(
+        "cam_best_threshold",
+        "threshold with the best CAM mIoU",
+        Table::CamQuality,
+        metric::BEST_THRESHOLD,
+        KeyRows::All,
+        false,
+    ),
+    key(
+        "pseudo_miou",
+        "pseudo-label mIoU",
+        Table::PseudoMetrics,
+        metric::MIOU,
+        KeyRows::All,
+        true,
+    ),
+    key(
+        "seg_miou",
+        "segmentation mIoU (DeepLab V3+)",
+        Table::SegMetrics,
+        metric::MIOU,
+        KeyRows::Source(Source::Segmenter),
+        true,
+    ),
+    key(
+        "seg_dice",
+        "segmentation Dice of the foreground",
+        Table::SegMetrics,
+        metric::DICE_FOREGROUND,
+        KeyRows::Source(Source::Segmenter),
+        true,
+    ),
+    key(
         "pseudo_boundary_f",
         "pseudo-label boundary F-score (mean over classes)",
+        Table::SegMetrics,
+        metric::BOUNDARY_F,
+        KeyRows::Source(Source::Pseudo),
+        true,
     ),
-    (
+    key(
         "seg_boundary_f",
         "segmentation boundary F-score (mean over classes)",
+        Table::SegMetrics,
+        metric::BOUNDARY_F,
+        KeyRows::Source(Source::Segmenter),
+        true,
     ),
-    (
+    key(
         "seg_boundary_iou",
         "segmentation Boundary IoU (mean over classes)",
+        Table::SegMetrics,
+        metric::BOUNDARY_IOU,
+        KeyRows::Source(Source::Segmenter),
+        true,
     ),
 ];
 
@@ -75,80 +192,35 @@ pub struct SummaryRow {
 /// The summary row of one run.
 pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
     let split = r.eval_split();
-    let s = split.as_str();
     let mut m = BTreeMap::new();
-    let img = Some(("level", r.classify_level()));
-    let seg = Some(("source", "segmenter"));
-    let pseudo = Some(("source", "pseudo"));
-    let values = [
-        ("accuracy", r.metric("classify_metrics", s, "accuracy", img)),
-        ("f1", r.metric("classify_metrics", s, "f1", img)),
-        ("auc", r.metric("classify_metrics", s, "auc", img)),
-        ("cam_auc", r.metric("cam_quality", s, "miou_auc", None)),
-        (
-            "cam_best_threshold",
-            r.metric("cam_quality", s, "best_threshold", None),
-        ),
-        ("pseudo_miou", r.metric("pseudo_metrics", s, "miou", None)),
-        ("seg_miou", r.metric("seg_metrics", s, "miou", seg)),
-        (
-            "seg_dice",
-            r.metric("seg_metrics", s, "dice_foreground", seg),
-        ),
-        (
-            "pseudo_boundary_f",
-            r.metric("seg_metrics", s, "boundary_f", pseudo),
-        ),
-        (
-            "seg_boundary_f",
-            r.metric("seg_metrics", s, "boundary_f", seg),
-        ),
-        (
-            "seg_boundary_iou",
-            r.metric("seg_metrics", s, "boundary_iou", seg),
-        ),
-    ];
-    for (k, v) in values {
-        m.insert(k.to_string(), v.unwrap_or(f64::NAN));
+    let rows = |k: &KeyMetric| match k.rows {
+        KeyRows::All => Rows::All,
+        KeyRows::Source(s) => Rows::Source(s),
+        KeyRows::ClassifyLevel => Rows::Level(r.classify_level()),
+    };
+    for k in KEY_METRICS {
+        let v = r.metric(k.table, split, k.metric, rows(k));
+        m.insert(k.column.to_string(), v.unwrap_or(f64::NAN));
     }
+    let baseline = |s: Split, source: Source| {
+        r.metric(Table::SegMetrics, s, metric::MIOU, Rows::Source(source))
+            .unwrap_or(f64::NAN)
+    };
     for source in baseline_sources(r) {
-        m.insert(
-            format!("{source}_miou"),
-            r.metric("seg_metrics", s, "miou", Some(("source", &source)))
-                .unwrap_or(f64::NAN),
-        );
+        m.insert(format!("{source}_miou"), baseline(split, source));
     }
     // A run with a test split besides the split it is reported on (choices were made on
     // `valid`) shows the test numbers beside, as `test_<metric>` columns.
-    if s != "test" && r.has_split("test") {
-        let test = |table: &str, metric: &str, f: Option<(&str, &str)>| {
-            r.metric(table, "test", metric, f).unwrap_or(f64::NAN)
-        };
-        let mut add = |k: String, v: f64| {
-            m.insert(format!("{TEST_PREFIX}{k}"), v);
-        };
-        add("accuracy".into(), test("classify_metrics", "accuracy", img));
-        add("pseudo_miou".into(), test("pseudo_metrics", "miou", None));
-        add("seg_miou".into(), test("seg_metrics", "miou", seg));
-        add(
-            "seg_dice".into(),
-            test("seg_metrics", "dice_foreground", seg),
-        );
-        add(
-            "pseudo_boundary_f".into(),
-            test("seg_metrics", "boundary_f", pseudo),
-        );
-        add(
-            "seg_boundary_f".into(),
-            test("seg_metrics", "boundary_f", seg),
-        );
-        add(
-            "seg_boundary_iou".into(),
-            test("seg_metrics", "boundary_iou", seg),
-        );
+    if split != Split::Test && r.has_split(Split::Test) {
+        for k in KEY_METRICS.iter().filter(|k| k.on_test) {
+            let v = r.metric(k.table, Split::Test, k.metric, rows(k));
+            m.insert(format!("{TEST_PREFIX}{}", k.column), v.unwrap_or(f64::NAN));
+        }
         for source in baseline_sources(r) {
-            let v = test("seg_metrics", "miou", Some(("source", &source)));
-            add(format!("{source}_miou"), v);
+            m.insert(
+                format!("{TEST_PREFIX}{source}_miou"),
+                baseline(Split::Test, source),
+            );
         }
     }
     let compute_s = ["classify", "cam", "pseudo", "segment", "evaluate"]
@@ -167,7 +239,7 @@ pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
             "ok"
         }
         .into(),
-        split,
+        split: split.to_string(),
         metrics: m,
         compute_s,
         config: r.config.clone(),
@@ -177,17 +249,15 @@ pub fn summary_row(exp: &str, r: &RunData) -> SummaryRow {
 
 /// Sources of `seg_metrics` other than the segmenter and the pseudo labels: baselines scored
 /// on the same images.
-pub fn baseline_sources(r: &RunData) -> Vec<String> {
-    let Some(t) = r.table("seg_metrics") else {
+pub fn baseline_sources(r: &RunData) -> Vec<Source> {
+    let Some(t) = r.table(Table::SegMetrics) else {
         return vec![];
     };
-    let mut out: Vec<String> = Vec::new();
-    for s in strs(t, "source").unwrap_or_default() {
-        if s != "segmenter" && s != "pseudo" && !out.contains(&s) {
-            out.push(s);
-        }
-    }
-    out
+    let names = strs(t, col::SOURCE).unwrap_or_default();
+    Source::ALL
+        .into_iter()
+        .filter(|s| s.is_baseline() && names.iter().any(|n| n == s.as_str()))
+        .collect()
 }
 
 /// Variants whose segmenter collapsed (status `collapsed`), for the report's warning.
@@ -200,11 +270,11 @@ pub fn collapsed_variants(rows: &[SummaryRow]) -> Vec<&str> {
 
 /// Metric column names present in any row, in display order.
 pub fn metric_columns(rows: &[SummaryRow]) -> Vec<String> {
-    let mut cols: Vec<String> = KEY_METRICS.iter().map(|(k, _)| k.to_string()).collect();
+    let mut cols: Vec<String> = KEY_METRICS.iter().map(|k| k.column.to_string()).collect();
     let extra: BTreeSet<&String> = rows
         .iter()
         .flat_map(|r| r.metrics.keys())
-        .filter(|k| !KEY_METRICS.iter().any(|(m, _)| m == k))
+        .filter(|k| !KEY_METRICS.iter().any(|m| m.column == k.as_str()))
         .collect();
     cols.extend(extra.into_iter().cloned());
     cols
@@ -410,20 +480,23 @@ fn split_class(metric: &str) -> (String, Option<String>) {
 fn add_metric_table(
     long: &mut Long,
     r: &RunData,
-    table: &str,
+    table: Table,
     stage: &str,
     prefix_col: Option<(&str, &str)>,
 ) {
     let Some(t) = r.table(table) else { return };
-    let (Some(sp), Some(me), Some(va)) = (strs(t, "split"), strs(t, "metric"), nums(t, "value"))
-    else {
+    let (Some(sp), Some(me), Some(va)) = (
+        strs(t, col::SPLIT),
+        strs(t, col::METRIC),
+        nums(t, col::VALUE),
+    ) else {
         return;
     };
     let extra = prefix_col.and_then(|(c, _)| strs(t, c));
     for i in 0..sp.len() {
         let metric = match (&extra, prefix_col) {
             // classify_metrics: image-level metrics keep their name, patient-level get a prefix
-            (Some(col), Some((_, keep))) if col[i] != keep => format!("{}_{}", col[i], me[i]),
+            (Some(c), Some((_, keep))) if c[i] != keep => format!("{}_{}", c[i], me[i]),
             _ => me[i].clone(),
         };
         long.push(&r.id, stage, &sp[i], &metric, None, va[i]);
@@ -434,14 +507,14 @@ fn add_metric_table(
 fn add_history(
     long: &mut Long,
     r: &RunData,
-    table: &str,
+    table: Table,
     stage: &str,
     columns: &[(&str, &str, &str)],
 ) {
     let Some(t) = r.table(table) else { return };
     let Some(ep) = nums(t, "epoch") else { return };
-    for (col, split, metric) in columns {
-        if let Some(v) = nums(t, col) {
+    for (column, split, metric) in columns {
+        if let Some(v) = nums(t, column) {
             for (e, x) in ep.iter().zip(v) {
                 long.push(&r.id, stage, split, metric, Some(*e as u32), x);
             }
@@ -457,26 +530,26 @@ pub fn metrics(exp: &Experiment) -> Result<(DataFrame, DataFrame)> {
         add_metric_table(
             &mut fin,
             r,
-            "classify_metrics",
+            Table::ClassifyMetrics,
             "classify",
-            Some(("level", r.classify_level())),
+            Some((col::LEVEL, r.classify_level())),
         );
-        add_metric_table(&mut fin, r, "cam_quality", "cam", None);
-        add_metric_table(&mut fin, r, "pseudo_metrics", "pseudo", None);
-        if let Some(t) = r.table("seg_metrics") {
+        add_metric_table(&mut fin, r, Table::CamQuality, "cam", None);
+        add_metric_table(&mut fin, r, Table::PseudoMetrics, "pseudo", None);
+        if let Some(t) = r.table(Table::SegMetrics) {
             let (Some(sp), Some(so), Some(me), Some(va)) = (
-                strs(t, "split"),
-                strs(t, "source"),
-                strs(t, "metric"),
-                nums(t, "value"),
+                strs(t, col::SPLIT),
+                strs(t, col::SOURCE),
+                strs(t, col::METRIC),
+                nums(t, col::VALUE),
             ) else {
                 continue;
             };
             for i in 0..sp.len() {
                 let stage = match so[i].as_str() {
-                    "segmenter" => "segment".to_string(),
+                    s if s == Source::Segmenter.as_str() => "segment".to_string(),
                     // the pseudo labels are already in from their own stage
-                    "pseudo" => continue,
+                    s if s == Source::Pseudo.as_str() => continue,
                     other => format!("baseline:{other}"),
                 };
                 fin.push(&r.id, &stage, &sp[i], &me[i], None, va[i]);
@@ -485,7 +558,7 @@ pub fn metrics(exp: &Experiment) -> Result<(DataFrame, DataFrame)> {
         add_history(
             &mut cur,
             r,
-            "history",
+            Table::History,
             "classify",
             &[
                 ("train_loss", "train", "loss"),
@@ -500,7 +573,7 @@ pub fn metrics(exp: &Experiment) -> Result<(DataFrame, DataFrame)> {
         add_history(
             &mut cur,
             r,
-            "segment_history",
+            Table::SegmentHistory,
             "segment",
             &[
                 ("loss", "train", "loss"),
@@ -536,11 +609,11 @@ pub fn images(exp: &Experiment) -> Result<DataFrame> {
     let mut rows = Vec::new();
     for r in &exp.variants {
         let per = [
-            r.per_image("pseudo_images", "iou_foreground"),
-            r.per_image("pseudo_images", "fg_fraction"),
-            r.per_image("pseudo_images", "miou"),
-            r.per_image("seg_images", "iou_foreground"),
-            r.per_image("seg_images", "miou"),
+            r.per_image(Table::PseudoImages, "iou_foreground"),
+            r.per_image(Table::PseudoImages, "fg_fraction"),
+            r.per_image(Table::PseudoImages, metric::MIOU),
+            r.per_image(Table::SegImages, "iou_foreground"),
+            r.per_image(Table::SegImages, metric::MIOU),
         ];
         for p in &r.predictions {
             rows.push(Row {

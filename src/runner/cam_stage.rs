@@ -345,20 +345,20 @@ impl Stage for CamStage {
             }
         }
         let mut curve = TableBuilder::new()
-            .str("split", c_split)
+            .str(crate::table::schema::col::SPLIT, c_split)
             .f64("threshold", c_t)
             .f64("miou", c_miou)
             .f64("iou_foreground", c_fg)
             .f64("precision", c_prec)
             .f64("recall", c_rec)
             .build()?;
-        table::write(&mut curve, out, "cam_curve")?;
+        table::write(&mut curve, out, crate::table::Table::CamCurve.stem())?;
         let mut quality = TableBuilder::new()
-            .str("split", q_split)
-            .str("metric", q_metric)
-            .f64("value", q_value)
+            .str(crate::table::schema::col::SPLIT, q_split)
+            .str(crate::table::schema::col::METRIC, q_metric)
+            .f64(crate::table::schema::col::VALUE, q_value)
             .build()?;
-        table::write(&mut quality, out, "cam_quality")?;
+        table::write(&mut quality, out, crate::table::Table::CamQuality.stem())?;
         write_json(
             &out.join("cam_summary.json"),
             &serde_json::json!({

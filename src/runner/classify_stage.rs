@@ -139,7 +139,7 @@ impl Stage for ClassifyStage {
             .f64("valid_auc", h.iter().map(|r| r.valid_auc).collect())
             .f64("seconds", h.iter().map(|r| r.seconds).collect())
             .build()?;
-        table::write(&mut hist, out, "history")?;
+        table::write(&mut hist, out, crate::table::Table::History.stem())?;
 
         let valid_acc = if patch {
             write_patch_outputs(input, &job, &images, &clf, out)?
@@ -191,12 +191,12 @@ impl MetricRows {
 
     fn write(self, out: &Path) -> Result<()> {
         let mut t = TableBuilder::new()
-            .str("split", self.split)
-            .str("level", self.level)
-            .str("metric", self.metric)
-            .f64("value", self.value)
+            .str(crate::table::schema::col::SPLIT, self.split)
+            .str(crate::table::schema::col::LEVEL, self.level)
+            .str(crate::table::schema::col::METRIC, self.metric)
+            .f64(crate::table::schema::col::VALUE, self.value)
             .build()?;
-        table::write(&mut t, out, "classify_metrics")
+        table::write(&mut t, out, crate::table::Table::ClassifyMetrics.stem())
     }
 }
 
@@ -284,12 +284,12 @@ fn write_image_outputs(
         .str("id", p_id)
         .str("patient", p_pat)
         .str("class", p_cls)
-        .str("split", p_split);
+        .str(crate::table::schema::col::SPLIT, p_split);
     for (c, col) in p_prob.into_iter().enumerate() {
         b = b.f64(&format!("p_{}", classes[c]), col);
     }
     let mut preds = b.str("predicted", p_pred).str("correct", correct).build()?;
-    table::write(&mut preds, out, "predictions")?;
+    table::write(&mut preds, out, crate::table::Table::Predictions.stem())?;
     Ok(valid_acc)
 }
 
@@ -384,7 +384,10 @@ fn write_patch_outputs(
                 .map(|r| label_of(r.1.labels[patches::FOREGROUND]))
                 .collect(),
         )
-        .str("split", rows.iter().map(|r| r.0.to_string()).collect())
+        .str(
+            crate::table::schema::col::SPLIT,
+            rows.iter().map(|r| r.0.to_string()).collect(),
+        )
         .u32("x", rows.iter().map(|r| r.1.x).collect())
         .u32("y", rows.iter().map(|r| r.1.y).collect())
         .str(
@@ -413,13 +416,16 @@ fn write_patch_outputs(
                 .collect(),
         )
         .build()?;
-    table::write(&mut preds, out, "predictions")?;
+    table::write(&mut preds, out, crate::table::Table::Predictions.stem())?;
     let mut wins = TableBuilder::new()
         .str(
             "image",
             rows.iter().map(|r| sample(&r.1).id.clone()).collect(),
         )
-        .str("split", rows.iter().map(|r| r.0.to_string()).collect())
+        .str(
+            crate::table::schema::col::SPLIT,
+            rows.iter().map(|r| r.0.to_string()).collect(),
+        )
         .u32("x", rows.iter().map(|r| r.1.x).collect())
         .u32("y", rows.iter().map(|r| r.1.y).collect())
         .u32("w", rows.iter().map(|r| r.1.w).collect())

@@ -121,7 +121,10 @@ impl Stage for DataStage {
             .str("id", rows.iter().map(|r| r.id.clone()).collect())
             .str("patient", rows.iter().map(|r| r.patient.clone()).collect())
             .str("class", rows.iter().map(|r| r.class.clone()).collect())
-            .str("split", rows.iter().map(|r| r.split.to_string()).collect())
+            .str(
+                crate::table::schema::col::SPLIT,
+                rows.iter().map(|r| r.split.to_string()).collect(),
+            )
             .str("image", idx.samples.iter().map(|s| rel(&s.image)).collect())
             .opt_str(
                 "mask",

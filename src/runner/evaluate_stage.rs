@@ -28,7 +28,8 @@ use crate::error::{Error, Result};
 use crate::metrics::baselines;
 use crate::metrics::boundary::{BoundaryCounts, BoundaryTolerance, TruthOutlines};
 use crate::metrics::segmentation::Confusion;
-use crate::table::{self, TableBuilder};
+use crate::table::schema::col;
+use crate::table::{self, Source, Table, TableBuilder};
 use crate::train::segment::Segmenter;
 use crate::util::fs::{link_dir, mkdirs, publish_files, write_json};
 
@@ -46,18 +47,6 @@ const PUBLISHED: &[&str] = &[
     "seg_images.parquet",
     "seg_images.csv",
     "evaluate_summary.json",
-];
-
-/// Sources scored in `seg_metrics`, in order: the segmenter, its training labels, then the
-/// baselines (the `gated_*` ones only where negative images are all background).
-pub const SOURCES: [&str; 7] = [
-    "segmenter",
-    "pseudo",
-    "all_background",
-    "all_foreground",
-    "otsu",
-    "gated_segmenter",
-    "gated_otsu",
 ];
 
 /// Ids of the images the classifier calls negative (its `predictions` table).
@@ -193,13 +182,14 @@ impl Stage for EvaluateStage {
                     let gt = mask::ground_truth_sized(&idx.spec, smp, pred.dimensions())?;
                     let pseudo = cam::read_labels(&cam::sample_file(&pseudo_dir, &smp.id, "png"))?;
                     let mut conf: Vec<Option<(Confusion, BoundaryCounts)>> =
-                        vec![None; SOURCES.len()];
+                        vec![None; Source::ALL.len()];
                     if let Some(gt) = &gt {
                         let (w, h) = pred.dimensions();
                         let otsu = baselines::otsu_haematoxylin(&img);
                         let negative = gate && called_negative.contains(smp.id.as_str());
                         let bg = baselines::constant(w, h, 0);
                         let fg = baselines::constant(w, h, 1);
+                        // In `Source::ALL`'s order.
                         let maps: [&GrayImage; 7] = [
                             &pred,
                             &pseudo,
@@ -273,13 +263,13 @@ impl Stage for EvaluateStage {
                     .collect(),
             )
             .build()?;
-        table::write(&mut per, out, "seg_images")?;
+        table::write(&mut per, out, Table::SegImages.stem())?;
 
         let (mut m_split, mut m_source, mut m_metric, mut m_value) =
             (vec![], vec![], vec![], vec![]);
         let mut summary = serde_json::Map::new();
         for sp in [Split::Train, Split::Valid, Split::Test] {
-            for (k, source) in SOURCES.iter().enumerate() {
+            for (k, &source) in Source::ALL.iter().enumerate() {
                 let (mut cm, mut bc) = (Confusion::new(2), BoundaryCounts::new(2));
                 let mut any = false;
                 for r in rows.iter().filter(|r| r.1 == sp) {
@@ -293,18 +283,18 @@ impl Stage for EvaluateStage {
                     continue;
                 }
                 let sc = cm.scores();
-                let key = if *source == "segmenter" {
+                let key = if source == Source::Segmenter {
                     format!("{sp}_miou")
                 } else {
                     format!("{sp}_{source}_miou")
                 };
                 summary.insert(key, sc.miou.into());
-                if *source == "segmenter" {
+                if source == Source::Segmenter {
                     summary.insert(format!("{sp}_dice_foreground"), sc.dice[1].into());
                 }
                 let bs = bc.scores();
-                if ["segmenter", "pseudo"].contains(source) {
-                    let pre = if *source == "segmenter" {
+                if !source.is_baseline() {
+                    let pre = if source == Source::Segmenter {
                         format!("{sp}")
                     } else {
                         format!("{sp}_{source}")
@@ -321,12 +311,12 @@ impl Stage for EvaluateStage {
             }
         }
         let mut metrics = TableBuilder::new()
-            .str("split", m_split)
-            .str("source", m_source)
-            .str("metric", m_metric)
-            .f64("value", m_value)
+            .str(col::SPLIT, m_split)
+            .str(col::SOURCE, m_source)
+            .str(col::METRIC, m_metric)
+            .f64(col::VALUE, m_value)
             .build()?;
-        table::write(&mut metrics, out, "seg_metrics")?;
+        table::write(&mut metrics, out, Table::SegMetrics.stem())?;
         summary.insert(
             "inference_images_per_s".into(),
             (items.len() as f64 / infer_secs.max(1e-9)).into(),

@@ -131,7 +131,7 @@ pub fn predict_folder(
         .str("label", names)
         .f64("fg_fraction", fgs)
         .build()?;
-    table::write(&mut df, out, "predictions")?;
+    table::write(&mut df, out, crate::table::Table::Predictions.stem())?;
     Ok(PredictReport {
         images: n,
         failed,

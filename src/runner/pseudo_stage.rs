@@ -23,13 +23,15 @@ use rayon::prelude::*;
 use super::cam_stage::CAM_DIR;
 use serde::Serialize;
 
+use super::cam_stage::cam_layer;
 use super::stage::{SliceInput, Stage, StageInput};
-use crate::cam::{self, refine};
-use crate::config::{CrfConfig, Refine};
+use crate::cam::{self, refine, CamView};
+use crate::config::{CrfConfig, GcnConfig, Refine};
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
 use crate::table::{self, TableBuilder};
+use crate::train::classify::{self, Classifier, ClassifierConfig};
 use crate::util::fs::{link_dir, mkdirs, publish_files, write_json};
 
 /// See the module docs.
@@ -83,8 +85,8 @@ fn predictions(classify_dir: &Path) -> Result<HashMap<String, (String, bool)>> {
 }
 
 /// What the pseudo stage reads: the thresholds (the background one resolved), the
-/// refinement, and whether every image may hold foreground (patch-level labels: none is forced
-/// to background).
+/// refinement method with its settings, and whether every image may hold foreground
+/// (patch-level labels: none is forced to background).
 #[derive(Debug, Serialize)]
 pub struct PseudoSlice {
     threshold: f64,
@@ -93,8 +95,55 @@ pub struct PseudoSlice {
     /// `[cam.crf]`, read only with `refine = "crf"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     crf: Option<CrfConfig>,
+    /// What `refine = "gcn"` reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gcn: Option<GcnSlice>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     every_image_positive: bool,
+}
+
+/// What the GCN reads besides the CAM: its settings and the classifier whose features it pools
+/// (built as the classify stage built it, read at the CAM's block, seen as the CAM saw the
+/// image); the classifier's `train.seed` seeds the networks.
+#[derive(Debug, Serialize)]
+pub struct GcnSlice {
+    settings: GcnConfig,
+    classifier: ClassifierConfig,
+    layer: String,
+}
+
+impl PseudoSlice {
+    /// The refinement method (see [`refine`]).
+    fn method(&self) -> Result<Box<dyn refine::Refiner>> {
+        let missing = |what: &str| {
+            Error::stage(
+                "pseudo",
+                format!(
+                    "cam.refine = \"{what}\" reached the stage without its [cam.{what}] settings"
+                ),
+            )
+        };
+        let crf = match (self.refine, self.crf) {
+            (Refine::Crf, None) => return Err(missing("crf")),
+            (_, c) => c.unwrap_or_default(),
+        };
+        let gcn = match (self.refine, &self.gcn) {
+            (Refine::Gcn, None) => return Err(missing("gcn")),
+            (_, g) => g.as_ref().map(|g| g.settings).unwrap_or_default(),
+        };
+        Ok(refine::refiner(self.refine, &crf, &gcn))
+    }
+}
+
+/// Seed of one image's randomness: the run's seed mixed with the sample id (FNV-1a), so an
+/// image's pseudo label does not depend on which other images are in the run.
+fn image_seed(seed: u64, id: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 impl Stage for PseudoStage {
@@ -115,6 +164,11 @@ impl Stage for PseudoStage {
             background_threshold: c.background_threshold.unwrap_or(c.threshold),
             refine: c.refine,
             crf: (c.refine == Refine::Crf).then_some(c.crf),
+            gcn: (c.refine == Refine::Gcn).then(|| GcnSlice {
+                settings: c.gcn,
+                classifier: ClassifierConfig::of(input.config),
+                layer: input.config.backbone.cam_layer.clone(),
+            }),
             every_image_positive: input.config.labels.patch(),
         }
     }
@@ -139,6 +193,35 @@ impl Stage for PseudoStage {
         let items: Vec<usize> = (0..idx.samples.len())
             .filter(|&i| split.contains_key(&idx.samples[i].patient))
             .collect();
+        let method = cfg.method()?;
+        let needs = method.needs();
+        // The classifier, for the methods that read its features.
+        let features = match (&cfg.gcn, needs.features) {
+            (Some(g), true) => Some((
+                Classifier::load(
+                    &g.classifier,
+                    classify::outputs(&g.classifier, idx),
+                    input.device,
+                    &input
+                        .upstream_dir("classify")?
+                        .join("classifier.safetensors"),
+                )?,
+                CamView::of(&g.classifier.labels, g.classifier.train.image_size),
+                cam_layer(&g.layer),
+                g.classifier.train.seed,
+            )),
+            (None, true) => {
+                return Err(Error::stage(
+                    "pseudo",
+                    format!(
+                        "cam.refine = \"{}\" reads features but has no classifier",
+                        method.name()
+                    ),
+                ))
+            }
+            _ => None,
+        };
+        let fallbacks = std::sync::atomic::AtomicUsize::new(0);
         let pb = crate::progress::bar(items.len() as u64, "pseudo");
         let rows: Vec<Result<Row>> = items
             .par_iter()
@@ -149,35 +232,36 @@ impl Stage for PseudoStage {
                     .map_err(|e| Error::stage("pseudo", format!("{}: {e}", cam_path.display())))?
                     .into_luma8();
                 let positive = every_positive || s.class == idx.spec.positive;
-                let refined;
-                let c = if cfg.refine == Refine::None || !positive {
-                    &raw
+                let img = if positive && needs.image {
+                    Some(images.get(i)?)
                 } else {
-                    let img = images.get(i)?;
-                    if img.dimensions() != raw.dimensions() {
-                        return Err(Error::stage(
-                            "pseudo",
-                            format!(
-                                "{}: the CAM is {:?} but its image is {:?}; refinement needs both at the image's size",
-                                cam_path.display(),
-                                raw.dimensions(),
-                                img.dimensions()
-                            ),
-                        ));
-                    }
-                    refined = match (cfg.refine, cfg.crf.as_ref()) {
-                        (Refine::Crf, Some(p)) => cam::crf::refine_crf(&img, &raw, fg_t, p),
-                        (Refine::Crf, None) => {
-                            return Err(Error::stage(
-                                "pseudo",
-                                String::from("cam.refine = \"crf\" reached the stage without its [cam.crf] settings"),
-                            ))
-                        }
-                        _ => refine::refine_slic(&img, &raw),
-                    };
-                    &refined
+                    None
                 };
-                let label = cam::pseudo_label(c, fg_t, bg_t, positive);
+                let feats = match (&features, &img) {
+                    (Some((clf, view, layer, _)), Some(im)) => Some(cam::feature_map(
+                        &clf.model,
+                        im,
+                        *view,
+                        *layer,
+                        input.device,
+                    )?),
+                    _ => None,
+                };
+                let run_seed = features.as_ref().map_or(0, |f| f.3);
+                let refine_input = refine::RefineInput {
+                    cam: &raw,
+                    image: img.as_deref(),
+                    features: feats.as_ref(),
+                    threshold: fg_t,
+                    seed: image_seed(run_seed, &s.id),
+                };
+                let (label, fell_back) =
+                    refine::label(method.as_ref(), &refine_input, fg_t, bg_t, positive).map_err(
+                        |e| Error::stage("pseudo", format!("{}: {e}", cam_path.display())),
+                    )?;
+                if fell_back {
+                    fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let png = cam::label_png(&label)?;
                 let p = cam::sample_file_mk(&dir, &s.id, "png")?;
                 std::fs::write(&p, png).map_err(|e| Error::io(&p, e))?;
@@ -239,7 +323,10 @@ impl Stage for PseudoStage {
             .str("id", rows.iter().map(|r| r.id.clone()).collect())
             .str("patient", rows.iter().map(|r| r.patient.clone()).collect())
             .str("class", rows.iter().map(|r| r.class.clone()).collect())
-            .str("split", rows.iter().map(|r| r.split.to_string()).collect())
+            .str(
+                crate::table::schema::col::SPLIT,
+                rows.iter().map(|r| r.split.to_string()).collect(),
+            )
             .str(
                 "predicted",
                 rows.iter().map(|r| r.predicted.clone()).collect(),
@@ -259,7 +346,7 @@ impl Stage for PseudoStage {
             .f64("miou", rows.iter().map(|r| r.miou).collect())
             .f64("pointing_hit", rows.iter().map(|r| r.pointing).collect())
             .build()?;
-        table::write(&mut images_t, out, "pseudo_images")?;
+        table::write(&mut images_t, out, crate::table::Table::PseudoImages.stem())?;
 
         let (mut m_split, mut m_metric, mut m_value) = (vec![], vec![], vec![]);
         let mut summary = serde_json::Map::new();
@@ -311,11 +398,11 @@ impl Stage for PseudoStage {
             }
         }
         let mut metrics = TableBuilder::new()
-            .str("split", m_split)
-            .str("metric", m_metric)
-            .f64("value", m_value)
+            .str(crate::table::schema::col::SPLIT, m_split)
+            .str(crate::table::schema::col::METRIC, m_metric)
+            .f64(crate::table::schema::col::VALUE, m_value)
             .build()?;
-        table::write(&mut metrics, out, "pseudo_metrics")?;
+        table::write(&mut metrics, out, crate::table::Table::PseudoMetrics.stem())?;
         summary.insert("threshold".into(), fg_t.into());
         summary.insert("background_threshold".into(), bg_t.into());
         summary.insert(
@@ -323,6 +410,15 @@ impl Stage for PseudoStage {
             serde_json::to_value(cfg.refine).unwrap_or_default(),
         );
         summary.insert("images".into(), rows.len().into());
+        let fallbacks = fallbacks.into_inner();
+        if fallbacks > 0 {
+            tracing::warn!(
+                "cam.refine = \"{}\" fell back to superpixel voting on {fallbacks} of {} images (seeds of one class only)",
+                method.name(),
+                rows.len()
+            );
+        }
+        summary.insert("refine_fallbacks".into(), fallbacks.into());
         let pos: Vec<f64> = rows
             .iter()
             .filter(|r| r.class == idx.spec.classes[idx.spec.positive])

@@ -209,7 +209,7 @@ impl Stage for SegmentStage {
             )
             .f64("seconds", h.iter().map(|r| r.seconds).collect())
             .build()?;
-        table::write(&mut hist, out, "segment_history")?;
+        table::write(&mut hist, out, crate::table::Table::SegmentHistory.stem())?;
         write_json(
             &out.join("segment_summary.json"),
             &serde_json::json!({

@@ -21,7 +21,31 @@ use std::collections::HashMap;
 
 use image::{GrayImage, RgbImage};
 
+use super::{image_of, logit, to_cam_scale, Needs, RefineInput, Refined, Refiner};
 use crate::config::CrfConfig;
+use crate::error::Result;
+
+/// `cam.refine = "crf"` behind the [`Refiner`] seam.
+pub struct DenseCrf(pub CrfConfig);
+
+impl Refiner for DenseCrf {
+    fn name(&self) -> &'static str {
+        "crf"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            image: true,
+            features: false,
+        }
+    }
+    fn refine(&self, input: &RefineInput) -> Result<Refined> {
+        let img = image_of(input, self.name())?;
+        Ok(Refined {
+            map: refine_crf(img, input.cam, input.threshold, &self.0),
+            fallback: false,
+        })
+    }
+}
 
 /// A permutohedral lattice built over `n` points with `d`-dimensional features (already
 /// divided by the kernel's standard deviations), ready to Gaussian-filter values.
@@ -286,10 +310,6 @@ fn softmax_rows(e: &[f32], labels: usize) -> Vec<f32> {
     out
 }
 
-fn logit(p: f32) -> f32 {
-    (p / (1.0 - p)).ln()
-}
-
 /// Dense-CRF refinement of a normalised CAM (8-bit, `cam / 255`) over its image, for the
 /// confidence threshold `threshold`; returns the refined map on the same scale (see the module
 /// docs for the calibration). Errors: none — the image and CAM must have the same size
@@ -317,11 +337,7 @@ pub fn refine_crf(img: &RgbImage, cam: &GrayImage, threshold: f64, p: &CrfConfig
     );
     let raw = q
         .chunks(2)
-        .map(|qi| {
-            let qf = qi[1].clamp(1e-6, 1.0 - 1e-6);
-            let c = 1.0 / (1.0 + (-(logit(qf) + t)).exp());
-            (c * 255.0).round() as u8
-        })
+        .map(|qi| to_cam_scale(qi[1], threshold))
         .collect();
     GrayImage::from_raw(cam.width(), cam.height(), raw)
         .unwrap_or_else(|| GrayImage::new(cam.width(), cam.height()))

@@ -9,8 +9,33 @@
 
 use image::{GrayImage, RgbImage};
 
+use super::{image_of, Needs, RefineInput, Refined, Refiner};
+use crate::error::Result;
+
+/// `cam.refine = "slic"` behind the [`Refiner`] seam.
+pub struct Slic;
+
+impl Refiner for Slic {
+    fn name(&self) -> &'static str {
+        "slic"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            image: true,
+            features: false,
+        }
+    }
+    fn refine(&self, input: &RefineInput) -> Result<Refined> {
+        let img = image_of(input, self.name())?;
+        Ok(Refined {
+            map: refine_slic(img, input.cam),
+            fallback: false,
+        })
+    }
+}
+
 /// sRGB → CIELAB (D65).
-fn lab(p: [u8; 3]) -> [f32; 3] {
+pub fn lab(p: [u8; 3]) -> [f32; 3] {
     let lin = |c: u8| {
         let c = c as f32 / 255.0;
         if c <= 0.04045 {
@@ -35,7 +60,8 @@ fn lab(p: [u8; 3]) -> [f32; 3] {
 }
 
 /// SLIC superpixel labels (row-major, one per pixel) with superpixels about `region` pixels
-/// across.
+/// across. Labels index the initial grid of centres; a centre that ends with no pixel leaves
+/// its label unused.
 pub fn slic(img: &RgbImage, region: u32, compactness: f32, iters: usize) -> Vec<u32> {
     let (w, h) = img.dimensions();
     let (wu, hu) = (w as usize, h as usize);

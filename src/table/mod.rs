@@ -8,6 +8,9 @@ use polars::prelude::*;
 use crate::error::{Error, Result};
 use crate::util::fs::atomic_write_with;
 
+pub mod schema;
+pub use schema::{Source, Table};
+
 /// Column-by-column construction of a `DataFrame`.
 #[derive(Default)]
 pub struct TableBuilder {
