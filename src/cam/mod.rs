@@ -124,12 +124,10 @@ pub enum CamView {
 
 impl CamView {
     /// The view of a protocol: windows are seen at their training scale.
-    pub fn of(labels: &crate::config::LabelsConfig, image_size: u32) -> Self {
-        if labels.windows() {
-            Self::Scale(f64::from(image_size) / f64::from(labels.patch_size.max(1)))
-        } else {
-            Self::Square(image_size)
-        }
+    pub fn of(protocol: &crate::data::protocol::Protocol, image_size: u32) -> Self {
+        protocol
+            .window_scale(image_size)
+            .map_or(Self::Square(image_size), Self::Scale)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod decode;
 pub mod loader;
 pub mod mask;
 pub mod patches;
+pub mod protocol;
 pub mod registry;
 pub mod sample;
 pub mod scan;

@@ -29,6 +29,7 @@ use crate::cam::{self, CamSettings};
 use crate::config::{CamBalance, CamMethod, CamNorm, LabelLevel};
 use crate::data::loader::Images;
 use crate::data::patches::{self, Patch};
+use crate::data::protocol::Protocol;
 use crate::data::DatasetIndex;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
@@ -175,7 +176,8 @@ impl Stage for CamStage {
                 .upstream_dir("classify")?
                 .join("classifier.safetensors"),
         )?;
-        let patch = cfg.classifier.labels.patch();
+        let protocol = Protocol::of(&cfg.classifier.labels);
+        let patch = protocol.every_image_positive();
         let settings = CamSettings {
             method: cfg.cam.method,
             layer: cam_layer(&cfg.layer),
@@ -183,11 +185,7 @@ impl Stage for CamStage {
             normalize: cfg.cam.normalize,
             size: cfg.classifier.train.image_size,
             contrast: cfg.cam.contrast,
-            class: if patch {
-                patches::FOREGROUND
-            } else {
-                idx.spec.positive
-            },
+            class: protocol.cam_class(&idx.spec),
         };
         let images = super::data_stage::images(input, bytes)?;
         let dir = out.join(CAM_DIR);

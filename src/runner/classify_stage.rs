@@ -14,6 +14,7 @@ use super::stage::{SliceInput, Stage, StageInput};
 use crate::config::LabelLevel;
 use crate::data::loader::{Images, View};
 use crate::data::patches::{self, Patch};
+use crate::data::protocol::Protocol;
 use crate::data::registry::NegativeMasks;
 use crate::data::Split;
 use crate::error::Result;
@@ -73,7 +74,9 @@ impl Stage for ClassifyStage {
             .and_then(|p| FileIdentity::of(&input.manifest_dir.join(p)));
         let spec = &input.dataset.spec;
         ClassifySlice {
-            negative_masks: classifier.labels.patch().then_some(spec.negative_masks),
+            negative_masks: Protocol::of(&classifier.labels)
+                .every_image_positive()
+                .then_some(spec.negative_masks),
             classifier,
             pretrained_file,
             classes: spec.classes.clone(),

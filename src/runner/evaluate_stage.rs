@@ -22,6 +22,7 @@ use serde::Serialize;
 use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam;
 use crate::config::SegmentationConfig;
+use crate::data::protocol::Protocol;
 use crate::data::registry::NegativeMasks;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
@@ -110,7 +111,7 @@ impl Stage for EvaluateStage {
         EvaluateSlice {
             segmentation: input.config.segmentation.clone(),
             gate: input.dataset.spec.negative_masks == NegativeMasks::Background
-                && !input.config.labels.patch(),
+                && !Protocol::of(&input.config.labels).every_image_positive(),
             boundary: BoundaryTolerance {
                 f: input.config.metrics.boundary_f_tolerance,
                 iou: input.config.metrics.boundary_iou_width,

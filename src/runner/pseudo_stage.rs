@@ -27,6 +27,7 @@ use super::cam_stage::cam_layer;
 use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam::{self, refine, CamView};
 use crate::config::{CrfConfig, GcnConfig, Refine};
+use crate::data::protocol::Protocol;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
@@ -169,7 +170,7 @@ impl Stage for PseudoStage {
                 classifier: ClassifierConfig::of(input.config),
                 layer: input.config.backbone.cam_layer.clone(),
             }),
-            every_image_positive: input.config.labels.patch(),
+            every_image_positive: Protocol::of(&input.config.labels).every_image_positive(),
         }
     }
 
@@ -206,7 +207,10 @@ impl Stage for PseudoStage {
                         .upstream_dir("classify")?
                         .join("classifier.safetensors"),
                 )?,
-                CamView::of(&g.classifier.labels, g.classifier.train.image_size),
+                CamView::of(
+                    &Protocol::of(&g.classifier.labels),
+                    g.classifier.train.image_size,
+                ),
                 cam_layer(&g.layer),
                 g.classifier.train.seed,
             )),

@@ -22,7 +22,8 @@ use crate::config::{
     BackboneConfig, ExperimentConfig, LabelsConfig, LossConfig, LossVariant, TrainConfig,
 };
 use crate::data::loader::{self, Augment, Images, View};
-use crate::data::patches::{self, Patch, FOREGROUND};
+use crate::data::patches::{Patch, FOREGROUND};
+use crate::data::protocol::Protocol;
 use crate::data::{DatasetIndex, Split};
 use crate::error::Result;
 use crate::metrics::classification::Metrics;
@@ -379,11 +380,7 @@ fn targets(examples: &[&Example], k: usize) -> Vec<f32> {
 
 /// Number of classifier outputs: the dataset's classes, or the two window labels.
 pub fn outputs(cfg: &ClassifierConfig, idx: &DatasetIndex) -> usize {
-    if cfg.labels.patch() {
-        patches::LABELS.len()
-    } else {
-        idx.spec.classes.len()
-    }
+    Protocol::of(&cfg.labels).classifier_outputs(&idx.spec)
 }
 
 /// Everything a training run needs.

@@ -33,17 +33,16 @@ impl Refiner for DenseCrf {
         "crf"
     }
     fn needs(&self) -> Needs {
-        Needs {
-            image: true,
-            features: false,
-        }
+        Needs::IMAGE
     }
     fn refine(&self, input: &RefineInput) -> Result<Refined> {
         let img = image_of(input, self.name())?;
-        Ok(Refined {
-            map: refine_crf(img, input.cam, input.threshold, &self.0),
-            fallback: false,
-        })
+        Ok(Refined::new(refine_crf(
+            img,
+            input.cam,
+            input.threshold,
+            &self.0,
+        )))
     }
 }
 

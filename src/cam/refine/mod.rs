@@ -32,6 +32,14 @@ pub struct Needs {
     pub features: bool,
 }
 
+impl Needs {
+    /// The image only (SLIC, CRF).
+    pub const IMAGE: Needs = Needs {
+        image: true,
+        features: false,
+    };
+}
+
 /// A classifier feature map covering the whole image: `channels × height × width`, row-major
 /// per channel (the grid of the block the CAM reads; `height`/`width` in cells, not pixels).
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +80,16 @@ pub struct Refined {
     pub fallback: bool,
 }
 
+impl Refined {
+    /// A map computed as declared (no fallback).
+    pub fn new(map: GrayImage) -> Self {
+        Self {
+            map,
+            fallback: false,
+        }
+    }
+}
+
 /// A pseudo-label method (see the module docs).
 pub trait Refiner: Send + Sync {
     /// The `cam.refine` value.
@@ -94,10 +112,7 @@ impl Refiner for Unrefined {
         Needs::default()
     }
     fn refine(&self, input: &RefineInput) -> Result<Refined> {
-        Ok(Refined {
-            map: input.cam.clone(),
-            fallback: false,
-        })
+        Ok(Refined::new(input.cam.clone()))
     }
 }
 

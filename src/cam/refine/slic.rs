@@ -20,17 +20,11 @@ impl Refiner for Slic {
         "slic"
     }
     fn needs(&self) -> Needs {
-        Needs {
-            image: true,
-            features: false,
-        }
+        Needs::IMAGE
     }
     fn refine(&self, input: &RefineInput) -> Result<Refined> {
         let img = image_of(input, self.name())?;
-        Ok(Refined {
-            map: refine_slic(img, input.cam),
-            fallback: false,
-        })
+        Ok(Refined::new(refine_slic(img, input.cam)))
     }
 }
 
