@@ -17,7 +17,7 @@ use crate::data::{
 use crate::error::{Error, Result, EXIT_OK, EXIT_RUN_FAILED};
 use crate::report::compare::CompareOptions;
 use crate::report::{Experiment, ReportOptions};
-use crate::runner::{Report, Runner, RunnerOptions};
+use crate::runner::{Report, Runner, RunnerOptions, Selection};
 use crate::table;
 
 /// Declarative weakly supervised semantic segmentation experiments for histopathology.
@@ -84,6 +84,14 @@ pub enum Command {
         /// Do not write the report (`<reports-dir>/<experiment>/`) at the end.
         #[arg(long)]
         no_report: bool,
+        /// Run only this variant (its id, as `plan` lists it; repeat for several). Other
+        /// processes may run the other variants of the experiment at the same time.
+        #[arg(long = "variant", value_name = "ID")]
+        variants: Vec<String>,
+        /// Run only shard i of n (1-based): every n-th variant in manifest order from the i-th,
+        /// e.g. one SLURM array task each.
+        #[arg(long, value_name = "I/N", conflicts_with = "variants")]
+        shard: Option<crate::runner::Shard>,
     },
     /// Write an experiment's report: tables, figures, galleries, index.html and summary.md.
     Report {
@@ -190,7 +198,16 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             ov,
             fresh,
             no_report,
-        } => run(&cli, manifest, ov, *fresh, !*no_report),
+            variants,
+            shard,
+        } => run(
+            &cli,
+            manifest,
+            ov,
+            *fresh,
+            !*no_report,
+            &Selection::of(variants, *shard),
+        ),
         Command::Report {
             experiment,
             out,
@@ -351,12 +368,19 @@ fn plan(cli: &Cli, manifest: &Path, ov: &Overrides, json: bool) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-fn run(cli: &Cli, manifest: &Path, ov: &Overrides, fresh: bool, with_report: bool) -> Result<i32> {
+fn run(
+    cli: &Cli,
+    manifest: &Path,
+    ov: &Overrides,
+    fresh: bool,
+    with_report: bool,
+    selection: &Selection,
+) -> Result<i32> {
     let m = load(manifest, ov)?;
     // From here a first Ctrl-C / SIGTERM stops at a safe point (exit 130 / 143).
     crate::util::interrupt::install().map_err(|e| Error::Usage(format!("signal handlers: {e}")))?;
     let runner = runner(cli, manifest, fresh)?;
-    let report = runner.run(&m)?;
+    let report = runner.run(&m, selection)?;
     print_report(&report, true);
     if with_report {
         let exp = Experiment::load(&cli.work_dir.join(m.name()))?;

@@ -910,3 +910,117 @@ fn stain_normalisation_is_fitted_on_training_images_and_applied_by_predict() {
         "the segmenter predicts one class: the comparison says nothing"
     );
 }
+
+/// `results.csv` of an experiment as (header, rows), without the columns that measure time or
+/// speed or name a folder (they differ between any two runs).
+fn results_without_times(exp_dir: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(exp_dir.join("results.csv")).unwrap();
+    let h: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let keep: Vec<usize> = (0..h.len())
+        .filter(|&i| {
+            let c = &h[i];
+            !(c.ends_with("seconds") || c.ends_with("_per_s") || c == "run_dir")
+        })
+        .collect();
+    let rows = r
+        .records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            keep.iter().map(|&i| rec[i].to_string()).collect()
+        })
+        .collect();
+    (keep.iter().map(|&i| h[i].clone()).collect(), rows)
+}
+
+fn cache_entries(work: &Path, stage: &str) -> usize {
+    std::fs::read_dir(work.join(".cache").join(stage))
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_variant_processes_at_once_equal_one_sequential_run() {
+    let manifest = format!("{MINIMAL}\n[sweep.grid]\n\"cam.threshold\" = [0.5, 0.7]\n");
+    // One process, both variants.
+    let seq = Sandbox::new();
+    let m = seq.write("m.toml", &manifest);
+    let o = seq.run(&["run", m.to_str().unwrap(), "--no-report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Two processes at once, one variant each: they share the data, classify and cam stages.
+    let par = Sandbox::new();
+    let m = par.write("m.toml", &manifest);
+    let children: Vec<_> = ["cam.threshold=0.5", "cam.threshold=0.7"]
+        .iter()
+        .map(|id| {
+            par.std_cmd()
+                .args(["run", m.to_str().unwrap(), "--no-report", "--variant", id])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The classifier was trained once, and each process's files name both variants.
+    for stage in ["data", "classify", "cam"] {
+        assert_eq!(cache_entries(&par.work(), stage), 1, "{stage}");
+    }
+    assert_eq!(cache_entries(&par.work(), "pseudo"), 2);
+    let exp = json(&par.work().join("t/experiment.json"));
+    let ids: Vec<&str> = exp["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cam.threshold=0.5", "cam.threshold=0.7"]);
+    // The same numbers as the sequential run.
+    assert_eq!(
+        results_without_times(&par.work().join("t")),
+        results_without_times(&seq.work().join("t"))
+    );
+}
+
+#[test]
+fn shards_run_disjoint_variants_and_the_results_grow_with_each() {
+    let sb = Sandbox::new();
+    let m = sb.write(
+        "m.toml",
+        &format!("{MINIMAL}\n[sweep.grid]\n\"cam.threshold\" = [0.4, 0.5, 0.7]\n"),
+    );
+    let m = m.to_str().unwrap();
+    let listed = |sb: &Sandbox| -> Vec<String> {
+        json(&sb.work().join("t/experiment.json"))["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let o = sb.run(&["run", m, "--no-report", "--shard", "2/2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(listed(&sb), ["cam.threshold=0.5"]);
+    let o = sb.run(&["run", m, "--no-report", "--shard", "1/2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        listed(&sb),
+        [
+            "cam.threshold=0.4",
+            "cam.threshold=0.5",
+            "cam.threshold=0.7"
+        ]
+    );
+    // Bad selections are bad input (exit 2), named.
+    let o = sb.run(&["run", m, "--variant", "cam.threshold=0.9"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("`cam.threshold=0.9`") && err.contains("`cam.threshold=0.4`"),
+        "{err}"
+    );
+    let o = sb.run(&["run", m, "--shard", "3/2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -24,6 +24,7 @@ mod pseudo_stage;
 mod results;
 mod rundir;
 mod segment_stage;
+mod select;
 mod stage;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,7 @@ pub use predict::{predict_folder, PredictReport};
 pub use pseudo_stage::PseudoStage;
 pub use rundir::{run_dir_name, RunInfo, Versions};
 pub use segment_stage::{SegmentStage, WEIGHTS as SEGMENTER_WEIGHTS};
+pub use select::{Selection, Shard};
 pub use stage::{DynStage, SliceInput, Stage, StageInput};
 
 use crate::config::{ConfigError, ConfigErrors, Manifest, Variant};
@@ -449,16 +451,24 @@ impl Runner {
         })
     }
 
-    /// Run every variant through the stage chain. Bad input stops the run (exit code 2); a
-    /// variant that fails while running is reported and the others still run (exit code 1).
-    pub fn run(&self, m: &Manifest) -> Result<Report> {
+    /// Run the selected variants through the stage chain. Bad input stops the run (exit code
+    /// 2); a variant that fails while running is reported and the others still run (exit
+    /// code 1). Returns this process's variants.
+    ///
+    /// Safe beside other processes running other (or the same) variants of the experiment:
+    /// each variant holds the lock of its run directory while it runs, and
+    /// `experiment.json` / `results` are rebuilt at the end, under the experiment's lock, from
+    /// this process's outcomes and every other variant's `run.json` — never from this process's
+    /// variants alone, so no shard's results replace another's.
+    pub fn run(&self, m: &Manifest, selection: &Selection) -> Result<Report> {
         let (datasets, notes, all_keys) = self.prepare(m, Open::Run)?;
+        let picked = selection.pick(m)?;
         let exp_dir = self.exp_dir(m);
-        let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
         let mut computed_now: BTreeSet<(String, String)> = BTreeSet::new();
         let mut variants = Vec::new();
         let total = m.variants.len();
-        for (vi, (v, keys)) in all_keys.iter().enumerate() {
+        for &vi in &picked {
+            let (v, keys) = &all_keys[vi];
             tracing::info!("variant {}/{total}: {}", vi + 1, v.id);
             let spec = self.dataset_for(m, v)?;
             let (Some(idx), Some(keys)) = (datasets.get(&spec.name).and_then(Option::as_ref), keys)
@@ -469,6 +479,11 @@ impl Runner {
                 )));
             };
             let run_dir = exp_dir.join(run_dir_name(v));
+            let _variant_lock = Lock::acquire(
+                &exp_dir
+                    .join(".locks")
+                    .join(format!("{}.lock", run_dir_name(v))),
+            )?;
             match self.run_variant(m, v, idx, keys, &run_dir, &mut computed_now) {
                 Ok(stages) => variants.push(VariantReport {
                     id: v.id.clone(),
@@ -496,9 +511,63 @@ impl Runner {
             variants,
             notes,
         };
-        write_json(&exp_dir.join("experiment.json"), &report)?;
-        results::write(m, &report, &exp_dir)?;
+        let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
+        let all = self.rebuild(m, &report);
+        write_json(&exp_dir.join("experiment.json"), &all)?;
+        results::write(m, &all, &exp_dir)?;
         Ok(report)
+    }
+
+    /// The experiment's report over every variant, in manifest order: this process's outcomes
+    /// (`own`), and for the other variants what their run directories record — finished runs
+    /// (complete, failed or interrupted) only; a variant still running or never run is left out
+    /// until the process that runs it rebuilds the files.
+    fn rebuild(&self, m: &Manifest, own: &Report) -> Report {
+        let exp_dir = self.exp_dir(m);
+        let mut variants = Vec::new();
+        for v in &m.variants {
+            if let Some(r) = own.variants.iter().find(|r| r.id == v.id) {
+                variants.push(r.clone());
+                continue;
+            }
+            let run_dir = exp_dir.join(run_dir_name(v));
+            let Some(info) = std::fs::read(run_dir.join("run.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
+            else {
+                continue;
+            };
+            let error = match info.status.as_str() {
+                "complete" => None,
+                "failed" | "interrupted" => Some(
+                    info.error
+                        .clone()
+                        .unwrap_or_else(|| format!("run {}", info.status)),
+                ),
+                _ => continue,
+            };
+            variants.push(VariantReport {
+                id: v.id.clone(),
+                hash: v.hash.clone(),
+                run_dir,
+                stages: info
+                    .stages
+                    .iter()
+                    .map(|s| StageState {
+                        stage: s.stage.clone(),
+                        key: Some(s.key.clone()),
+                        state: s.state.clone(),
+                        seconds: s.seconds,
+                    })
+                    .collect(),
+                error,
+            });
+        }
+        Report {
+            experiment: own.experiment.clone(),
+            variants,
+            notes: own.notes.clone(),
+        }
     }
 
     fn run_variant(
