@@ -92,6 +92,35 @@ pub enum Command {
         /// e.g. one SLURM array task each.
         #[arg(long, value_name = "I/N", conflicts_with = "variants")]
         shard: Option<crate::runner::Shard>,
+        /// Stop each variant after this stage (its run directory stays `partial`); launchers
+        /// compute shared upstream stages this way.
+        #[arg(long, value_name = "STAGE", value_parser = ["data", "classify", "cam", "pseudo", "segment"])]
+        until: Option<String>,
+        /// How the variants are launched (default: in this process, one after another).
+        #[command(flatten)]
+        launch: Box<LaunchArgs>,
+    },
+    /// Rebuild an experiment's experiment.json, results and report from its run directories
+    /// (a run that ended without finishing counts as failed); exit 1 if a variant is not done.
+    /// What a cluster's report job runs.
+    Collect {
+        /// Manifest file.
+        manifest: PathBuf,
+        /// Overrides.
+        #[command(flatten)]
+        ov: Overrides,
+        /// Do not write the report.
+        #[arg(long)]
+        no_report: bool,
+    },
+    /// Each variant's state (pending, partial, running, done, failed) from its run directory,
+    /// with the SLURM jobs of the last submission.
+    Status {
+        /// Manifest file.
+        manifest: PathBuf,
+        /// Overrides.
+        #[command(flatten)]
+        ov: Overrides,
     },
     /// Write an experiment's report: tables, figures, galleries, index.html and summary.md.
     Report {
@@ -174,6 +203,51 @@ pub enum Command {
     Schema,
 }
 
+/// How `wsss run` runs the variants: in this process (default), or as separate processes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LaunchArgs {
+    /// `local`: one process per variant on this machine (`--jobs` at once); `slurm`: SLURM job
+    /// arrays (upstream, variants, report), submitted with sbatch.
+    #[arg(long, value_parser = ["local", "slurm"])]
+    launcher: Option<String>,
+    /// local: processes at once.
+    #[arg(long, default_value_t = 2, requires = "launcher")]
+    jobs: usize,
+    /// Launch only the variants that are not done (failed, missing, or never finished).
+    #[arg(long, requires = "launcher")]
+    resume: bool,
+    /// slurm: print the scripts and the sbatch commands, submit nothing.
+    #[arg(long, requires = "launcher")]
+    dry_run: bool,
+    /// slurm: wait until the report job has ended; exit 0 if every variant is done, else 1.
+    #[arg(long, requires = "launcher")]
+    wait: bool,
+    /// slurm: --partition.
+    #[arg(long, requires = "launcher")]
+    partition: Option<String>,
+    /// slurm: --gpus-per-task of the variant tasks.
+    #[arg(long, requires = "launcher")]
+    gpus_per_task: Option<u32>,
+    /// slurm: --cpus-per-task.
+    #[arg(long, requires = "launcher")]
+    cpus_per_task: Option<u32>,
+    /// slurm: --mem (e.g. 16G).
+    #[arg(long, requires = "launcher")]
+    mem: Option<String>,
+    /// slurm: --time (e.g. 04:00:00).
+    #[arg(long, requires = "launcher")]
+    time: Option<String>,
+    /// slurm: at most this many array tasks at once.
+    #[arg(long, requires = "launcher")]
+    array_parallelism: Option<u32>,
+    /// slurm: --account.
+    #[arg(long, requires = "launcher")]
+    account: Option<String>,
+    /// slurm: a further #SBATCH line, verbatim (repeatable), e.g. --extra-sbatch=--qos=long.
+    #[arg(long, requires = "launcher", allow_hyphen_values = true)]
+    extra_sbatch: Vec<String>,
+}
+
 /// Overrides shared by manifest commands.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Overrides {
@@ -200,14 +274,26 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             no_report,
             variants,
             shard,
-        } => run(
-            &cli,
+            until,
+            launch,
+        } => match &launch.launcher {
+            Some(l) => launch_run(&cli, manifest, ov, l, launch),
+            None => run(
+                &cli,
+                manifest,
+                ov,
+                *fresh,
+                !*no_report && until.is_none(),
+                &Selection::of(variants, *shard),
+                until.clone(),
+            ),
+        },
+        Command::Collect {
             manifest,
             ov,
-            *fresh,
-            !*no_report,
-            &Selection::of(variants, *shard),
-        ),
+            no_report,
+        } => collect(&cli, manifest, ov, !*no_report),
+        Command::Status { manifest, ov } => status(&cli, manifest, ov),
         Command::Report {
             experiment,
             out,
@@ -272,6 +358,10 @@ fn runner(cli: &Cli, manifest: &Path, fresh: bool) -> Result<Runner> {
         work_dir: cli.work_dir.clone(),
         fresh,
         crash_at: std::env::var("WSSS_CRASH_AT")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        until: None,
+        fail_variant: std::env::var("WSSS_FAIL_VARIANT")
             .ok()
             .filter(|s| !s.is_empty()),
     };
@@ -368,6 +458,7 @@ fn plan(cli: &Cli, manifest: &Path, ov: &Overrides, json: bool) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     cli: &Cli,
     manifest: &Path,
@@ -375,11 +466,13 @@ fn run(
     fresh: bool,
     with_report: bool,
     selection: &Selection,
+    until: Option<String>,
 ) -> Result<i32> {
     let m = load(manifest, ov)?;
     // From here a first Ctrl-C / SIGTERM stops at a safe point (exit 130 / 143).
     crate::util::interrupt::install().map_err(|e| Error::Usage(format!("signal handlers: {e}")))?;
-    let runner = runner(cli, manifest, fresh)?;
+    let mut runner = runner(cli, manifest, fresh)?;
+    runner.set_until(until);
     let report = runner.run(&m, selection)?;
     print_report(&report, true);
     if with_report {
@@ -407,6 +500,140 @@ fn run(
     } else {
         EXIT_OK
     })
+}
+
+/// `wsss run --launcher …`: the variants as separate processes or SLURM jobs.
+fn launch_run(
+    cli: &Cli,
+    manifest: &Path,
+    ov: &Overrides,
+    which: &str,
+    a: &LaunchArgs,
+) -> Result<i32> {
+    use crate::launcher::{absolute, local::Local, slurm, Invocation, LaunchPlan, Launcher};
+    let m = load(manifest, ov)?;
+    let runner = runner(cli, manifest, false)?;
+    let plan = LaunchPlan::of(&runner, &m, a.resume)?;
+    let mut global = vec![
+        "--work-dir".to_string(),
+        absolute(&cli.work_dir).display().to_string(),
+        "--reports-dir".into(),
+        absolute(&cli.reports_dir).display().to_string(),
+    ];
+    if let Some(d) = &cli.datasets {
+        global.extend(["--datasets".into(), absolute(d).display().to_string()]);
+    }
+    let inv = Invocation {
+        exe: std::env::current_exe()
+            .map_err(|e| Error::Usage(format!("this program's path: {e}")))?,
+        global,
+        manifest: absolute(manifest),
+        sets: ov.sets.clone(),
+    };
+    let launcher: Box<dyn Launcher> = match which {
+        "local" => Box::new(Local {
+            jobs: a.jobs.max(1),
+        }),
+        _ => Box::new(slurm::Slurm {
+            options: slurm::SlurmOptions {
+                partition: a.partition.clone(),
+                gpus_per_task: a.gpus_per_task,
+                cpus_per_task: a.cpus_per_task,
+                mem: a.mem.clone(),
+                time: a.time.clone(),
+                array_parallelism: a.array_parallelism,
+                account: a.account.clone(),
+                extra_sbatch: a.extra_sbatch.clone(),
+            },
+            dry_run: a.dry_run,
+            wait: a.wait,
+        }),
+    };
+    outln!(
+        "{which}: {} variant(s) to run, {} distinct classifier(s) first",
+        plan.variants.len(),
+        plan.upstream.len()
+    );
+    if !launcher.launch(&inv, &plan)? {
+        return Ok(EXIT_OK);
+    }
+    Ok(print_states(&runner, &m))
+}
+
+/// Print each variant's state; the exit code of the experiment (1 if one is not done).
+fn print_states(runner: &Runner, m: &Manifest) -> i32 {
+    let states = runner.states(m);
+    let sub = crate::launcher::slurm::latest(&runner.work_dir().join(m.name()));
+    let queue = sub
+        .as_ref()
+        .map(crate::launcher::slurm::queue_states)
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = states
+        .iter()
+        .map(|(id, st, err)| {
+            let job = sub
+                .as_ref()
+                .and_then(|s| {
+                    let i = s.variant_ids.iter().position(|v| v == id)?;
+                    let task = format!("{}_{i}", s.variants);
+                    let q = queue
+                        .iter()
+                        .find(|(j, _)| *j == task || *j == s.variants)
+                        .map(|(_, q)| format!(" {q}"))
+                        .unwrap_or_default();
+                    Some(format!("{task}{q}"))
+                })
+                .unwrap_or_default();
+            vec![
+                id.clone(),
+                st.as_str().to_string(),
+                job,
+                err.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out!(
+        "{}",
+        table::text(&["variant", "state", "slurm job", "detail"], &rows)
+    );
+    let done = states
+        .iter()
+        .filter(|(_, s, _)| *s == crate::runner::VariantState::Done)
+        .count();
+    outln!("{done} of {} variant(s) done", states.len());
+    if done == states.len() {
+        EXIT_OK
+    } else {
+        EXIT_RUN_FAILED
+    }
+}
+
+fn collect(cli: &Cli, manifest: &Path, ov: &Overrides, with_report: bool) -> Result<i32> {
+    let m = load(manifest, ov)?;
+    let runner = runner(cli, manifest, false)?;
+    let (_, not_done) = runner.collect(&m)?;
+    if with_report {
+        let exp = Experiment::load(&cli.work_dir.join(m.name()))?;
+        let w = crate::report::build(
+            &exp,
+            Some(runner.registry()),
+            &cli.reports_dir.join(m.name()),
+            &ReportOptions::default(),
+        )?;
+        outln!("report: {}", w.dir.join("index.html").display());
+    }
+    Ok(print_states(&runner, &m).max(if not_done.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_RUN_FAILED
+    }))
+}
+
+fn status(cli: &Cli, manifest: &Path, ov: &Overrides) -> Result<i32> {
+    let m = load(manifest, ov)?;
+    let runner = runner(cli, manifest, false)?;
+    print_states(&runner, &m);
+    Ok(EXIT_OK)
 }
 
 fn datasets(cli: &Cli, name: Option<&str>, manifest: Option<&Path>, verify: bool) -> Result<i32> {

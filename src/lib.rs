@@ -9,6 +9,8 @@
 //! [`config`] (manifest → resolved variants) → [`runner`] (plan, stages, cache, run dirs) →
 //! [`data`] (registry, scan, split, synthetic data) → [`table`] (polars tables) → [`report`]
 //! (tables, figures, galleries, HTML).
+//! [`launcher`] runs a manifest's variants as separate processes (on this machine, or as SLURM
+//! job arrays) over the same work directory.
 //! The binary (`src/main.rs`) only parses arguments and calls [`cli::dispatch`].
 //! The models' CPU arithmetic (GEMM, convolution, batch norm, ReLU, max-pool, AdamW) lives in
 //! the `wsss-kernels` crate (`crates/kernels`, plain slices, always built optimised), wrapped
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod launcher;
 pub mod metrics;
 pub mod model;
 pub mod progress;

@@ -4,6 +4,7 @@
 //! `work_dir/` layout:
 //! ```text
 //! .cache/<stage>/<key>/          one complete stage output (shared by every variant with that key)
+//! .locks/<experiment>/           one lock per variant while a process runs it
 //! <experiment>/experiment.json   variants, their run directories and last outcome
 //! <experiment>/<variant>-<hash>/ one run directory per resolved config: config.toml, run.json,
 //!                                and the user-facing outputs of each stage
@@ -50,6 +51,19 @@ use crate::data::{self, DatasetIndex, Registry};
 use crate::error::{Error, Result};
 use crate::util::fs::{write_json, Lock};
 
+/// The lock a process holds while it runs variant `v` of the experiment in `exp_dir`:
+/// `<work_dir>/.locks/<experiment>/<run dir name>.lock`, beside the cache rather than among the
+/// run directories.
+fn variant_lock(exp_dir: &Path, v: &Variant) -> PathBuf {
+    let (work, exp) = (
+        exp_dir.parent().unwrap_or(Path::new(".")),
+        exp_dir.file_name().unwrap_or_default(),
+    );
+    work.join(".locks")
+        .join(exp)
+        .join(format!("{}.lock", run_dir_name(v)))
+}
+
 /// The stage chain, in order; each declares its upstream stages and config slice.
 pub fn stages() -> Vec<Box<dyn DynStage>> {
     vec![
@@ -95,6 +109,41 @@ pub struct RunnerOptions {
     pub fresh: bool,
     /// Testing hook: abort the process just before the named stage commits its output.
     pub crash_at: Option<String>,
+    /// Stop each variant after this stage (`--until`): a launcher computes the shared
+    /// upstream stages first. Such a run directory is `partial`, not complete.
+    pub until: Option<String>,
+    /// Testing hook (`WSSS_FAIL_VARIANT`): the variant with this id fails before its first
+    /// stage, as a crashed task would.
+    pub fail_variant: Option<String>,
+}
+
+/// The state of one variant as its run directory (and its lock) tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VariantState {
+    /// No run directory yet.
+    Pending,
+    /// Stopped after `--until` (shared upstream stages done).
+    Partial,
+    /// A process is running it (it holds the variant's lock).
+    Running,
+    /// Finished.
+    Done,
+    /// Failed, interrupted, or ended without finishing (killed: out of time or memory?).
+    Failed,
+}
+
+impl VariantState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VariantState::Pending => "pending",
+            VariantState::Partial => "partial",
+            VariantState::Running => "running",
+            VariantState::Done => "done",
+            VariantState::Failed => "failed",
+        }
+    }
 }
 
 /// Runs manifests against a dataset registry.
@@ -195,6 +244,21 @@ impl Runner {
     /// The registry in use.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Stop each variant after this stage (see [`RunnerOptions::until`]).
+    pub fn set_until(&mut self, until: Option<String>) {
+        self.opts.until = until;
+    }
+
+    /// The work directory (caches and run directories).
+    pub fn work_dir(&self) -> &Path {
+        &self.opts.work_dir
+    }
+
+    /// The stage chain's names, in order.
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name()).collect()
     }
 
     /// Check what needs data: every variant's dataset is registered, every file of it decodes
@@ -479,11 +543,7 @@ impl Runner {
                 )));
             };
             let run_dir = exp_dir.join(run_dir_name(v));
-            let _variant_lock = Lock::acquire(
-                &exp_dir
-                    .join(".locks")
-                    .join(format!("{}.lock", run_dir_name(v))),
-            )?;
+            let _variant_lock = Lock::acquire(&variant_lock(&exp_dir, v))?;
             match self.run_variant(m, v, idx, keys, &run_dir, &mut computed_now) {
                 Ok(stages) => variants.push(VariantReport {
                     id: v.id.clone(),
@@ -511,11 +571,89 @@ impl Runner {
             variants,
             notes,
         };
+        if self.opts.until.is_none() {
+            let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
+            let all = self.rebuild(m, &report);
+            write_json(&exp_dir.join("experiment.json"), &all)?;
+            results::write(m, &all, &exp_dir)?;
+        }
+        Ok(report)
+    }
+
+    /// Each variant's state (manifest order) with its failure message, from its run
+    /// directory: a `running` run whose lock no process holds ended without finishing.
+    pub fn states(&self, m: &Manifest) -> Vec<(String, VariantState, Option<String>)> {
+        let exp_dir = self.exp_dir(m);
+        m.variants
+            .iter()
+            .map(|v| {
+                let info = std::fs::read(exp_dir.join(run_dir_name(v)).join("run.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok());
+                let Some(info) = info else {
+                    return (v.id.clone(), VariantState::Pending, None);
+                };
+                let (state, err) = match info.status.as_str() {
+                    "complete" => (VariantState::Done, None),
+                    "partial" => (VariantState::Partial, None),
+                    "failed" | "interrupted" => (VariantState::Failed, info.error.clone()),
+                    _ if Lock::held(&variant_lock(&exp_dir, v)) => (VariantState::Running, None),
+                    _ => (
+                        VariantState::Failed,
+                        Some(format!(
+                            "ended without finishing (last update {}): killed, or out of time or memory?",
+                            info.updated
+                        )),
+                    ),
+                };
+                (v.id.clone(), state, err)
+            })
+            .collect()
+    }
+
+    /// What a cluster's report job runs: rebuild `experiment.json` and `results` from every
+    /// run directory (a run that ended without finishing is recorded as failed). Returns the
+    /// experiment's report and the ids of variants that are not done.
+    pub fn collect(&self, m: &Manifest) -> Result<(Report, Vec<String>)> {
+        let exp_dir = self.exp_dir(m);
+        let states = self.states(m);
+        let own = Report {
+            experiment: m.name().into(),
+            variants: m
+                .variants
+                .iter()
+                .zip(&states)
+                .filter(|(_, (_, s, _))| *s == VariantState::Failed)
+                .map(|(v, (_, _, err))| VariantReport {
+                    id: v.id.clone(),
+                    hash: v.hash.clone(),
+                    run_dir: exp_dir.join(run_dir_name(v)),
+                    stages: vec![],
+                    error: err.clone(),
+                })
+                .collect(),
+            notes: vec![],
+        };
         let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
-        let all = self.rebuild(m, &report);
+        let all = self.rebuild(m, &own);
         write_json(&exp_dir.join("experiment.json"), &all)?;
         results::write(m, &all, &exp_dir)?;
-        Ok(report)
+        let not_done = states
+            .into_iter()
+            .filter(|(_, s, _)| *s != VariantState::Done)
+            .map(|(id, _, _)| id)
+            .collect();
+        Ok((all, not_done))
+    }
+
+    /// Every variant's stage keys, with the data generated if it is missing (what a launcher
+    /// groups variants by). Errors as [`Runner::run`]'s bad input.
+    pub fn stage_keys_of(&self, m: &Manifest) -> Result<Vec<(String, Vec<String>)>> {
+        let (_, _, all_keys) = self.prepare(m, Open::Run)?;
+        Ok(all_keys
+            .into_iter()
+            .map(|(v, k)| (v.id.clone(), k.unwrap_or_default()))
+            .collect())
     }
 
     /// The experiment's report over every variant, in manifest order: this process's outcomes
@@ -583,10 +721,21 @@ impl Runner {
         let mdir = manifest_dir(m);
         let versions = Versions::current();
         let mut info = rundir::open(run_dir, m, v, idx, &versions, &device_desc, self.opts.fresh)?;
+        if self.opts.fail_variant.as_deref() == Some(v.id.as_str()) {
+            let msg = format!("WSSS_FAIL_VARIANT={}: injected failure", v.id);
+            info.fail(run_dir, "data", &msg)?;
+            return Err(Error::stage("data", msg));
+        }
         let src = |k: &str| m.source_of(v, k);
         let mut upstream: BTreeMap<&'static str, PathBuf> = BTreeMap::new();
         let mut states = Vec::new();
         for (s, key) in self.stages.iter().zip(stage_keys) {
+            if states.last().is_some_and(|st: &StageState| {
+                self.opts.until.as_deref() == Some(st.stage.as_str())
+            }) {
+                info.partial(run_dir)?;
+                return Ok(states);
+            }
             let t0 = Instant::now();
             let slice_input = SliceInput {
                 config: &v.config,

@@ -259,6 +259,13 @@ impl RunInfo {
         write_json(&dir.join("run.json"), self)
     }
 
+    /// Mark the run stopped after `--until`'s stage: the rest runs when it is rerun.
+    pub fn partial(&mut self, dir: &Path) -> Result<()> {
+        self.status = "partial".into();
+        self.updated = now();
+        write_json(&dir.join("run.json"), self)
+    }
+
     /// Mark the run interrupted (by a signal) in a stage: it resumes when rerun.
     pub fn interrupt(&mut self, dir: &Path, stage: &str, msg: &str) -> Result<()> {
         self.status = "interrupted".into();

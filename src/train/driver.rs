@@ -166,6 +166,10 @@ pub fn fit<L: Learner>(
         let mut tally = L::Tally::default();
         let (mut loss_sum, mut n) = (0.0, 0usize);
         let (mut gsum, mut gmax, mut nsteps) = (0.0, 0.0f64, 0usize);
+        let mut progress = crate::progress::Steps::new(
+            format!("{} epoch {}/{epochs}", learner.stage(), epoch + 1),
+            plan.len(),
+        );
         loader::prefetched(
             plan.len(),
             |i| learner.build(&plan[i]),
@@ -198,9 +202,11 @@ pub fn fit<L: Learner>(
                 opt.step(&grads)?;
                 loss_sum += lv * k as f64;
                 n += k;
+                progress.step(k);
                 Ok(())
             },
         )?;
+        progress.finish();
         let train_seconds = t0.elapsed().as_secs_f64();
         secs += train_seconds;
         if n == 0 {

@@ -139,11 +139,31 @@ impl Lock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether some process holds the lock at `path` now (false when the file does not
+    /// exist). Does not wait.
+    pub fn held(path: &Path) -> bool {
+        let Ok(file) = OpenOptions::new().write(true).open(path) else {
+            return false;
+        };
+        matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_lock_is_seen_as_held() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.lock");
+        assert!(!Lock::held(&p));
+        let l = Lock::acquire(&p).unwrap();
+        assert!(Lock::held(&p));
+        drop(l);
+        assert!(!Lock::held(&p));
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {
