@@ -530,20 +530,31 @@ fn launch_run(
         manifest: absolute(manifest),
         sets: ov.sets.clone(),
     };
+    // `[launcher.slurm]` of the manifest, each setting overridden by its option.
+    let default = crate::config::SlurmConfig::default();
+    let mf = m
+        .variants
+        .first()
+        .map_or(&default, |v| &v.config.launcher.slurm);
     let launcher: Box<dyn Launcher> = match which {
         "local" => Box::new(Local {
             jobs: a.jobs.max(1),
         }),
         _ => Box::new(slurm::Slurm {
             options: slurm::SlurmOptions {
-                partition: a.partition.clone(),
-                gpus_per_task: a.gpus_per_task,
-                cpus_per_task: a.cpus_per_task,
-                mem: a.mem.clone(),
-                time: a.time.clone(),
-                array_parallelism: a.array_parallelism,
-                account: a.account.clone(),
-                extra_sbatch: a.extra_sbatch.clone(),
+                partition: a.partition.clone().or_else(|| mf.partition.clone()),
+                gpus_per_task: a.gpus_per_task.or(mf.gpus_per_task),
+                cpus_per_task: a.cpus_per_task.or(mf.cpus_per_task),
+                mem: a.mem.clone().or_else(|| mf.mem.clone()),
+                time: a.time.clone().or_else(|| mf.time.clone()),
+                array_parallelism: a.array_parallelism.or(mf.array_parallelism),
+                account: a.account.clone().or_else(|| mf.account.clone()),
+                extra_sbatch: mf
+                    .extra_sbatch
+                    .iter()
+                    .chain(&a.extra_sbatch)
+                    .cloned()
+                    .collect(),
             },
             dry_run: a.dry_run,
             wait: a.wait,

@@ -231,3 +231,78 @@ fn training_steps_show_progress_in_a_batch_log() {
         .unwrap_or_else(|| panic!("no progress line:\n{err}"));
     assert!(line.contains("images/s, ETA"), "{line}");
 }
+
+#[test]
+fn launcher_settings_come_from_the_manifest_change_no_hash_and_cannot_be_swept() {
+    let sb = Sandbox::new();
+    let plain = sb.write("plain.toml", &manifest());
+    let with = sb.write(
+        "with.toml",
+        &format!(
+            "{}\n[launcher.slurm]\npartition = \"debug\"\narray_parallelism = 3\nextra_sbatch = [\"--comment=wsss\"]\n",
+            manifest()
+        ),
+    );
+    let o = sb.run(&[
+        "run",
+        with.to_str().unwrap(),
+        "--launcher",
+        "slurm",
+        "--dry-run",
+        "--time",
+        "01:00:00",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "#SBATCH --partition=debug",
+        "#SBATCH --array=0-3%3",
+        "#SBATCH --comment=wsss",
+        "#SBATCH --time=01:00:00",
+    ] {
+        assert!(out.contains(want), "{want}:\n{out}");
+    }
+    // An option overrides the manifest.
+    let o = sb.run(&[
+        "run",
+        with.to_str().unwrap(),
+        "--launcher",
+        "slurm",
+        "--dry-run",
+        "--partition",
+        "gpu",
+    ]);
+    assert!(
+        stdout(&o).contains("#SBATCH --partition=gpu"),
+        "{}",
+        stdout(&o)
+    );
+    // Where variants run is not what they compute: the plans' hashes are equal.
+    let hashes = |m: &Path| {
+        let o = sb.run(&["plan", m.to_str().unwrap(), "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["hash"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(hashes(&plain), hashes(&with));
+    // Not sweepable, and type-checked like every key.
+    let bad = sb.write(
+        "bad.toml",
+        &format!(
+            "{MINIMAL}\n[launcher.slurm]\nextra_sbatch = [1]\n[sweep.grid]\n\"launcher.slurm.partition\" = [\"a\", \"b\"]\n"
+        ),
+    );
+    let o = sb.run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot sweep `launcher.slurm.partition`")
+            && err.contains("launcher.slurm.extra_sbatch")
+            && err.contains("a list of strings"),
+        "{err}"
+    );
+}

@@ -617,6 +617,14 @@ fn check_sweep(src: &str, v: &Value, errs: &mut Vec<ConfigError>) {
                 ));
                 continue;
             }
+            if k.starts_with("launcher.") {
+                errs.push(ConfigError::key(
+                    src,
+                    ekey,
+                    format!("cannot sweep `{k}`: launcher settings say where variants run, not what they compute"),
+                ));
+                continue;
+            }
             let Value::Array(list) = vals else {
                 errs.push(ConfigError::key(
                     src,

@@ -42,6 +42,8 @@ pub enum Kind {
     Bool,
     /// A list of patient ids (strings or integers).
     PatientList,
+    /// A list of strings.
+    StrList,
     /// `cpu`, `auto` or `cuda:N`.
     Device,
     /// `last` or a block index.
@@ -509,6 +511,46 @@ pub static FIELDS: &[Field] = &[
         },
         "early stopping: epochs without improvement (0 = off)",
     ),
+    f(
+        "launcher.slurm.partition",
+        Kind::Str { non_empty: true },
+        "SLURM: --partition of every job (not part of a variant; --partition overrides)",
+    ),
+    f(
+        "launcher.slurm.gpus_per_task",
+        Kind::Int { min: 0, max: 64 },
+        "SLURM: --gpus-per-task of the upstream and variant tasks",
+    ),
+    f(
+        "launcher.slurm.cpus_per_task",
+        Kind::Int { min: 1, max: 4096 },
+        "SLURM: --cpus-per-task",
+    ),
+    f(
+        "launcher.slurm.mem",
+        Kind::Str { non_empty: true },
+        "SLURM: --mem, e.g. 16G",
+    ),
+    f(
+        "launcher.slurm.time",
+        Kind::Str { non_empty: true },
+        "SLURM: --time, e.g. 04:00:00",
+    ),
+    f(
+        "launcher.slurm.array_parallelism",
+        Kind::Int { min: 1, max: 100000 },
+        "SLURM: at most this many array tasks at once",
+    ),
+    f(
+        "launcher.slurm.account",
+        Kind::Str { non_empty: true },
+        "SLURM: --account",
+    ),
+    f(
+        "launcher.slurm.extra_sbatch",
+        Kind::StrList,
+        "SLURM: further #SBATCH lines, verbatim (e.g. [\"--qos=long\"])",
+    ),
 ];
 
 /// Top-level keys handled by the loader rather than the schema.
@@ -633,6 +675,7 @@ impl Kind {
             ),
             Kind::Bool => "true or false".into(),
             Kind::PatientList => "a list of patient ids (strings or integers)".into(),
+            Kind::StrList => "a list of strings".into(),
             Kind::Device => "`cpu`, `auto` or `cuda:N`".into(),
             Kind::Layer => "`last` or a block index".into(),
         }
@@ -700,6 +743,16 @@ impl Kind {
                 }
             }
             (Kind::Bool, Value::Boolean(_)) => Ok(()),
+            (Kind::StrList, Value::Array(a)) => {
+                match a.iter().position(|x| !matches!(x, Value::String(_))) {
+                    Some(i) => Err(format!(
+                        "element {i} is {}: expected {}",
+                        type_name(&a[i]),
+                        self.describe()
+                    )),
+                    None => Ok(()),
+                }
+            }
             (Kind::PatientList, Value::Array(a)) => {
                 for (i, x) in a.iter().enumerate() {
                     if !matches!(x, Value::String(_) | Value::Integer(_)) {
@@ -810,6 +863,18 @@ mod tests {
         cfg.cam.gcn.epochs = 50;
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);
+        // `[launcher]` is never serialised with a variant (it is not part of one): its keys
+        // are the fields of `LauncherConfig`.
+        let mut l = crate::config::LauncherConfig::default();
+        l.slurm.partition = Some("p".into());
+        l.slurm.gpus_per_task = Some(1);
+        l.slurm.cpus_per_task = Some(1);
+        l.slurm.mem = Some("1G".into());
+        l.slurm.time = Some("1:00".into());
+        l.slurm.array_parallelism = Some(1);
+        l.slurm.account = Some("a".into());
+        l.slurm.extra_sbatch = vec!["x".into()];
+        leaves("launcher", &serde_json::to_value(&l).unwrap(), &mut got);
         got.sort();
         let mut want: Vec<String> = FIELDS.iter().map(|f| f.key.to_string()).collect();
         want.sort();

@@ -43,6 +43,41 @@ pub struct ExperimentConfig {
     /// the default, so earlier runs keep their cache keys.
     #[serde(skip_serializing_if = "MetricsConfig::is_default")]
     pub metrics: MetricsConfig,
+    /// `[launcher.slurm]`: how `wsss run --launcher slurm` submits the variants. Not part of
+    /// a variant (never saved with it, never in a hash, cannot be swept): where a result was
+    /// computed does not change it.
+    #[serde(skip_serializing)]
+    pub launcher: LauncherConfig,
+}
+
+/// `[launcher]`: settings of the launchers (command-line options override them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LauncherConfig {
+    /// `[launcher.slurm]`.
+    pub slurm: SlurmConfig,
+}
+
+/// `[launcher.slurm]`: `sbatch` settings of every job (unset: the cluster's defaults).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--gpus-per-task` of the upstream and variant tasks.
+    pub gpus_per_task: Option<u32>,
+    /// `--cpus-per-task`.
+    pub cpus_per_task: Option<u32>,
+    /// `--mem`, e.g. `16G`.
+    pub mem: Option<String>,
+    /// `--time`, e.g. `04:00:00`.
+    pub time: Option<String>,
+    /// At most this many tasks of an array at once.
+    pub array_parallelism: Option<u32>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// Further `#SBATCH` lines, verbatim (e.g. `"--qos=long"`).
+    pub extra_sbatch: Vec<String>,
 }
 
 /// `[metrics]`: how predictions are scored (not what is computed).
@@ -89,6 +124,7 @@ impl Default for ExperimentConfig {
             segmentation: SegmentationConfig::default(),
             train: TrainConfig::default(),
             metrics: MetricsConfig::default(),
+            launcher: LauncherConfig::default(),
         }
     }
 }
