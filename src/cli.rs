@@ -79,22 +79,22 @@ pub enum Command {
         #[command(flatten)]
         ov: Overrides,
         /// Recompute every stage; existing run directories are moved aside, not deleted.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "launcher")]
         fresh: bool,
         /// Do not write the report (`<reports-dir>/<experiment>/`) at the end.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "launcher")]
         no_report: bool,
         /// Run only this variant (its id, as `plan` lists it; repeat for several). Other
         /// processes may run the other variants of the experiment at the same time.
-        #[arg(long = "variant", value_name = "ID")]
+        #[arg(long = "variant", value_name = "ID", conflicts_with = "launcher")]
         variants: Vec<String>,
         /// Run only shard i of n (1-based): every n-th variant in manifest order from the i-th,
         /// e.g. one SLURM array task each.
-        #[arg(long, value_name = "I/N", conflicts_with = "variants")]
+        #[arg(long, value_name = "I/N", conflicts_with_all = ["variants", "launcher"])]
         shard: Option<crate::runner::Shard>,
         /// Stop each variant after this stage (its run directory stays `partial`); launchers
         /// compute shared upstream stages this way.
-        #[arg(long, value_name = "STAGE", value_parser = ["data", "classify", "cam", "pseudo", "segment"])]
+        #[arg(long, value_name = "STAGE", value_parser = ["data", "classify", "cam", "pseudo", "segment"], conflicts_with = "launcher")]
         until: Option<String>,
         /// How the variants are launched (default: in this process, one after another).
         #[command(flatten)]
@@ -211,12 +211,13 @@ pub struct LaunchArgs {
     #[arg(long, value_parser = ["local", "slurm"])]
     launcher: Option<String>,
     /// local: processes at once.
-    #[arg(long, default_value_t = 2, requires = "launcher")]
-    jobs: usize,
+    #[arg(long, requires = "launcher")]
+    jobs: Option<usize>,
     /// Launch only the variants that are not done (failed, missing, or never finished).
     #[arg(long, requires = "launcher")]
     resume: bool,
-    /// slurm: print the scripts and the sbatch commands, submit nothing.
+    /// Print what would run (local: the commands; slurm: the scripts and sbatch commands);
+    /// run and submit nothing.
     #[arg(long, requires = "launcher")]
     dry_run: bool,
     /// slurm: wait until the report job has ended; exit 0 if every variant is done, else 1.
@@ -229,7 +230,7 @@ pub struct LaunchArgs {
     #[arg(long, requires = "launcher")]
     gpus_per_task: Option<u32>,
     /// slurm: --cpus-per-task.
-    #[arg(long, requires = "launcher")]
+    #[arg(long, requires = "launcher", value_parser = clap::value_parser!(u32).range(1..))]
     cpus_per_task: Option<u32>,
     /// slurm: --mem (e.g. 16G).
     #[arg(long, requires = "launcher")]
@@ -238,7 +239,7 @@ pub struct LaunchArgs {
     #[arg(long, requires = "launcher")]
     time: Option<String>,
     /// slurm: at most this many array tasks at once.
-    #[arg(long, requires = "launcher")]
+    #[arg(long, requires = "launcher", value_parser = clap::value_parser!(u32).range(1..))]
     array_parallelism: Option<u32>,
     /// slurm: --account.
     #[arg(long, requires = "launcher")]
@@ -476,14 +477,7 @@ fn run(
     let report = runner.run(&m, selection)?;
     print_report(&report, true);
     if with_report {
-        let exp = Experiment::load(&cli.work_dir.join(m.name()))?;
-        let w = crate::report::build(
-            &exp,
-            Some(runner.registry()),
-            &cli.reports_dir.join(m.name()),
-            &ReportOptions::default(),
-        )?;
-        outln!("report: {}", w.dir.join("index.html").display());
+        write_report(cli, &runner, &m)?;
     }
     let ran = report.ran();
     outln!(
@@ -511,9 +505,41 @@ fn launch_run(
     a: &LaunchArgs,
 ) -> Result<i32> {
     use crate::launcher::{absolute, local::Local, slurm, Invocation, LaunchPlan, Launcher};
+    let slurm_only = [
+        ("--partition", a.partition.is_some()),
+        ("--gpus-per-task", a.gpus_per_task.is_some()),
+        ("--cpus-per-task", a.cpus_per_task.is_some()),
+        ("--mem", a.mem.is_some()),
+        ("--time", a.time.is_some()),
+        ("--array-parallelism", a.array_parallelism.is_some()),
+        ("--account", a.account.is_some()),
+        ("--extra-sbatch", !a.extra_sbatch.is_empty()),
+        ("--wait", a.wait),
+    ];
+    let wrong: Vec<&str> = match which {
+        "local" => slurm_only.iter().filter(|x| x.1).map(|x| x.0).collect(),
+        _ => a.jobs.map(|_| "--jobs").into_iter().collect(),
+    };
+    if !wrong.is_empty() {
+        return Err(Error::Usage(format!(
+            "{} cannot be used with --launcher {which}",
+            wrong.join(", ")
+        )));
+    }
     let m = load(manifest, ov)?;
+    crate::util::interrupt::install().map_err(|e| Error::Usage(format!("signal handlers: {e}")))?;
     let runner = runner(cli, manifest, false)?;
-    let plan = LaunchPlan::of(&runner, &m, a.resume)?;
+    // With --resume, variants whose task of the last submission is still queued or running
+    // are not submitted again.
+    let exp_dir = runner.work_dir().join(m.name());
+    let queued: std::collections::BTreeSet<String> = if a.resume && which == "slurm" {
+        slurm::latest(&exp_dir)
+            .map(|s| slurm::queued_variants(&s))
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let plan = LaunchPlan::of(&runner, &m, a.resume, &queued)?;
     let mut global = vec![
         "--work-dir".to_string(),
         absolute(&cli.work_dir).display().to_string(),
@@ -538,10 +564,11 @@ fn launch_run(
         .map_or(&default, |v| &v.config.launcher.slurm);
     let launcher: Box<dyn Launcher> = match which {
         "local" => Box::new(Local {
-            jobs: a.jobs.max(1),
+            jobs: a.jobs.unwrap_or(2).max(1),
+            dry_run: a.dry_run,
         }),
         _ => Box::new(slurm::Slurm {
-            options: slurm::SlurmOptions {
+            options: crate::config::SlurmConfig {
                 partition: a.partition.clone().or_else(|| mf.partition.clone()),
                 gpus_per_task: a.gpus_per_task.or(mf.gpus_per_task),
                 cpus_per_task: a.cpus_per_task.or(mf.cpus_per_task),
@@ -565,10 +592,13 @@ fn launch_run(
         plan.variants.len(),
         plan.upstream.len()
     );
-    if !launcher.launch(&inv, &plan)? {
-        return Ok(EXIT_OK);
+    match launcher.launch(&inv, &plan)? {
+        // Submitted or printed only.
+        None => Ok(EXIT_OK),
+        // Ended: `collect` printed the states; its status and the run directories' agree.
+        Some(code) if which == "local" => Ok(code),
+        Some(_) => Ok(print_states(&runner, &m)),
     }
-    Ok(print_states(&runner, &m))
 }
 
 /// Print each variant's state; the exit code of the experiment (1 if one is not done).
@@ -589,7 +619,7 @@ fn print_states(runner: &Runner, m: &Manifest) -> i32 {
                     let task = format!("{}_{i}", s.variants);
                     let q = queue
                         .iter()
-                        .find(|(j, _)| *j == task || *j == s.variants)
+                        .find(|(j, _)| *j == task)
                         .map(|(_, q)| format!(" {q}"))
                         .unwrap_or_default();
                     Some(format!("{task}{q}"))
@@ -619,19 +649,25 @@ fn print_states(runner: &Runner, m: &Manifest) -> i32 {
     }
 }
 
+/// Build the experiment's report from its files (`<reports-dir>/<experiment>/`).
+fn write_report(cli: &Cli, runner: &Runner, m: &Manifest) -> Result<()> {
+    let exp = Experiment::load(&cli.work_dir.join(m.name()))?;
+    let w = crate::report::build(
+        &exp,
+        Some(runner.registry()),
+        &cli.reports_dir.join(m.name()),
+        &ReportOptions::default(),
+    )?;
+    outln!("report: {}", w.dir.join("index.html").display());
+    Ok(())
+}
+
 fn collect(cli: &Cli, manifest: &Path, ov: &Overrides, with_report: bool) -> Result<i32> {
     let m = load(manifest, ov)?;
     let runner = runner(cli, manifest, false)?;
     let (_, not_done) = runner.collect(&m)?;
     if with_report {
-        let exp = Experiment::load(&cli.work_dir.join(m.name()))?;
-        let w = crate::report::build(
-            &exp,
-            Some(runner.registry()),
-            &cli.reports_dir.join(m.name()),
-            &ReportOptions::default(),
-        )?;
-        outln!("report: {}", w.dir.join("index.html").display());
+        write_report(cli, &runner, &m)?;
     }
     Ok(print_states(&runner, &m).max(if not_done.is_empty() {
         EXIT_OK
@@ -826,6 +862,9 @@ pub fn schema_text() -> String {
         cam.insert("contrast".into(), false.into());
         if let Ok(crf) = toml::Value::try_from(d.cam.crf) {
             cam.insert("crf".into(), crf);
+        }
+        if let Ok(gcn) = toml::Value::try_from(d.cam.gcn) {
+            cam.insert("gcn".into(), gcn);
         }
     }
     // Likewise `[stain]`, `segmentation.select` and `.blend` (left out of hashes while default).

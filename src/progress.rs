@@ -40,11 +40,18 @@ impl Steps {
             b.set_message(label.clone());
             b
         });
-        let every = std::env::var("WSSS_PROGRESS_SECS")
-            .ok()
-            .and_then(|s| s.parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .unwrap_or(30.0);
+        let every = match std::env::var("WSSS_PROGRESS_SECS") {
+            Err(_) => 30.0,
+            Ok(v) => match v.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s >= 0.0 => s,
+                _ => {
+                    tracing::warn!(
+                        "WSSS_PROGRESS_SECS = `{v}` is not a number of seconds ≥ 0; using 30"
+                    );
+                    30.0
+                }
+            },
+        };
         let now = std::time::Instant::now();
         Self {
             bar,

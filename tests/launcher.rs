@@ -103,6 +103,33 @@ fn local_launcher_equals_a_sequential_run_and_resumes_only_what_failed() {
         "{}",
         stdout(&o)
     );
+    // --until on a finished variant leaves it finished (it is skipped, not made partial).
+    let o = sb.run(&["run", m, "--variant", IDS[0], "--until", "cam"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = sb.run(&["status", m]);
+    assert!(
+        stdout(&o).contains("4 of 4 variant(s) done"),
+        "{}",
+        stdout(&o)
+    );
+    // A dry run prints the commands and runs nothing; SLURM options are refused here, and so
+    // are options of an in-process run.
+    let o = sb.run(&["run", m, "--launcher", "local", "--dry-run", "--jobs", "3"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("# 3 at once") && out.contains(" collect ") && out.contains("nothing run"),
+        "{out}"
+    );
+    let o = sb.run(&["run", m, "--launcher", "local", "--partition", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--partition cannot be used with --launcher local"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.run(&["run", m, "--launcher", "local", "--variant", IDS[0]]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]
@@ -172,9 +199,14 @@ fn slurm_launcher_equals_a_sequential_run_marks_a_failure_and_resumes_it() {
     let sb = Sandbox::new();
     let m = sb.write("m.toml", &manifest());
     let m = m.to_str().unwrap();
+    // A work directory with a space in its name: every path in the scripts is quoted.
+    let work = sb.path().join("work dir");
+    let w = work.to_str().unwrap();
     let o = sb
         .cmd()
         .args([
+            "--work-dir",
+            w,
             "run",
             m,
             "--launcher",
@@ -193,22 +225,44 @@ fn slurm_launcher_equals_a_sequential_run_marks_a_failure_and_resumes_it() {
     // The report job ran and marked the failed variant.
     assert!(sb.path().join("reports/t/index.html").exists());
     assert_eq!(
-        errors(&sb.work()),
+        errors(&work),
         IDS.iter()
             .map(|id| (id.to_string(), *id == IDS[2]))
             .collect::<Vec<_>>()
     );
-    assert_eq!(classifiers_trained(&sb.work()), 1);
+    assert_eq!(classifiers_trained(&work), 1);
     // --resume submits only the failed variant; then everything is done.
-    let o = sb.run(&["run", m, "--launcher", "slurm", "--wait", "--resume"]);
+    let o = sb.run(&[
+        "--work-dir",
+        w,
+        "run",
+        m,
+        "--launcher",
+        "slurm",
+        "--wait",
+        "--resume",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert!(
         stdout(&o).contains("slurm: submitted 1 variant(s)"),
         "{}",
         stdout(&o)
     );
-    assert_eq!(results(&sb.work().join("t")), want);
-    assert_eq!(classifiers_trained(&sb.work()), 1);
+    assert_eq!(results(&work.join("t")), want);
+    assert_eq!(classifiers_trained(&work), 1);
+    // A partition the cluster does not have is bad input (exit 2).
+    let o = sb.run(&[
+        "--work-dir",
+        w,
+        "run",
+        m,
+        "--launcher",
+        "slurm",
+        "--partition",
+        "nope",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("sbatch"), "{}", stderr(&o));
 }
 
 #[test]

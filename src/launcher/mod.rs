@@ -77,9 +77,15 @@ pub struct LaunchPlan {
 }
 
 impl LaunchPlan {
-    /// The plan of `m`: every variant, or with `resume` only those not done; grouped by the
-    /// classify stage's cache key (data is generated first if it is missing, to know keys).
-    pub fn of(runner: &Runner, m: &Manifest, resume: bool) -> Result<Self> {
+    /// The plan of `m`: every variant, or with `resume` only those not done and not in
+    /// `skip` (e.g. still queued); grouped by the classify stage's cache key (data is
+    /// generated first if it is missing, to know keys).
+    pub fn of(
+        runner: &Runner,
+        m: &Manifest,
+        resume: bool,
+        skip: &std::collections::BTreeSet<String>,
+    ) -> Result<Self> {
         let keys = runner.stage_keys_of(m)?;
         let states = runner.states(m);
         let classify = runner
@@ -91,7 +97,7 @@ impl LaunchPlan {
         let mut upstream = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for ((id, k), (_, state, _)) in keys.iter().zip(&states) {
-            if resume && *state == VariantState::Done {
+            if resume && (*state == VariantState::Done || skip.contains(id)) {
                 continue;
             }
             variants.push(id.clone());
@@ -111,10 +117,10 @@ impl LaunchPlan {
 
 /// A way to run a [`LaunchPlan`].
 pub trait Launcher {
-    /// Start the plan's work (processes, jobs). Returns whether it has ended — every variant
-    /// and `collect` finished — so the caller can exit with the experiment's status; `false`
-    /// when it was only submitted (or printed).
-    fn launch(&self, inv: &Invocation, plan: &LaunchPlan) -> Result<bool>;
+    /// Start the plan's work (processes, jobs). Returns `Some(exit code of collect)` when it
+    /// has ended — every variant and `collect` finished (`-1` when that code is unknown, as
+    /// for a cluster's report job) — or `None` when it was only submitted or printed.
+    fn launch(&self, inv: &Invocation, plan: &LaunchPlan) -> Result<Option<i32>>;
 }
 
 /// `s` quoted for a POSIX shell.

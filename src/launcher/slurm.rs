@@ -17,35 +17,15 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use super::{shell_quote, Invocation, LaunchPlan, Launcher};
+use crate::config::SlurmConfig;
 use crate::error::{Error, Result};
 use crate::util::fs::{atomic_write, write_json};
 use crate::util::out::outln;
 
-/// `sbatch` settings of every job (each unset one is left to the cluster's defaults).
-#[derive(Debug, Clone, Default)]
-pub struct SlurmOptions {
-    /// `--partition`.
-    pub partition: Option<String>,
-    /// `--gpus-per-task` (variant and upstream tasks).
-    pub gpus_per_task: Option<u32>,
-    /// `--cpus-per-task`.
-    pub cpus_per_task: Option<u32>,
-    /// `--mem`, e.g. `16G`.
-    pub mem: Option<String>,
-    /// `--time`, e.g. `04:00:00`.
-    pub time: Option<String>,
-    /// At most this many tasks of an array at once (`--array=…%N`).
-    pub array_parallelism: Option<u32>,
-    /// `--account`.
-    pub account: Option<String>,
-    /// Further `#SBATCH` lines, verbatim (e.g. `--qos=long`).
-    pub extra_sbatch: Vec<String>,
-}
-
 /// See the module docs.
 pub struct Slurm {
-    /// `sbatch` settings.
-    pub options: SlurmOptions,
+    /// `sbatch` settings (`[launcher.slurm]` with the command line's options over it).
+    pub options: SlurmConfig,
     /// Print the scripts and the commands, submit nothing.
     pub dry_run: bool,
     /// Block until the report job has ended; exit with the experiment's status.
@@ -68,7 +48,7 @@ pub struct Submission {
 }
 
 /// The `#SBATCH` header of a job.
-fn header(o: &SlurmOptions, name: &str, logs: &Path, array: Option<(usize, bool)>) -> String {
+fn header(o: &SlurmConfig, name: &str, logs: &Path, array: Option<(usize, bool)>) -> String {
     let mut h = String::from("#!/bin/bash\n");
     let mut line = |s: String| {
         h.push_str("#SBATCH ");
@@ -83,16 +63,19 @@ fn header(o: &SlurmOptions, name: &str, logs: &Path, array: Option<(usize, bool)
                 .map(|p| format!("%{p}"))
                 .unwrap_or_default();
             line(format!("--array=0-{}{par}", n.saturating_sub(1)));
-            line(format!("--output={}/%x-%A_%a.log", logs.display()));
+            line(format!("--output=\"{}/%x-%A_%a.log\"", logs.display()));
             if compute {
                 if let Some(g) = o.gpus_per_task {
                     line(format!("--gpus-per-task={g}"));
                 }
                 line("--requeue".into());
-                line("--signal=B:TERM@120".into());
+                line(format!(
+                    "--signal=B:TERM@{}",
+                    signal_lead(o.time.as_deref())
+                ));
             }
         }
-        None => line(format!("--output={}/%x-%j.log", logs.display())),
+        None => line(format!("--output=\"{}/%x-%j.log\"", logs.display())),
     }
     if let Some(p) = &o.partition {
         line(format!("--partition={p}"));
@@ -127,7 +110,7 @@ fn command(exe: &Path, args: &[String]) -> String {
 /// The three scripts of a plan: (upstream, variants, report), the upstream one absent when
 /// there is nothing upstream.
 pub fn scripts(
-    o: &SlurmOptions,
+    o: &SlurmConfig,
     inv: &Invocation,
     plan: &LaunchPlan,
     dir: &Path,
@@ -174,14 +157,12 @@ fn sbatch(script: &Path, after: Option<&str>) -> Result<String> {
         .output()
         .map_err(|e| Error::Usage(format!("sbatch: {e} (is SLURM installed here?)")))?;
     if !o.status.success() {
-        return Err(Error::stage(
-            "launch",
-            format!(
-                "sbatch {} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        ));
+        // The scheduler refused the job: its settings (partition, time, …) are bad input.
+        return Err(Error::Usage(format!(
+            "sbatch {} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )));
     }
     let out = String::from_utf8_lossy(&o.stdout);
     // `--parsable` prints `id` or `id;cluster`.
@@ -210,7 +191,8 @@ pub fn queue_states(s: &Submission) -> Vec<(String, String)> {
         .chain([s.variants.as_str(), s.report.as_str()])
         .collect();
     Command::new("squeue")
-        .args(["-h", "-j", &ids.join(","), "-o", "%i %T"])
+        // `-r`: one line per array task (`123_4 PENDING`), pending ones included.
+        .args(["-h", "-r", "-j", &ids.join(","), "-o", "%i %T"])
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
@@ -224,6 +206,48 @@ pub fn queue_states(s: &Submission) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Variants of a submission whose task is still queued or running.
+pub fn queued_variants(s: &Submission) -> std::collections::BTreeSet<String> {
+    let q = queue_states(s);
+    s.variant_ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| q.iter().any(|(j, _)| *j == format!("{}_{i}", s.variants)))
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+/// Seconds of a SLURM `--time` value (`M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`), if it
+/// parses.
+pub fn time_secs(t: &str) -> Option<u64> {
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        None => (0, t),
+    };
+    let p: Vec<u64> = rest
+        .split(':')
+        .map(|x| x.parse::<u64>().ok())
+        .collect::<Option<_>>()?;
+    let s = match (t.contains('-'), p.as_slice()) {
+        (false, [m]) => m * 60,
+        (false, [m, s]) => m * 60 + s,
+        (_, [h, m, s]) => h * 3600 + m * 60 + s,
+        (true, [h]) => h * 3600,
+        (true, [h, m]) => h * 3600 + m * 60,
+        _ => return None,
+    };
+    Some(days * 86400 + s)
+}
+
+/// Seconds before the time limit at which a task gets `TERM`: 120, or a tenth of a shorter
+/// limit (at least 10), so a short limit does not stop every task at once.
+pub fn signal_lead(time: Option<&str>) -> u64 {
+    match time.and_then(time_secs) {
+        Some(limit) if limit < 1200 => (limit / 10).max(10),
+        _ => 120,
+    }
+}
+
 /// The last submission of an experiment, if any.
 pub fn latest(exp_dir: &Path) -> Option<Submission> {
     let b = std::fs::read(exp_dir.join("slurm").join("latest.json")).ok()?;
@@ -231,10 +255,10 @@ pub fn latest(exp_dir: &Path) -> Option<Submission> {
 }
 
 impl Launcher for Slurm {
-    fn launch(&self, inv: &Invocation, plan: &LaunchPlan) -> Result<bool> {
+    fn launch(&self, inv: &Invocation, plan: &LaunchPlan) -> Result<Option<i32>> {
         if plan.variants.is_empty() {
-            outln!("slurm: every variant is done; nothing to submit");
-            return Ok(true);
+            outln!("slurm: every variant is done or queued; nothing to submit");
+            return Ok(Some(-1));
         }
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
         let dir = plan.exp_dir.join("slurm").join(&stamp);
@@ -252,7 +276,7 @@ impl Launcher for Slurm {
             show("variants.sbatch", &var, " --dependency=afterany:<upstream>");
             show("report.sbatch", &rep, " --dependency=afterany:<variants>");
             outln!("# --dry-run: nothing submitted");
-            return Ok(false);
+            return Ok(None);
         }
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| Error::io(&dir, e))?;
         let write = |name: &str, text: &str| -> Result<PathBuf> {
@@ -266,8 +290,16 @@ impl Launcher for Slurm {
             Some(u) => Some(sbatch(&write("upstream.sbatch", u)?, None)?),
             None => None,
         };
-        let var_id = sbatch(&write("variants.sbatch", &var)?, up_id.as_deref())?;
-        let rep_id = sbatch(&write("report.sbatch", &rep)?, Some(&var_id))?;
+        // A refused later job cancels the earlier ones: nothing is left queued unrecorded.
+        let cancel = |ids: &[&Option<String>]| {
+            for id in ids.iter().filter_map(|i| i.as_deref()) {
+                let _ = Command::new("scancel").arg(id).status();
+            }
+        };
+        let var_id = sbatch(&write("variants.sbatch", &var)?, up_id.as_deref())
+            .inspect_err(|_| cancel(&[&up_id]))?;
+        let rep_id = sbatch(&write("report.sbatch", &rep)?, Some(&var_id))
+            .inspect_err(|_| cancel(&[&up_id, &Some(var_id.clone())]))?;
         let sub = Submission {
             dir: dir.clone(),
             upstream: up_id.clone(),
@@ -286,12 +318,13 @@ impl Launcher for Slurm {
             dir.display()
         );
         if !self.wait {
-            return Ok(false);
+            return Ok(None);
         }
         while in_queue(&rep_id) {
+            crate::util::interrupt::check()?;
             std::thread::sleep(std::time::Duration::from_secs(2));
         }
-        Ok(true)
+        Ok(Some(-1))
     }
 }
 
@@ -314,18 +347,18 @@ mod tests {
             upstream: vec!["a=1".into()],
             gpu: true,
         };
-        let o = SlurmOptions {
+        let o = SlurmConfig {
             partition: Some("gpu".into()),
             gpus_per_task: Some(1),
             array_parallelism: Some(2),
             extra_sbatch: vec!["--qos=long".into()],
-            ..SlurmOptions::default()
+            ..SlurmConfig::default()
         };
         let (up, var, rep) = scripts(&o, &inv, &plan, Path::new("/w/x/slurm/t"));
         let var_want = "#!/bin/bash
 #SBATCH --job-name=wsss-x-variants
 #SBATCH --array=0-2%2
-#SBATCH --output=/w/x/slurm/t/logs/%x-%A_%a.log
+#SBATCH --output=\"/w/x/slurm/t/logs/%x-%A_%a.log\"
 #SBATCH --gpus-per-task=1
 #SBATCH --requeue
 #SBATCH --signal=B:TERM@120
@@ -340,5 +373,20 @@ exec /opt/wsss --work-dir /w run /e/m.toml --no-report --variant \"$id\"
         assert!(up.contains("--array=0-0%2") && up.ends_with("--variant \"$id\" --until cam\n"));
         assert!(rep.contains("--job-name=wsss-x-report") && !rep.contains("--array"));
         assert!(rep.ends_with("exec /opt/wsss --work-dir /w collect /e/m.toml\n"));
+    }
+
+    #[test]
+    fn time_limits_and_signal_lead_by_hand() {
+        assert_eq!(time_secs("90"), Some(5400));
+        assert_eq!(time_secs("1:30"), Some(90));
+        assert_eq!(time_secs("04:00:00"), Some(14400));
+        assert_eq!(time_secs("2-03"), Some(2 * 86400 + 3 * 3600));
+        assert_eq!(time_secs("1-00:30"), Some(86400 + 1800));
+        assert_eq!(time_secs("1-00:00:05"), Some(86405));
+        assert_eq!(time_secs("banana"), None);
+        assert_eq!(signal_lead(Some("04:00:00")), 120);
+        assert_eq!(signal_lead(Some("00:01:00")), 10);
+        assert_eq!(signal_lead(Some("10")), 60);
+        assert_eq!(signal_lead(None), 120);
     }
 }

@@ -526,7 +526,24 @@ impl Runner {
     /// variants alone, so no shard's results replace another's.
     pub fn run(&self, m: &Manifest, selection: &Selection) -> Result<Report> {
         let (datasets, notes, all_keys) = self.prepare(m, Open::Run)?;
-        let picked = selection.pick(m)?;
+        let mut picked = selection.pick(m)?;
+        if picked.is_empty() {
+            tracing::warn!(
+                "the selection ({selection:?}) holds none of the {} variant(s): nothing to run",
+                m.variants.len()
+            );
+        }
+        if let Some(u) = &self.opts.until {
+            // Stopping a finished variant after an early stage would mark it partial: skip it.
+            let states = self.states(m);
+            picked.retain(|&i| {
+                let done = states[i].1 == VariantState::Done;
+                if done {
+                    tracing::info!("--until {u}: {} is done already", m.variants[i].id);
+                }
+                !done
+            });
+        }
         let exp_dir = self.exp_dir(m);
         let mut computed_now: BTreeSet<(String, String)> = BTreeSet::new();
         let mut variants = Vec::new();
