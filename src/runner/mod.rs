@@ -597,32 +597,50 @@ impl Runner {
         Ok(report)
     }
 
+    /// What variant `v`'s run directory records: its state, its failure message and its
+    /// `run.json`. A `running` run whose lock no process holds ended without finishing.
+    fn recorded(
+        &self,
+        exp_dir: &Path,
+        v: &Variant,
+    ) -> (VariantState, Option<String>, Option<RunInfo>) {
+        let Some(info) = std::fs::read(exp_dir.join(run_dir_name(v)).join("run.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
+        else {
+            return (VariantState::Pending, None, None);
+        };
+        let (state, err) = match info.status.as_str() {
+            "complete" => (VariantState::Done, None),
+            "partial" => (VariantState::Partial, None),
+            "failed" | "interrupted" => (
+                VariantState::Failed,
+                Some(
+                    info.error
+                        .clone()
+                        .unwrap_or_else(|| format!("run {}", info.status)),
+                ),
+            ),
+            _ if Lock::held(&variant_lock(exp_dir, v)) => (VariantState::Running, None),
+            _ => (
+                VariantState::Failed,
+                Some(format!(
+                    "ended without finishing (last update {}): killed, or out of time or memory?",
+                    info.updated
+                )),
+            ),
+        };
+        (state, err, Some(info))
+    }
+
     /// Each variant's state (manifest order) with its failure message, from its run
-    /// directory: a `running` run whose lock no process holds ended without finishing.
+    /// directory (see [`Runner::collect`]).
     pub fn states(&self, m: &Manifest) -> Vec<(String, VariantState, Option<String>)> {
         let exp_dir = self.exp_dir(m);
         m.variants
             .iter()
             .map(|v| {
-                let info = std::fs::read(exp_dir.join(run_dir_name(v)).join("run.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok());
-                let Some(info) = info else {
-                    return (v.id.clone(), VariantState::Pending, None);
-                };
-                let (state, err) = match info.status.as_str() {
-                    "complete" => (VariantState::Done, None),
-                    "partial" => (VariantState::Partial, None),
-                    "failed" | "interrupted" => (VariantState::Failed, info.error.clone()),
-                    _ if Lock::held(&variant_lock(&exp_dir, v)) => (VariantState::Running, None),
-                    _ => (
-                        VariantState::Failed,
-                        Some(format!(
-                            "ended without finishing (last update {}): killed, or out of time or memory?",
-                            info.updated
-                        )),
-                    ),
-                };
+                let (state, err, _) = self.recorded(&exp_dir, v);
                 (v.id.clone(), state, err)
             })
             .collect()
@@ -633,29 +651,17 @@ impl Runner {
     /// experiment's report and the ids of variants that are not done.
     pub fn collect(&self, m: &Manifest) -> Result<(Report, Vec<String>)> {
         let exp_dir = self.exp_dir(m);
-        let states = self.states(m);
-        let own = Report {
+        let none = Report {
             experiment: m.name().into(),
-            variants: m
-                .variants
-                .iter()
-                .zip(&states)
-                .filter(|(_, (_, s, _))| *s == VariantState::Failed)
-                .map(|(v, (_, _, err))| VariantReport {
-                    id: v.id.clone(),
-                    hash: v.hash.clone(),
-                    run_dir: exp_dir.join(run_dir_name(v)),
-                    stages: vec![],
-                    error: err.clone(),
-                })
-                .collect(),
+            variants: vec![],
             notes: vec![],
         };
         let _lock = Lock::acquire(&exp_dir.join(".lock"))?;
-        let all = self.rebuild(m, &own);
+        let all = self.rebuild(m, &none);
         write_json(&exp_dir.join("experiment.json"), &all)?;
         results::write(m, &all, &exp_dir)?;
-        let not_done = states
+        let not_done = self
+            .states(m)
             .into_iter()
             .filter(|(_, s, _)| *s != VariantState::Done)
             .map(|(id, _, _)| id)
@@ -675,8 +681,9 @@ impl Runner {
 
     /// The experiment's report over every variant, in manifest order: this process's outcomes
     /// (`own`), and for the other variants what their run directories record — finished runs
-    /// (complete, failed or interrupted) only; a variant still running or never run is left out
-    /// until the process that runs it rebuilds the files.
+    /// only (complete, failed, interrupted, or ended without finishing, with their stages); a
+    /// variant still running, partial or never run is left out until the process that runs it
+    /// rebuilds the files.
     fn rebuild(&self, m: &Manifest, own: &Report) -> Report {
         let exp_dir = self.exp_dir(m);
         let mut variants = Vec::new();
@@ -685,22 +692,13 @@ impl Runner {
                 variants.push(r.clone());
                 continue;
             }
-            let run_dir = exp_dir.join(run_dir_name(v));
-            let Some(info) = std::fs::read(run_dir.join("run.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
+            // Finished runs only: a running one is rebuilt by its own process when it ends.
+            let (VariantState::Done | VariantState::Failed, error, Some(info)) =
+                self.recorded(&exp_dir, v)
             else {
                 continue;
             };
-            let error = match info.status.as_str() {
-                "complete" => None,
-                "failed" | "interrupted" => Some(
-                    info.error
-                        .clone()
-                        .unwrap_or_else(|| format!("run {}", info.status)),
-                ),
-                _ => continue,
-            };
+            let run_dir = exp_dir.join(run_dir_name(v));
             variants.push(VariantReport {
                 id: v.id.clone(),
                 hash: v.hash.clone(),

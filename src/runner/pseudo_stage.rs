@@ -136,6 +136,13 @@ impl PseudoSlice {
     }
 }
 
+/// The trained classifier and how it sees an image, for methods that read its features.
+struct FeatureSource {
+    classifier: Classifier,
+    view: CamView,
+    layer: usize,
+}
+
 /// Seed of one image's randomness: the run's seed mixed with the sample id (FNV-1a), so an
 /// image's pseudo label does not depend on which other images are in the run.
 fn image_seed(seed: u64, id: &str) -> u64 {
@@ -196,10 +203,11 @@ impl Stage for PseudoStage {
             .collect();
         let method = cfg.method()?;
         let needs = method.needs();
-        // The classifier, for the methods that read its features.
+        // The classifier, for the methods that read its features (`method()` has checked
+        // that such a method came with its settings).
         let features = match (&cfg.gcn, needs.features) {
-            (Some(g), true) => Some((
-                Classifier::load(
+            (Some(g), true) => Some(FeatureSource {
+                classifier: Classifier::load(
                     &g.classifier,
                     classify::outputs(&g.classifier, idx),
                     input.device,
@@ -207,24 +215,15 @@ impl Stage for PseudoStage {
                         .upstream_dir("classify")?
                         .join("classifier.safetensors"),
                 )?,
-                CamView::of(
+                view: CamView::of(
                     &Protocol::of(&g.classifier.labels),
                     g.classifier.train.image_size,
                 ),
-                cam_layer(&g.layer),
-                g.classifier.train.seed,
-            )),
-            (None, true) => {
-                return Err(Error::stage(
-                    "pseudo",
-                    format!(
-                        "cam.refine = \"{}\" reads features but has no classifier",
-                        method.name()
-                    ),
-                ))
-            }
+                layer: cam_layer(&g.layer),
+            }),
             _ => None,
         };
+        let run_seed = cfg.gcn.as_ref().map_or(0, |g| g.classifier.train.seed);
         let fallbacks = std::sync::atomic::AtomicUsize::new(0);
         let pb = crate::progress::bar(items.len() as u64, "pseudo");
         let rows: Vec<Result<Row>> = items
@@ -242,16 +241,15 @@ impl Stage for PseudoStage {
                     None
                 };
                 let feats = match (&features, &img) {
-                    (Some((clf, view, layer, _)), Some(im)) => Some(cam::feature_map(
-                        &clf.model,
+                    (Some(f), Some(im)) => Some(cam::feature_map(
+                        &f.classifier.model,
                         im,
-                        *view,
-                        *layer,
+                        f.view,
+                        f.layer,
                         input.device,
                     )?),
                     _ => None,
                 };
-                let run_seed = features.as_ref().map_or(0, |f| f.3);
                 let refine_input = refine::RefineInput {
                     cam: &raw,
                     image: img.as_deref(),

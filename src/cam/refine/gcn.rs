@@ -27,7 +27,7 @@
 //! With seeds of one class only the network has nothing to separate: the node's mean CAM is
 //! kept (SLIC voting) and the image is reported as a fallback.
 
-use image::{GrayImage, RgbImage};
+use image::GrayImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wsss_kernels::optim::{adamw, AdamW};
@@ -74,8 +74,9 @@ impl Refiner for Gcn {
             ));
         }
         let (w, h) = img.dimensions();
-        let sp = slic::slic(img, slic::region_for(w, h), 10.0, 10);
-        let g = Graph::new(img, input.cam, feats, &sp, self.0.knn as usize);
+        let labs = slic::lab_image(img);
+        let sp = slic::slic_lab(&labs, (w, h), slic::region_for(w, h), 10.0, 10);
+        let g = Graph::new(&labs, (w, h), input.cam, feats, &sp, self.0.knn as usize);
         let seeds = g.seeds(input.threshold, self.0.background_seed);
         let both = seeds.contains(&Some(true)) && seeds.contains(&Some(false));
         let (values, fallback): (Vec<u8>, bool) = if both {
@@ -169,15 +170,16 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// Build the graph (module docs, steps 1–3) from superpixel labels `sp` (one per pixel).
+    /// Build the graph (module docs, steps 1–3) of an image in CIELAB (`labs`, row-major,
+    /// `(w, h)`) from superpixel labels `sp` (one per pixel).
     pub fn new(
-        img: &RgbImage,
+        labs: &[[f32; 3]],
+        (w, h): (u32, u32),
         cam: &GrayImage,
         feats: &FeatureMap,
         sp: &[u32],
         knn: usize,
     ) -> Self {
-        let (w, h) = img.dimensions();
         let (wu, hu) = (w as usize, h as usize);
         // Compact node ids in order of first appearance.
         let mut id = vec![u32::MAX; sp.iter().copied().max().map_or(0, |m| m as usize + 1)];
@@ -194,8 +196,7 @@ impl Graph {
         let mut count = vec![0f64; n];
         let mut lab_sum = vec![[0f64; 6]; n];
         let mut cam_sum = vec![0f64; n];
-        for ((p, c), &k) in img.pixels().zip(cam.as_raw()).zip(&node) {
-            let l = slic::lab(p.0);
+        for ((&l, c), &k) in labs.iter().zip(cam.as_raw()).zip(&node) {
             let a = &mut lab_sum[k as usize];
             for j in 0..3 {
                 a[j] += f64::from(l[j]);

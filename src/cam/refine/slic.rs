@@ -29,7 +29,7 @@ impl Refiner for Slic {
 }
 
 /// sRGB → CIELAB (D65).
-pub fn lab(p: [u8; 3]) -> [f32; 3] {
+fn lab(p: [u8; 3]) -> [f32; 3] {
     let lin = |c: u8| {
         let c = c as f32 / 255.0;
         if c <= 0.04045 {
@@ -57,9 +57,30 @@ pub fn lab(p: [u8; 3]) -> [f32; 3] {
 /// across. Labels index the initial grid of centres; a centre that ends with no pixel leaves
 /// its label unused.
 pub fn slic(img: &RgbImage, region: u32, compactness: f32, iters: usize) -> Vec<u32> {
-    let (w, h) = img.dimensions();
+    slic_lab(
+        &lab_image(img),
+        img.dimensions(),
+        region,
+        compactness,
+        iters,
+    )
+}
+
+/// Every pixel of `img` in CIELAB, row-major.
+pub fn lab_image(img: &RgbImage) -> Vec<[f32; 3]> {
+    img.pixels().map(|p| lab(p.0)).collect()
+}
+
+/// [`slic`] of an image already in CIELAB (`labs`, row-major, `(w, h)`), for callers that
+/// need the colours too.
+pub fn slic_lab(
+    labs: &[[f32; 3]],
+    (w, h): (u32, u32),
+    region: u32,
+    compactness: f32,
+    iters: usize,
+) -> Vec<u32> {
     let (wu, hu) = (w as usize, h as usize);
-    let labs: Vec<[f32; 3]> = img.pixels().map(|p| lab(p.0)).collect();
     let s = region.max(1) as f32;
     // Centres on a regular grid: (L, a, b, x, y).
     let mut centres: Vec<[f32; 5]> = Vec::new();
