@@ -111,12 +111,13 @@ fn main() -> candle_core::Result<()> {
     };
     let exe = std::env::current_exe()?;
     println!(
-        "{arch} (width 1.0, GAP-linear head), batch {BATCH}, {dev_name}, {} CPU threads, {reps} timed repetitions after one warm-up",
+        "{arch} (width 1.0, GAP-linear head), batch {BATCH}, {dev_name} ({} kernels), {} CPU threads, {reps} timed repetitions after one warm-up",
+        common::kernels(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!("{about}\n");
-    println!("| workload | median s/batch | min–max s | images/s | peak host RSS MiB | PyTorch s | wsss / PyTorch |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| workload | median s/batch | min–max s | images/s | peak host RSS MiB | PyTorch s | wsss / PyTorch | PyTorch peak RSS MiB (running max) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for size in [128, 224] {
         for mode in ["forward", "train"] {
             let out = Command::new(&exe)
@@ -137,7 +138,7 @@ fn main() -> candle_core::Result<()> {
             }
             let med: f64 = f[2].parse().unwrap_or(f64::NAN);
             println!(
-                "| {} {size}² | {med:.3} | {}–{} | {:.2} | {} | {} |",
+                "| {} {size}² | {med:.3} | {}–{} | {:.2} | {} | {} | {} |",
                 if mode == "train" {
                     "train step"
                 } else {
@@ -147,7 +148,10 @@ fn main() -> candle_core::Result<()> {
                 f[4],
                 BATCH as f64 / med,
                 f[5],
-                common::ratio_cells(med, torch.get(&format!("{mode} {size}")))
+                common::ratio_cells(med, torch.get(&format!("{mode} {size}"))),
+                torch
+                    .get(&format!("{mode} {size} peak"))
+                    .map_or("–".into(), |p| format!("{p:.0}"))
             );
         }
     }

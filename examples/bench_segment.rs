@@ -43,7 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (dev, dev_name) = common::device(&args)?;
     let (torch, about) = common::torch_reference(&args, "segment", &dev_name, reps, &[]);
     println!(
-        "{dev_name}, {} CPU threads, median of {reps} repetitions after one warm-up",
+        "{dev_name} ({} kernels), {} CPU threads, median of {reps} repetitions after one warm-up",
+        common::kernels(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!("{about}\n");

@@ -259,6 +259,7 @@ pub struct Overrides {
 
 /// Run a parsed command line; returns the process exit code.
 pub fn dispatch(cli: Cli) -> Result<i32> {
+    crate::util::cpu::select_kernels()?;
     match &cli.command {
         Command::Validate { manifests, ov } => validate(&cli, manifests, ov),
         Command::Predict {

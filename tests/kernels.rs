@@ -1,15 +1,17 @@
 //! The CPU kernels (`crates/kernels`) against independent formulas: the packed GEMM against the
 //! three-loop product, and the convolution's forward and both gradients against a direct
 //! (seven-loop) convolution and its adjoints, at sizes past every blocking boundary (depth over
-//! the 256-deep blocks, rows over the 72-row blocks, columns over the 16-wide panels, the input
-//! gradient split into several bands), and the depthwise convolution against its definition
-//! and adjoints.
+//! the 256-deep blocks, rows over the 72- and 96-row blocks, columns over the 16-wide panels,
+//! the input gradient split into several bands), the register tiles against each other (the
+//! AVX-512 and AVX2 paths give the same bits), and the depthwise convolution against its
+//! definition and adjoints.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wsss_kernels::conv::{self, Geom};
 use wsss_kernels::depthwise::{self, DwGeom};
-use wsss_kernels::sgemm::{sgemm, tile, Strided, MR, NR};
+use wsss_kernels::sgemm::{self, sgemm, sgemm_on, tile, Isa, Strided, NR};
+use wsss_kernels::winograd;
 
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
@@ -26,8 +28,8 @@ fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
     }
 }
 
-/// `sgemm` equals the three-loop product (in f64) on shapes around and past the block sizes,
-/// with transposed operands, accumulation into `C`, a row stride wider than `n`, and 1–3
+/// `sgemm` equals the three-loop product (in f64) on every register tile this CPU runs, on
+/// shapes around and past the block sizes, with transposed operands, accumulation into `C`, a row stride wider than `n`, and 1–3
 /// threads.
 #[test]
 fn sgemm_equals_the_three_loop_product() {
@@ -89,25 +91,141 @@ fn sgemm_equals_the_three_loop_product() {
                     *w = if accumulate { *w + s } else { s };
                 }
             }
+            for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
+                let mut c = c.clone();
+                sgemm_on(isa, (m, n, k), &mut c, ldc, accumulate, (&av, &bv), threads);
+                // Columns past n in each row are untouched.
+                let what = format!("{} {m}x{n}x{k} variant {variant}", isa.name());
+                assert_close(&c, &want, 1e-5, &what);
+            }
             sgemm((m, n, k), &mut c, ldc, accumulate, &av, &bv, threads);
-            // Columns past n in each row are untouched.
             assert_close(&c, &want, 1e-5, &format!("{m}x{n}x{k} variant {variant}"));
         }
     }
 }
 
-/// The SIMD register tile equals the portable one.
+/// Every SIMD register tile this CPU runs equals the portable one (within rounding: the
+/// portable tile multiplies and adds separately).
 #[test]
-fn simd_tile_equals_portable_tile() {
+fn simd_tiles_equal_the_portable_tile() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    for kc in [1, 7, 256] {
-        let a = rand_vec(&mut rng, kc * MR);
-        let b = rand_vec(&mut rng, kc * NR);
-        let (s, p) = (tile(kc, &a, &b, true), tile(kc, &a, &b, false));
-        for (x, y) in s.iter().zip(&p) {
-            assert!((x - y).abs() < 1e-4, "kc {kc}: {x} vs {y}");
+    let mut ran = Vec::new();
+    for isa in [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .filter(|i| i.supported())
+    {
+        let mr = isa.mr();
+        for kc in [1, 7, 256] {
+            let a = rand_vec(&mut rng, kc * mr);
+            let b = rand_vec(&mut rng, kc * NR);
+            let (s, p) = (tile(isa, kc, &a, &b), tile(Isa::Portable, kc, &a, &b));
+            let p = if mr == Isa::Portable.mr() {
+                p
+            } else {
+                // The portable tile has 6 rows: compare row blocks of 6.
+                let a = &a;
+                (0..mr)
+                    .step_by(6)
+                    .flat_map(|i0| {
+                        let rows = 6.min(mr - i0);
+                        let a6: Vec<f32> = (0..kc)
+                            .flat_map(|p| {
+                                (0..6).map(move |i| if i < rows { a[p * mr + i0 + i] } else { 0.0 })
+                            })
+                            .collect();
+                        tile(Isa::Portable, kc, &a6, &b)[..rows * NR].to_vec()
+                    })
+                    .collect()
+            };
+            for (x, y) in s.iter().zip(&p) {
+                assert!((x - y).abs() < 1e-4, "{} kc {kc}: {x} vs {y}", isa.name());
+            }
         }
+        ran.push(isa.name());
     }
+    if ran.is_empty() {
+        eprintln!("SKIPPED: no SIMD register tile on this CPU");
+    }
+}
+
+/// The AVX-512 and AVX2 tiles give the same bits, for the GEMM (edge tiles, several depth
+/// blocks, accumulation, 1–3 threads) and for the convolution's forward and both gradients: each
+/// element is the same chain of fused multiply-adds in depth order. Needs a CPU with both.
+#[test]
+fn avx512_and_avx2_paths_give_the_same_bits() {
+    if !(Isa::Avx512.supported() && Isa::Avx2.supported()) {
+        eprintln!("SKIPPED: this CPU lacks AVX-512F (or AVX2): only one SIMD tile to compare");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (case, &(m, n, k)) in [(1, 1, 1), (17, 35, 300), (100, 70, 513), (64, 2000, 64)]
+        .iter()
+        .enumerate()
+    {
+        let a = rand_vec(&mut rng, m * k);
+        let b = rand_vec(&mut rng, k * n);
+        let c0 = rand_vec(&mut rng, m * n);
+        let av = Strided {
+            data: &a,
+            rs: k,
+            cs: 1,
+        };
+        let bv = Strided {
+            data: &b,
+            rs: n,
+            cs: 1,
+        };
+        let accumulate = case % 2 == 1;
+        let run = |isa| {
+            let mut c = c0.clone();
+            sgemm_on(
+                isa,
+                (m, n, k),
+                &mut c,
+                n,
+                accumulate,
+                (&av, &bv),
+                1 + case % 3,
+            );
+            c
+        };
+        let (x, y) = (run(Isa::Avx512), run(Isa::Avx2));
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{m}x{n}x{k}: the tiles differ"
+        );
+    }
+    // The convolution through the process-wide tile; switching between these two tiles while
+    // other tests run is harmless because they agree bit for bit (which this checks).
+    let g = Geom {
+        b: 2,
+        c: 5,
+        h: 13,
+        w: 11,
+        o: 19,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 1,
+        dil: 1,
+        band_bytes: conv::BAND_BYTES,
+    };
+    let x = rand_vec(&mut rng, g.b * g.c * g.h * g.w);
+    let w = rand_vec(&mut rng, g.o * g.c * 9);
+    let bias = rand_vec(&mut rng, g.o);
+    let dy = rand_vec(&mut rng, g.b * g.o * g.h * g.w);
+    let run = |isa| {
+        sgemm::set_isa(isa).expect("supported");
+        let y = conv::forward(&g, false, &x, &w, &bias);
+        let gr = conv::backward(&g, (true, true), &dy, &x, &w);
+        (y, gr.dx, gr.dw)
+    };
+    let (p, q) = (run(Isa::Avx512), run(Isa::Avx2));
+    sgemm::set_isa(Isa::Avx512).expect("supported");
+    let same = |u: &[f32], v: &[f32]| u.iter().zip(v).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same(&p.0, &q.0), "conv forward differs");
+    assert!(same(&p.1, &q.1), "conv ∂x differs");
+    assert!(same(&p.2, &q.2), "conv ∂W differs");
 }
 
 /// Direct convolution in f64: `y[b][o][oy][ox] = Σ w[o][c][ky][kx] · x[b][c][iy][ix]`.
@@ -154,6 +272,7 @@ fn conv_equals_the_direct_convolution_and_its_adjoints() {
         (3, 6, 10, 10, 9, 3, 1, 2, 2, 1 << 20), // dilation 2
         (2, 33, 6, 7, 20, 1, 1, 0, 1, 1 << 20), // 1×1: the input is its own patch matrix
         (2, 5, 12, 40, 3, 5, 1, 2, 1, 50_000), // 5×5, 40 wide: 16-wide panels span rows
+        (2, 32, 25, 27, 33, 3, 1, 1, 1, 1 << 20), // Winograd: odd sizes, partial 2×2 blocks
     ];
     for (i, &(b, c, h, w, o, k, stride, pad, dil, band_bytes)) in cases.iter().enumerate() {
         let g = Geom {
@@ -169,6 +288,8 @@ fn conv_equals_the_direct_convolution_and_its_adjoints() {
             dil,
             band_bytes,
         };
+        // The last case is the one routed to Winograd's F(2×2, 3×3).
+        assert_eq!(winograd::suits(&g), i == cases.len() - 1, "case {i}: route");
         let (ho, wo) = g.out();
         let x = rand_vec(&mut rng, b * c * h * w);
         let wt = rand_vec(&mut rng, o * c * k * k);
@@ -228,14 +349,19 @@ fn conv_equals_the_direct_convolution_and_its_adjoints() {
 #[test]
 fn conv_results_do_not_depend_on_the_thread_count() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    // 7 images: groups of images side by side; 2: one group, each GEMM split across threads.
-    for b in [7, 2] {
+    // 7 images: groups of images side by side; 2: one group, each GEMM split across threads;
+    // 3 with 32 channels on 25×31 maps: Winograd's path (bands of tile rows across images).
+    for (b, c, h, w, o) in [
+        (7, 12, 15, 13, 20),
+        (2, 12, 15, 13, 20),
+        (3, 32, 25, 31, 40),
+    ] {
         let g = Geom {
             b,
-            c: 12,
-            h: 15,
-            w: 13,
-            o: 20,
+            c,
+            h,
+            w,
+            o,
             kh: 3,
             kw: 3,
             stride: 1,
@@ -243,6 +369,7 @@ fn conv_results_do_not_depend_on_the_thread_count() {
             dil: 1,
             band_bytes: 4_000,
         };
+        assert_eq!(winograd::suits(&g), c == 32);
         let (ho, wo) = g.out();
         let x = rand_vec(&mut rng, g.b * g.c * g.h * g.w);
         let w = rand_vec(&mut rng, g.o * g.c * 9);
@@ -266,6 +393,106 @@ fn conv_results_do_not_depend_on_the_thread_count() {
                 "batch {b}: {threads} threads differ from 1"
             );
         }
+    }
+}
+
+/// Winograd's F(2×2, 3×3) path on its own, on every size it can compute (not only those the
+/// speed rule routes to it): 1×1 maps, odd heights and widths (partial 2×2 blocks), one
+/// channel, more channels than a band's minimum, a batch whose bands span images. Forward with
+/// bias and ReLU, the input gradient and the weight gradient, against the direct convolution
+/// and its adjoints in f64.
+#[test]
+fn winograd_equals_the_direct_convolution_on_every_size() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for &(b, c, h, w, o) in &[
+        (1, 1, 1, 1, 1),
+        (2, 3, 2, 3, 4),
+        (1, 5, 7, 4, 3),
+        (3, 2, 5, 5, 17),
+        (5, 40, 9, 33, 20),
+        (4, 7, 3, 64, 9),
+    ] {
+        let g = Geom {
+            b,
+            c,
+            h,
+            w,
+            o,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            band_bytes: conv::BAND_BYTES,
+        };
+        assert!(winograd::computable(&g));
+        let x = rand_vec(&mut rng, b * c * h * w);
+        let wt = rand_vec(&mut rng, o * c * 9);
+        let bias = rand_vec(&mut rng, o);
+        let want: Vec<f64> = direct(&g, &x, &wt)
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (v + bias[(j / (h * w)) % o] as f64).max(0.0))
+            .collect();
+        let what = format!("{b}×{c}×{h}×{w} → {o}");
+        assert_close(
+            &winograd::forward(&g, true, &x, &wt, &bias),
+            &want,
+            1e-5,
+            &what,
+        );
+        // ∂x of a stride-1 padding-1 conv is the conv of ∂y with the flipped, transposed
+        // kernels: checked against the adjoint summed tap by tap.
+        let dy = rand_vec(&mut rng, b * o * h * w);
+        let mut dx = vec![0f64; x.len()];
+        for bi in 0..b {
+            for oi in 0..o {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        let d = dy[((bi * o + oi) * h + oy) * w + ox] as f64;
+                        for ci in 0..c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = (oy + ky, ox + kx);
+                                    if iy < 1 || ix < 1 || iy > h || ix > w {
+                                        continue;
+                                    }
+                                    let xi = ((bi * c + ci) * h + iy - 1) * w + ix - 1;
+                                    dx[xi] += d * wt[((oi * c + ci) * 3 + ky) * 3 + kx] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let got = winograd::backward_data(&g, &dy, &wt);
+        assert_close(&got, &dx, 1e-5, &format!("{what}: input gradient"));
+        // ∂W[o][c][ky][kx] = Σ ∂y[o][oy][ox] · x[c][oy + ky − 1][ox + kx − 1].
+        let mut dw = vec![0f64; wt.len()];
+        for bi in 0..b {
+            for oi in 0..o {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        let d = dy[((bi * o + oi) * h + oy) * w + ox] as f64;
+                        for ci in 0..c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = (oy + ky, ox + kx);
+                                    if iy < 1 || ix < 1 || iy > h || ix > w {
+                                        continue;
+                                    }
+                                    let xi = ((bi * c + ci) * h + iy - 1) * w + ix - 1;
+                                    dw[((oi * c + ci) * 3 + ky) * 3 + kx] += d * x[xi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let got = winograd::backward_filter(&g, &dy, &x);
+        assert_close(&got, &dw, 1e-5, &format!("{what}: weight gradient"));
     }
 }
 

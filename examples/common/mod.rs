@@ -24,8 +24,15 @@ pub fn device(args: &[String]) -> candle_core::Result<(Device, String)> {
         let n = n.trim_start_matches(':').parse().unwrap_or(0);
         Ok((Device::new_cuda(n)?, format!("cuda:{n}")))
     } else {
+        // WSSS_CPU_KERNELS=avx2 measures the AVX2 tile on an AVX-512 machine.
+        wsss::util::cpu::select_kernels().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok((Device::Cpu, "cpu".into()))
     }
+}
+
+/// The CPU kernels' register tile, for the benchmarks' headers.
+pub fn kernels() -> &'static str {
+    wsss_kernels::sgemm::isa().name()
 }
 
 /// Median, min and max seconds of `reps` timed runs after one warm-up; the device is
@@ -119,6 +126,11 @@ pub fn torch_reference(
         };
         if let (Some(w), Some(m)) = (v["workload"].as_str(), v["median_s"].as_f64()) {
             times.insert(w.to_string(), m);
+            // PyTorch's peak resident memory so far (one process runs every workload, so this
+            // is a running maximum), under "<workload> peak".
+            if let Some(p) = v["peak_mib"].as_f64() {
+                times.insert(format!("{w} peak"), p);
+            }
         } else if let Some(t) = v["torch"].as_str() {
             about = format!(
                 "PyTorch {t} on {}, {} threads",

@@ -35,6 +35,7 @@ pub const PROGRAM_ENV: &[&str] = &[
     "WSSS_REQUIRE_BROWSER",
     "WSSS_REQUIRE_READERS",
     "WSSS_MAX_IMAGE_MEGAPIXELS",
+    "WSSS_CPU_KERNELS",
 ];
 
 /// Overrides applied on top of the manifest files.

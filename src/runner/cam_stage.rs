@@ -143,7 +143,9 @@ impl Stage for CamStage {
         "cam"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: Winograd 3×3 convolutions and the bilinear-resize kernel (maps move in the last
+        // bits).
+        2
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify"]

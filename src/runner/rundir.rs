@@ -25,6 +25,10 @@ pub struct Versions {
     pub rustc: String,
     /// Whether the CUDA backend is compiled in.
     pub cuda_feature: bool,
+    /// The CPU kernels' register tile (`avx512`, `avx2`, `portable`; see `WSSS_CPU_KERNELS`);
+    /// empty in runs recorded before it was.
+    #[serde(default)]
+    pub cpu_kernels: String,
 }
 
 impl Versions {
@@ -36,6 +40,7 @@ impl Versions {
             polars: env!("BUILD_POLARS_VERSION").into(),
             rustc: env!("BUILD_RUSTC_VERSION").into(),
             cuda_feature: cfg!(feature = "cuda"),
+            cpu_kernels: wsss_kernels::sgemm::isa().name().into(),
         }
     }
 }

@@ -51,7 +51,8 @@ impl Stage for SegmentStage {
         // passed a quarter of it), and the CPU conv/batch-norm kernels sum in another order.
         // 3: the per-epoch diagnostics (class losses and shares, gradient norm, agreement with
         // the validation images' labels) and the collapse flag, which the report reads.
-        3
+        // 4: Winograd 3×3 convolutions and the bilinear-resize kernel (last bits, then training).
+        4
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "pseudo"]

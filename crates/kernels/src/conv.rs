@@ -13,12 +13,16 @@
 //! as threads, images run in parallel (one single-threaded GEMM each); otherwise each GEMM is
 //! split across the threads. Weight gradients are summed over fixed groups of images and then
 //! in group order, so results do not depend on the number of threads.
+//!
+//! 3×3 stride-1 padding-1 convolutions with enough channels ([`crate::winograd::suits`]) take
+//! Winograd's F(2×2, 3×3) instead, forward and both gradients.
 
 use rayon::prelude::*;
 
 use crate::elementwise::bias_act;
 use crate::sgemm::{sgemm, PackB, Strided, NR, PACK_ROWS};
 use crate::threads;
+use crate::winograd;
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,8 +301,25 @@ fn forward_image(
 }
 
 /// `relu?(conv(x, w) + bias)`: `x` is `B × C × H × W`, `w` is `O × C × kh × kw`, `bias` has `O`
-/// elements; returns `B × O × H_out × W_out`.
+/// elements; returns `B × O × H_out × W_out`. 3×3 stride-1 convolutions of the shapes
+/// [`winograd::suits`] names run on Winograd's F(2×2, 3×3), the others on the GEMM path
+/// ([`forward_gemm`]).
+///
+/// # Panics
+/// A bad geometry or a slice of the wrong size.
 pub fn forward(g: &Geom, relu: bool, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+    if winograd::suits(g) {
+        assert_eq!(x.len(), g.b * g.c * g.plane(), "conv: input size");
+        return winograd::forward(g, relu, x, w, bias);
+    }
+    forward_gemm(g, relu, x, w, bias)
+}
+
+/// [`forward`] on the GEMM path whatever the shape (implicit `im2col`).
+///
+/// # Panics
+/// As [`forward`].
+pub fn forward_gemm(g: &Geom, relu: bool, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
     assert!(g.valid(), "conv: bad geometry {g:?}");
     assert_eq!(x.len(), g.b * g.c * g.plane(), "conv: input size");
     assert_eq!(w.len(), g.o * g.ck(), "conv: weight size");
@@ -401,7 +422,52 @@ fn backward_image(
 
 /// Gradients of [`forward`] (before any ReLU: apply [`crate::elementwise::relu_grad`] first)
 /// given the output gradient `grad` (`B × O × H_out × W_out`); `∂x` and `∂W` only where asked.
+/// The shapes [`winograd::suits`] names take Winograd's path for both gradients
+/// ([`winograd::backward_data`], [`winograd::backward_filter`]); the others run on the GEMM
+/// path ([`backward_gemm`]).
+///
+/// # Panics
+/// A bad geometry or a slice of the wrong size.
 pub fn backward(
+    g: &Geom,
+    (need_x, need_w): (bool, bool),
+    grad: &[f32],
+    x: &[f32],
+    w: &[f32],
+) -> Grads {
+    if winograd::suits(g) {
+        let ol = g.o * g.l();
+        assert_eq!(grad.len(), g.b * ol, "conv: gradient size");
+        assert_eq!(w.len(), g.o * g.ck(), "conv: weight size");
+        // ∂b: each image's plane sums, added image by image (a fixed order).
+        let mut db = vec![0f32; g.o];
+        for gi in grad.chunks(ol) {
+            for (d, plane) in db.iter_mut().zip(gi.chunks(g.l())) {
+                *d += plane.iter().sum::<f32>();
+            }
+        }
+        return Grads {
+            dx: if need_x {
+                winograd::backward_data(g, grad, w)
+            } else {
+                Vec::new()
+            },
+            dw: if need_w {
+                winograd::backward_filter(g, grad, x)
+            } else {
+                Vec::new()
+            },
+            db,
+        };
+    }
+    backward_gemm(g, (need_x, need_w), grad, x, w)
+}
+
+/// [`backward`] on the GEMM path whatever the shape: `∂W += ∂y · colsᵀ`, `∂x = col2im(Wᵀ · ∂y)`.
+///
+/// # Panics
+/// As [`backward`].
+pub fn backward_gemm(
     g: &Geom,
     (need_x, need_w): (bool, bool),
     grad: &[f32],

@@ -3,27 +3,146 @@
 //! is never written out and read back.
 //!
 //! The loop nest is the classic one (Goto/BLIS): `B` in `KC × NC` blocks packed into panels of
-//! [`NR`] columns, `A` in `MC × KC` blocks packed into panels of [`MR`] rows, and a register
-//! microkernel computing an `MR × NR` tile with fused multiply-adds. On x86-64 with AVX2 and
-//! FMA the microkernel uses them (6 × 16: twelve 8-lane accumulators); elsewhere a portable
-//! kernel of the same shape runs (correct, slower; candle's own kernels are no faster there).
+//! [`NR`] columns, `A` in `MC × KC` blocks packed into panels of `MR` rows, and a register
+//! microkernel computing an `MR × NR` tile with fused multiply-adds. The tile is chosen once
+//! per process by [`isa`] (see [`Isa`]): on x86-64 with AVX-512F a 16 × 16 tile (sixteen
+//! 16-lane accumulators, the `A` values broadcast straight from memory), with AVX2 and FMA a
+//! 6 × 16 tile (twelve 8-lane accumulators), elsewhere a portable kernel of the AVX2 tile's
+//! shape (correct, slower). Only `MR` (and the block size `MC`, a multiple of it) changes with
+//! the tile; `B`'s panels are [`NR`] = 16 wide for all of them, so the convolution's packers
+//! do not depend on the CPU.
+//!
+//! Every SIMD tile computes each element of `C` as the same sequence of single-rounding
+//! fused multiply-adds over the depth, in depth order, from zero, then adds it to `C`: the
+//! AVX-512 and AVX2 paths give the same bits (tested), and so does any split across threads.
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
-/// Rows of the register tile.
-pub const MR: usize = 6;
-/// Columns of the register tile.
+/// Rows of the largest register tile (the AVX-512 one); see [`Isa::mr`].
+pub const MR_MAX: usize = 16;
+/// Columns of the register tile (every [`Isa`]).
 pub const NR: usize = 16;
 const KC: usize = 256;
-const MC: usize = 72;
 const NC: usize = 1024;
 
-/// Fills a packed block of `A`: `(i0, p0, mc, kc, buf)` writes rows `i0..i0+mc`, depths
-/// `p0..p0+kc` as `⌈mc/MR⌉` panels, panel `r` at `buf[r·MR·kc..]`, element `(i, p)` of a panel
-/// at `p·MR + i`; rows past `mc` zero.
+/// The instruction set the GEMM's register tile uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 AVX-512F: a 16 × 16 tile.
+    Avx512,
+    /// x86-64 AVX2 + FMA: a 6 × 16 tile.
+    Avx2,
+    /// Plain Rust, any CPU: a 6 × 16 tile (separate multiply and add, so its results differ
+    /// from the SIMD tiles' in the last bits).
+    Portable,
+}
+
+impl Isa {
+    /// Every tile, fastest first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// Its name, as `WSSS_CPU_KERNELS` spells it and `run.json` records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// The tile of a name ([`Isa::name`]).
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == s)
+    }
+
+    /// Whether this CPU can run it.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+                Isa::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
+    }
+
+    /// Rows of its register tile.
+    pub fn mr(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 | Isa::Portable => 6,
+        }
+    }
+
+    /// Rows of one packed block of `A` (a multiple of [`Isa::mr`]; `MC × KC` floats stay in
+    /// the L2 cache).
+    fn mc(self) -> usize {
+        match self {
+            Isa::Avx512 => 96,
+            Isa::Avx2 | Isa::Portable => 72,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Isa::Avx512 => 1,
+            Isa::Avx2 => 2,
+            Isa::Portable => 3,
+        }
+    }
+}
+
+/// The tile every [`sgemm`] of this process uses: set by [`set_isa`], else the fastest this
+/// CPU supports.
+static ISA: AtomicU8 = AtomicU8::new(0);
+
+/// The register tile in use (see [`set_isa`]).
+pub fn isa() -> Isa {
+    match ISA.load(Ordering::Relaxed) {
+        1 => Isa::Avx512,
+        2 => Isa::Avx2,
+        3 => Isa::Portable,
+        _ => {
+            let best = Isa::ALL
+                .into_iter()
+                .find(|i| i.supported())
+                .unwrap_or(Isa::Portable);
+            ISA.store(best.code(), Ordering::Relaxed);
+            best
+        }
+    }
+}
+
+/// Use `isa`'s register tile from now on in this process (benchmarks force the AVX2 path on an
+/// AVX-512 machine with it). Set it before any GEMM runs: products running at that moment may
+/// use either tile.
+///
+/// # Errors
+/// The CPU cannot run it (nothing is changed).
+pub fn set_isa(isa: Isa) -> Result<(), String> {
+    if !isa.supported() {
+        return Err(format!("this CPU cannot run the `{}` kernels", isa.name()));
+    }
+    ISA.store(isa.code(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Fills a packed block of `A` for a tile of `mr` rows: `(i0, p0, mc, kc, mr, buf)` writes
+/// rows `i0..i0+mc`, depths `p0..p0+kc` as `⌈mc/mr⌉` panels, panel `r` at `buf[r·mr·kc..]`,
+/// element `(i, p)` of a panel at `p·mr + i`; rows past `mc` zero.
 pub trait PackA: Sync {
     /// Pack one block (see the trait).
-    fn pack(&self, i0: usize, p0: usize, mc: usize, kc: usize, buf: &mut [f32]);
+    fn pack(&self, i0: usize, p0: usize, mc: usize, kc: usize, mr: usize, buf: &mut [f32]);
 }
 
 /// Fills a packed block of `B`: `(p0, j0, kc, nc, buf)` writes depths `p0..p0+kc`, columns
@@ -45,35 +164,42 @@ pub struct Strided<'a> {
     pub cs: usize,
 }
 
+impl Strided<'_> {
+    /// One full panel of `R` contiguous rows (`cs == 1`), read side by side, written in order.
+    fn pack_rows<const R: usize>(&self, first: usize, kc: usize, panel: &mut [f32]) {
+        let src: [&[f32]; R] = std::array::from_fn(|i| &self.data[first + i * self.rs..][..kc]);
+        for (p, dst) in panel.chunks_exact_mut(R).enumerate() {
+            for (d, s) in dst.iter_mut().zip(&src) {
+                *d = s[p];
+            }
+        }
+    }
+}
+
 impl PackA for Strided<'_> {
-    fn pack(&self, i0: usize, p0: usize, mc: usize, kc: usize, buf: &mut [f32]) {
-        for (r, panel) in buf.chunks_mut(MR * kc).take(mc.div_ceil(MR)).enumerate() {
-            let rows = (mc - r * MR).min(MR);
-            let panel = &mut panel[..MR * kc];
-            if rows < MR {
+    fn pack(&self, i0: usize, p0: usize, mc: usize, kc: usize, mr: usize, buf: &mut [f32]) {
+        for (r, panel) in buf.chunks_mut(mr * kc).take(mc.div_ceil(mr)).enumerate() {
+            let rows = (mc - r * mr).min(mr);
+            let panel = &mut panel[..mr * kc];
+            if rows < mr {
                 panel.fill(0.0);
             }
-            let base = |i: usize| (i0 + r * MR + i) * self.rs + p0 * self.cs;
-            if self.cs == 1 && rows == MR {
-                // Six contiguous rows, read side by side, written in order.
-                let src: [&[f32]; MR] = std::array::from_fn(|i| &self.data[base(i)..base(i) + kc]);
-                for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                    for (d, s) in dst.iter_mut().zip(&src) {
-                        *d = s[p];
-                    }
-                }
-            } else if self.rs == 1 && rows == MR {
-                // Columns contiguous: each depth's MR rows are adjacent in memory.
-                for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+            let base = |i: usize| (i0 + r * mr + i) * self.rs + p0 * self.cs;
+            if self.cs == 1 && rows == mr && mr == 6 {
+                self.pack_rows::<6>(base(0), kc, panel);
+            } else if self.cs == 1 && rows == mr && mr == 16 {
+                self.pack_rows::<16>(base(0), kc, panel);
+            } else if self.rs == 1 && rows == mr {
+                // Columns contiguous: each depth's mr rows are adjacent in memory.
+                for (p, dst) in panel.chunks_exact_mut(mr).enumerate() {
                     let at = base(0) + p * self.cs;
-                    let dst: &mut [f32; MR] = dst.try_into().expect("MR");
-                    *dst = self.data[at..at + MR].try_into().expect("MR");
+                    dst.copy_from_slice(&self.data[at..at + mr]);
                 }
             } else {
                 for i in 0..rows {
                     let b = base(i);
                     for p in 0..kc {
-                        panel[p * MR + i] = self.data[b + p * self.cs];
+                        panel[p * mr + i] = self.data[b + p * self.cs];
                     }
                 }
             }
@@ -129,32 +255,17 @@ impl PackB for Strided<'_> {
     }
 }
 
-/// Whether the AVX2 + FMA microkernel can run here.
-fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *SIMD.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// `C[i][j] (+)= Σ_p a[p·MR + i] · b[p·NR + j]` for a full `MR × NR` tile of `C` at `c` (row
+/// `C[i][j] (+)= Σ_p a[p·6 + i] · b[p·NR + j]` for a full 6 × [`NR`] tile of `C` at `c` (row
 /// stride `ldc`).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `a` and `b` must hold `kc·MR` and `kc·NR` elements, and
-/// `c + i·ldc + j` (`i < MR`, `j < NR`) must be valid for reads and writes.
+/// The CPU must have AVX2 and FMA; `a` and `b` must hold `kc·6` and `kc·NR` elements, and
+/// `c + i·ldc + j` (`i < 6`, `j < NR`) must be valid for reads and writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
     use std::arch::x86_64::*;
+    const MR: usize = 6;
     let (mut a, mut b) = (a, b);
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
     for _ in 0..kc {
@@ -184,9 +295,57 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
     }
 }
 
-fn kernel_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
+/// `C[i][j] (+)= Σ_p a[p·16 + i] · b[p·NR + j]` for a full 16 × [`NR`] tile of `C` at `c`
+/// (row stride `ldc`): one 16-lane accumulator per row, `B`'s row loaded once per depth and
+/// each `A` value broadcast from memory into its fused multiply-add (29 of the 32 vector
+/// registers in use).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `a` and `b` must hold `kc·16` and `kc·NR` elements, and
+/// `c + i·ldc + j` (`i < 16`, `j < NR`) must be valid for reads and writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 16;
+    let (mut a, mut b) = (a, b);
+    let mut acc = [_mm512_setzero_ps(); MR];
+    for _ in 0..kc {
+        // SAFETY (all of this block): within the bounds the caller guarantees.
+        let b0 = unsafe { _mm512_loadu_ps(b) };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let ai = unsafe { _mm512_set1_ps(*a.add(i)) };
+            *acc = _mm512_fmadd_ps(ai, b0, *acc);
+        }
+        unsafe {
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+    for (i, &v) in acc.iter().enumerate() {
+        unsafe {
+            let row = c.add(i * ldc);
+            let v = if add {
+                _mm512_add_ps(v, _mm512_loadu_ps(row))
+            } else {
+                v
+            };
+            _mm512_storeu_ps(row, v);
+        }
+    }
+}
+
+/// The portable tile: `tile[i·NR + j] = Σ_p a[p·mr + i] · b[p·NR + j]`.
+fn kernel_portable(kc: usize, mr: usize, a: &[f32], b: &[f32], tile: &mut [f32]) {
     tile.fill(0.0);
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+    for (ap, bp) in a.chunks_exact(mr).zip(b.chunks_exact(NR)).take(kc) {
         for (i, &ai) in ap.iter().enumerate() {
             for (t, &bj) in tile[i * NR..(i + 1) * NR].iter_mut().zip(bp) {
                 *t += ai * bj;
@@ -195,16 +354,44 @@ fn kernel_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
     }
 }
 
-/// `tile = A_panel · B_panel` (row-major `MR × NR`).
-fn kernel(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
-    let (a, b) = (&a[..kc * MR], &b[..kc * NR]);
-    #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: AVX2 and FMA checked at run time; the slices and the tile are large enough.
-        unsafe { kernel_avx2(kc, a.as_ptr(), b.as_ptr(), tile.as_mut_ptr(), NR, false) };
-        return;
+/// `C (+)= A_panel · B_panel` for a full `isa.mr() × NR` tile of `C` at `c` (row stride
+/// `ldc`), on `isa`'s kernel.
+///
+/// # Safety
+/// `isa` must be supported by this CPU ([`set_isa`] and [`isa`] guarantee it); `a` and `b` must
+/// hold `kc·mr` and `kc·NR` elements, and the tile at `c` must be valid for reads and writes.
+unsafe fn full_tile(
+    isa: Isa,
+    kc: usize,
+    (a, b): (&[f32], &[f32]),
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    let mr = isa.mr();
+    let (a, b) = (&a[..kc * mr], &b[..kc * NR]);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: supported (the caller); the panels are long enough (sliced above).
+        Isa::Avx512 => unsafe { kernel_avx512(kc, a.as_ptr(), b.as_ptr(), c, ldc, add) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { kernel_avx2(kc, a.as_ptr(), b.as_ptr(), c, ldc, add) },
+        _ => {
+            let mut tile = [0f32; MR_MAX * NR];
+            let tile = &mut tile[..mr * NR];
+            kernel_portable(kc, mr, a, b, tile);
+            for (i, trow) in tile.chunks_exact(NR).enumerate() {
+                // SAFETY: the tile at `c` is valid (the caller).
+                let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
+                if add {
+                    dst.iter_mut().zip(trow).for_each(|(d, t)| *d += t);
+                } else {
+                    dst.copy_from_slice(trow);
+                }
+            }
+        }
     }
-    kernel_portable(kc, a, b, tile)
 }
 
 /// A raw view of `C` shared by the threads of [`sgemm`]; each writes disjoint columns.
@@ -221,6 +408,7 @@ unsafe impl Sync for Out {}
 /// Single-threaded product over columns `j_lo..j_hi` of `C`.
 #[allow(clippy::too_many_arguments)]
 fn sgemm_cols(
+    isa: Isa,
     (m, k): (usize, usize),
     (j_lo, j_hi): (usize, usize),
     out: Out,
@@ -236,64 +424,63 @@ fn sgemm_cols(
     BUFS.with(|bufs| {
         let (abuf, bbuf) = &mut *bufs.borrow_mut();
         let kc = KC.min(k);
-        abuf.resize(MC.min(m).div_ceil(MR) * MR * kc, 0.0);
+        abuf.resize(isa.mc().min(m).div_ceil(isa.mr()) * isa.mr() * kc, 0.0);
         bbuf.resize(NC.min(j_hi - j_lo).div_ceil(NR) * NR * kc, 0.0);
-        blocks((m, k), (j_lo, j_hi), out, accumulate, a, b, abuf, bbuf);
+        blocks(
+            isa,
+            (m, k),
+            (j_lo, j_hi),
+            out,
+            accumulate,
+            (a, b),
+            (abuf, bbuf),
+        );
     });
 }
 
 /// The loop nest of [`sgemm_cols`] over its packing buffers.
-#[allow(clippy::too_many_arguments)]
 fn blocks(
+    isa: Isa,
     (m, k): (usize, usize),
     (j_lo, j_hi): (usize, usize),
     out: Out,
     accumulate: bool,
-    a: &dyn PackA,
-    b: &dyn PackB,
-    abuf: &mut [f32],
-    bbuf: &mut [f32],
+    (a, b): (&dyn PackA, &dyn PackB),
+    (abuf, bbuf): (&mut [f32], &mut [f32]),
 ) {
-    let mut tile = [0f32; MR * NR];
+    let (mr, mc_max) = (isa.mr(), isa.mc());
+    let mut tile = [0f32; MR_MAX * NR];
     for jc in (j_lo..j_hi).step_by(NC) {
         let nc = NC.min(j_hi - jc);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             b.pack(pc, jc, kc, nc, bbuf);
             let add = accumulate || pc > 0;
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
-                a.pack(ic, pc, mc, kc, abuf);
+            for ic in (0..m).step_by(mc_max) {
+                let mc = mc_max.min(m - ic);
+                a.pack(ic, pc, mc, kc, mr, abuf);
                 for (s, bp) in bbuf.chunks(NR * kc).take(nc.div_ceil(NR)).enumerate() {
                     let j = jc + s * NR;
                     let cols = NR.min(j_hi - j);
-                    for (r, ap) in abuf.chunks(MR * kc).take(mc.div_ceil(MR)).enumerate() {
-                        let i = ic + r * MR;
-                        let rows = MR.min(m - i);
+                    for (r, ap) in abuf.chunks(mr * kc).take(mc.div_ceil(mr)).enumerate() {
+                        let i = ic + r * mr;
+                        let rows = mr.min(m - i);
                         let at = i * out.ldc + j;
                         assert!(
                             at + (rows - 1) * out.ldc + cols <= out.len,
                             "sgemm: C out of bounds"
                         );
-                        #[cfg(target_arch = "x86_64")]
-                        if rows == MR && cols == NR && simd() {
-                            let (ap, bp) = (&ap[..kc * MR], &bp[..kc * NR]);
-                            // SAFETY: AVX2/FMA checked; the packed panels hold kc·MR and kc·NR
-                            // elements; the MR × NR tile at `at` is inside C (asserted) and in
-                            // this thread's columns j_lo..j_hi.
-                            unsafe {
-                                kernel_avx2(
-                                    kc,
-                                    ap.as_ptr(),
-                                    bp.as_ptr(),
-                                    out.ptr.add(at),
-                                    out.ldc,
-                                    add,
-                                )
-                            };
+                        if rows == mr && cols == NR {
+                            // SAFETY: `isa` is supported (`isa()`/`set_isa` check it); the packed
+                            // panels hold kc·mr and kc·NR elements; the mr × NR tile at `at` is
+                            // inside C (asserted) and in this thread's columns j_lo..j_hi.
+                            unsafe { full_tile(isa, kc, (ap, bp), out.ptr.add(at), out.ldc, add) };
                             continue;
                         }
-                        kernel(kc, ap, bp, &mut tile);
+                        // An edge tile: computed whole into `tile`, then its part inside C
+                        // added (the same additions as the full tile's, so the same bits).
+                        // SAFETY: as above, with `tile` (MR_MAX × NR) as the output.
+                        unsafe { full_tile(isa, kc, (ap, bp), tile.as_mut_ptr(), NR, false) };
                         for (ti, trow) in tile.chunks(NR).take(rows).enumerate() {
                             // SAFETY: in bounds (asserted); this thread owns columns
                             // j_lo..j_hi of every row, and j..j+cols lies inside them.
@@ -314,7 +501,11 @@ fn blocks(
 }
 
 /// `C (m × n, row stride ldc) (+)= A (m × k) · B (k × n)`, with `A` and `B` supplied by their
-/// packers; columns split across `threads` threads (1: run on the calling thread).
+/// packers; columns split across `threads` threads (1: run on the calling thread); on the
+/// register tile of [`isa`].
+///
+/// # Panics
+/// `C` is shorter than `(m − 1)·ldc + n`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     (m, n, k): (usize, usize, usize),
@@ -325,6 +516,29 @@ pub fn sgemm(
     b: &dyn PackB,
     threads: usize,
 ) {
+    sgemm_on(isa(), (m, n, k), c, ldc, accumulate, (a, b), threads)
+}
+
+/// [`sgemm`] on a given register tile, whatever [`isa`] says: lets tests and benchmarks run
+/// two tiles side by side in one process.
+///
+/// # Panics
+/// As [`sgemm`]; or the CPU cannot run `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_on(
+    isa: Isa,
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    (a, b): (&dyn PackA, &dyn PackB),
+    threads: usize,
+) {
+    assert!(
+        isa.supported(),
+        "sgemm: this CPU cannot run `{}`",
+        isa.name()
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -344,27 +558,29 @@ pub fn sgemm(
     };
     let parts = threads.clamp(1, n.div_ceil(NR));
     if parts == 1 {
-        return sgemm_cols((m, k), (0, n), out, accumulate, a, b);
+        return sgemm_cols(isa, (m, k), (0, n), out, accumulate, a, b);
     }
     let per = n.div_ceil(NR).div_ceil(parts) * NR;
     (0..parts).into_par_iter().for_each(|t| {
         let (lo, hi) = (t * per, ((t + 1) * per).min(n));
         if lo < hi {
-            sgemm_cols((m, k), (lo, hi), out, accumulate, a, b);
+            sgemm_cols(isa, (m, k), (lo, hi), out, accumulate, a, b);
         }
     });
 }
 
-/// One register tile `A_panel · B_panel` over depth `kc` (`a`: `kc × MR` packed, `b`: `kc × NR`
-/// packed), with the SIMD kernel if asked and available, else the portable one: lets tests
-/// check the two against each other.
+/// One register tile `A_panel · B_panel` over depth `kc` (`a`: `kc × isa.mr()` packed, `b`:
+/// `kc × NR` packed), row-major `isa.mr() × NR`: lets tests check the tiles against each
+/// other.
+///
+/// # Panics
+/// The CPU cannot run `isa`, or the panels are shorter than that.
 #[doc(hidden)]
-pub fn tile(kc: usize, a: &[f32], b: &[f32], simd_if_available: bool) -> [f32; MR * NR] {
-    let mut t = [0f32; MR * NR];
-    if simd_if_available {
-        kernel(kc, a, b, &mut t);
-    } else {
-        kernel_portable(kc, &a[..kc * MR], &b[..kc * NR], &mut t);
-    }
+pub fn tile(isa: Isa, kc: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    assert!(isa.supported(), "this CPU cannot run `{}`", isa.name());
+    let mut t = vec![0f32; isa.mr() * NR];
+    // SAFETY: supported (asserted); `full_tile` slices the panels (panicking if short); `t`
+    // holds the mr × NR tile.
+    unsafe { full_tile(isa, kc, (a, b), t.as_mut_ptr(), NR, false) };
     t
 }
