@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wsss_kernels::conv::{self, Geom};
 use wsss_kernels::depthwise::{self, DwGeom};
-use wsss_kernels::sgemm::{self, sgemm, sgemm_on, tile, Isa, Strided, NR};
+use wsss_kernels::sgemm::{self, sgemm, sgemm_on, tile, Isa, Prepacked, Strided, NR};
 use wsss_kernels::winograd;
 
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
@@ -102,6 +102,57 @@ fn sgemm_equals_the_three_loop_product() {
             assert_close(&c, &want, 1e-5, &format!("{m}x{n}x{k} variant {variant}"));
         }
     }
+}
+
+/// An `A` packed once ([`Prepacked`]) gives the same bits as packing it in every product, on
+/// every tile, across depth blocks (k > 256) and row blocks (m > 96), and refuses a block of
+/// another blocking.
+#[test]
+fn prepacked_a_gives_the_same_bits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
+        for &(m, n, k) in &[(1, 5, 1), (100, 37, 300), (16, 64, 256), (200, 20, 600)] {
+            let a = rand_vec(&mut rng, m * k);
+            let b = rand_vec(&mut rng, k * n);
+            let av = Strided {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            let bv = Strided {
+                data: &b,
+                rs: n,
+                cs: 1,
+            };
+            let packed = Prepacked::new(isa, &av, m, k);
+            let (mut c1, mut c2) = (vec![0f32; m * n], vec![0f32; m * n]);
+            sgemm_on(isa, (m, n, k), &mut c1, n, false, (&av, &bv), 2);
+            sgemm_on(isa, (m, n, k), &mut c2, n, false, (&packed, &bv), 2);
+            assert!(
+                c1.iter().zip(&c2).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{} {m}x{n}x{k}",
+                isa.name()
+            );
+        }
+    }
+    let a = vec![1f32; 8 * 8];
+    let packed = Prepacked::new(
+        Isa::Portable,
+        &Strided {
+            data: &a,
+            rs: 8,
+            cs: 1,
+        },
+        8,
+        8,
+    );
+    use wsss_kernels::sgemm::PackA;
+    assert!(packed.prepacked(0, 0, 8, 8, 6).is_some());
+    assert!(
+        packed.prepacked(0, 0, 8, 4, 6).is_none(),
+        "another depth block"
+    );
+    assert!(packed.prepacked(0, 0, 8, 8, 16).is_none(), "another tile");
 }
 
 /// Every SIMD register tile this CPU runs equals the portable one (within rounding: the

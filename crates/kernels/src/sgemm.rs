@@ -143,6 +143,73 @@ pub fn set_isa(isa: Isa) -> Result<(), String> {
 pub trait PackA: Sync {
     /// Pack one block (see the trait).
     fn pack(&self, i0: usize, p0: usize, mc: usize, kc: usize, mr: usize, buf: &mut [f32]);
+    /// The block already packed, if this operand holds it (see [`Prepacked`]); the GEMM then
+    /// reads it in place instead of calling [`PackA::pack`].
+    fn prepacked(
+        &self,
+        _i0: usize,
+        _p0: usize,
+        _mc: usize,
+        _kc: usize,
+        _mr: usize,
+    ) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// An `A` operand packed once for every block of the GEMM's loop nest on one register tile, so
+/// that many products with the same `A` (Winograd's 16 per band of tiles, over every band) do
+/// not pack it again each time.
+pub struct Prepacked {
+    isa: Isa,
+    m: usize,
+    k: usize,
+    /// Blocks in (depth block, row block) order; each `⌈mc/mr⌉·mr·kc` floats.
+    blocks: Vec<Vec<f32>>,
+}
+
+impl Prepacked {
+    /// Packs the `m × k` operand `a` for `isa`'s tile.
+    pub fn new(isa: Isa, a: &dyn PackA, m: usize, k: usize) -> Self {
+        let (mr, mc_max) = (isa.mr(), isa.mc());
+        let mut blocks = Vec::new();
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            for ic in (0..m).step_by(mc_max) {
+                let mc = mc_max.min(m - ic);
+                let mut buf = vec![0f32; mc.div_ceil(mr) * mr * kc];
+                a.pack(ic, pc, mc, kc, mr, &mut buf);
+                blocks.push(buf);
+            }
+        }
+        Self { isa, m, k, blocks }
+    }
+
+    fn block(&self, i0: usize, p0: usize, mc: usize, kc: usize, mr: usize) -> Option<&[f32]> {
+        let mc_max = self.isa.mc();
+        let fits = mr == self.isa.mr()
+            && i0.is_multiple_of(mc_max)
+            && p0.is_multiple_of(KC)
+            && mc == mc_max.min(self.m.saturating_sub(i0))
+            && kc == KC.min(self.k.saturating_sub(p0));
+        fits.then(|| {
+            let per_depth = self.m.div_ceil(mc_max);
+            self.blocks[(p0 / KC) * per_depth + i0 / mc_max].as_slice()
+        })
+    }
+}
+
+impl PackA for Prepacked {
+    fn pack(&self, i0: usize, p0: usize, mc: usize, kc: usize, mr: usize, buf: &mut [f32]) {
+        let block = self
+            .block(i0, p0, mc, kc, mr)
+            .expect("Prepacked: a block of another tile or blocking than it was packed for");
+        buf[..block.len()].copy_from_slice(block);
+    }
+
+    fn prepacked(&self, i0: usize, p0: usize, mc: usize, kc: usize, mr: usize) -> Option<&[f32]> {
+        self.block(i0, p0, mc, kc, mr)
+    }
 }
 
 /// Fills a packed block of `B`: `(p0, j0, kc, nc, buf)` writes depths `p0..p0+kc`, columns
@@ -458,11 +525,17 @@ fn blocks(
             let add = accumulate || pc > 0;
             for ic in (0..m).step_by(mc_max) {
                 let mc = mc_max.min(m - ic);
-                a.pack(ic, pc, mc, kc, mr, abuf);
+                let apacked: &[f32] = match a.prepacked(ic, pc, mc, kc, mr) {
+                    Some(block) => block,
+                    None => {
+                        a.pack(ic, pc, mc, kc, mr, abuf);
+                        abuf
+                    }
+                };
                 for (s, bp) in bbuf.chunks(NR * kc).take(nc.div_ceil(NR)).enumerate() {
                     let j = jc + s * NR;
                     let cols = NR.min(j_hi - j);
-                    for (r, ap) in abuf.chunks(mr * kc).take(mc.div_ceil(mr)).enumerate() {
+                    for (r, ap) in apacked.chunks(mr * kc).take(mc.div_ceil(mr)).enumerate() {
                         let i = ic + r * mr;
                         let rows = mr.min(m - i);
                         let at = i * out.ldc + j;

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::conv::Geom;
-use crate::sgemm::{isa, sgemm_on, Strided};
+use crate::sgemm::{isa, sgemm_on, Prepacked, Strided};
 
 /// Floats of one band's transformed input or output (`16 × channels × tiles`): 1 MiB.
 const BAND_FLOATS: usize = 1 << 18;
@@ -231,51 +231,77 @@ fn gradient_transform(
 ) {
     let tw = w.div_ceil(2);
     let plane = co * nt;
-    tmp.resize(4 * tw, 0.0);
+    tmp.resize(12 * tw, 0.0);
     for o in 0..co {
         let go = &gi[o * h * w..][..h * w];
-        // Even and odd columns of the tile's two output rows: tmp[(2·dy + parity)·tw..].
+        let (cols, rows) = tmp.split_at_mut(4 * tw);
+        // Even and odd columns of the tile's two output rows: cols[(2·dy + parity)·tw..].
         for dy in 0..2 {
             let y = 2 * ti + dy;
-            let (ev, od) = tmp[2 * dy * tw..(2 * dy + 2) * tw].split_at_mut(tw);
+            let (ev, od) = cols[2 * dy * tw..(2 * dy + 2) * tw].split_at_mut(tw);
+            ev.fill(0.0);
+            od.fill(0.0);
             if y >= h {
-                ev.fill(0.0);
-                od.fill(0.0);
                 continue;
             }
             let row = &go[y * w..][..w];
+            let pairs = row.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                ev[tw - 1] = *last; // w odd: the last column is even, its odd partner is outside
+            }
+            for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(pairs) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+        }
+        let (e0, o0, e1, o1) = (
+            &cols[..tw],
+            &cols[tw..2 * tw],
+            &cols[2 * tw..3 * tw],
+            &cols[3 * tw..],
+        );
+        // Rows of A ∂Y (A = [[1, 0], [1, 1], [1, −1], [0, −1]]): y0, y0 + y1, y0 − y1, −y1, on
+        // the even (rows[2k·tw..]) and the odd (rows[(2k + 1)·tw..]) columns.
+        {
+            let mut r = rows.chunks_exact_mut(tw);
+            let mut next = || r.next().expect("8 rows");
+            let (re0, ro0, re1, ro1, re2, ro2, re3, ro3) = (
+                next(),
+                next(),
+                next(),
+                next(),
+                next(),
+                next(),
+                next(),
+                next(),
+            );
             for j in 0..tw {
-                ev[j] = row[2 * j];
-                od[j] = row.get(2 * j + 1).copied().unwrap_or(0.0);
+                re0[j] = e0[j];
+                ro0[j] = o0[j];
+                re1[j] = e0[j] + e1[j];
+                ro1[j] = o0[j] + o1[j];
+                re2[j] = e0[j] - e1[j];
+                ro2[j] = o0[j] - o1[j];
+                re3[j] = -e1[j];
+                ro3[j] = -o1[j];
             }
         }
         let base = o * nt + at;
-        let (e0, o0, e1, o1) = (
-            &tmp[..tw],
-            &tmp[tw..2 * tw],
-            &tmp[2 * tw..3 * tw],
-            &tmp[3 * tw..],
-        );
         for k in 0..4 {
-            // Row k of A ∂Y: [y0, y0 + y1, y0 − y1, −y1] on the even and the odd columns.
-            let r = |p: f32, q: f32| match k {
-                0 => p,
-                1 => p + q,
-                2 => p - q,
-                _ => -q,
-            };
-            for l in 0..4 {
-                let dst = &mut dm[(k * 4 + l) * plane + base..][..tw];
-                for (j, d) in dst.iter_mut().enumerate() {
-                    let (e, od) = (r(e0[j], e1[j]), r(o0[j], o1[j]));
-                    // Column l of (A ∂Y) Aᵀ: [e, e + o, e − o, −o].
-                    *d = match l {
-                        0 => e,
-                        1 => e + od,
-                        2 => e - od,
-                        _ => -od,
-                    };
-                }
+            let (re, ro) = (&rows[2 * k * tw..][..tw], &rows[(2 * k + 1) * tw..][..tw]);
+            let at = |l: usize| (k * 4 + l) * plane + base;
+            // Columns of (A ∂Y) Aᵀ: e, e + o, e − o, −o.
+            for (d, &e) in dm[at(0)..][..tw].iter_mut().zip(re) {
+                *d = e;
+            }
+            for ((d, &e), &o) in dm[at(1)..][..tw].iter_mut().zip(re).zip(ro) {
+                *d = e + o;
+            }
+            for ((d, &e), &o) in dm[at(2)..][..tw].iter_mut().zip(re).zip(ro) {
+                *d = e - o;
+            }
+            for (d, &o) in dm[at(3)..][..tw].iter_mut().zip(ro) {
+                *d = -o;
             }
         }
     }
@@ -326,6 +352,18 @@ fn run(
     let mut y = vec![0f32; b * co * h * w];
     let out = Out(y.as_mut_ptr());
     let isa = isa();
+    // The 16 U_ξ, packed once for every band's products.
+    let packed: Vec<Prepacked> = (0..16)
+        .into_par_iter()
+        .map(|xi_| {
+            let a = Strided {
+                data: &u[xi_ * co * ci..][..co * ci],
+                rs: ci,
+                cs: 1,
+            };
+            Prepacked::new(isa, &a, co, ci)
+        })
+        .collect();
     bands.par_iter().with_max_len(1).for_each(|&(u0, u1)| {
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
@@ -337,19 +375,14 @@ fn run(
                 input_transform(xi, ci, (h, w), ti, ((u - u0) * tw, nt), s);
             }
             s.m.resize(16 * co * nt, 0.0);
-            for xi_ in 0..16 {
-                let a = Strided {
-                    data: &u[xi_ * co * ci..][..co * ci],
-                    rs: ci,
-                    cs: 1,
-                };
+            for (xi_, a) in packed.iter().enumerate() {
                 let bm = Strided {
                     data: &s.v[xi_ * ci * nt..][..ci * nt],
                     rs: nt,
                     cs: 1,
                 };
                 let m = &mut s.m[xi_ * co * nt..][..co * nt];
-                sgemm_on(isa, (co, nt, ci), m, nt, false, (&a, &bm), 1);
+                sgemm_on(isa, (co, nt, ci), m, nt, false, (a, &bm), 1);
             }
             for u in u0..u1 {
                 let (i, ti) = (u / th, u % th);
@@ -398,30 +431,40 @@ fn input_transform(
                     continue;
                 }
                 let src = &xc[y as usize * w..][..w];
-                // Padded column 2j is input column 2j − 1; 2j + 1 is input column 2j.
-                ev[0] = 0.0;
-                for (j, e) in ev.iter_mut().enumerate().skip(1) {
-                    *e = src.get(2 * j - 1).copied().unwrap_or(0.0);
+                // Padded column 2j is input column 2j − 1 (E), 2j + 1 is input column 2j (O):
+                // E[0] = 0, O[0] = x[0], then (E[j], O[j]) = (x[2j − 1], x[2j]) pair by pair.
+                ev.fill(0.0);
+                od.fill(0.0);
+                od[0] = src[0];
+                let pairs = src[1..].chunks_exact(2);
+                let rest = pairs.remainder();
+                let (e_rest, o_rest) = (&mut ev[1..], &mut od[1..]);
+                for ((e, o), pair) in e_rest.iter_mut().zip(o_rest.iter_mut()).zip(pairs) {
+                    *e = pair[0];
+                    *o = pair[1];
                 }
-                for (j, o) in od.iter_mut().enumerate() {
-                    *o = src.get(2 * j).copied().unwrap_or(0.0);
+                if let [last] = rest {
+                    ev[w / 2] = *last; // w even: x[w − 1] sits at E[w/2]
                 }
             }
             // Bᵀ down the rows, on the even and the odd columns: tmp[(2k + p)·n..] for row k of
-            // Bᵀ d, parity p.
+            // Bᵀ d, parity p; Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
             for p in 0..2 {
                 let row = |r: usize| &s.rows[(2 * r + p) * n..][..n];
                 let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-                for k in 0..4 {
-                    let dst = &mut s.tmp[(2 * k + p) * n..][..n];
-                    for (j, t) in dst.iter_mut().enumerate() {
-                        *t = match k {
-                            0 => d0[j] - d2[j],
-                            1 => d1[j] + d2[j],
-                            2 => d2[j] - d1[j],
-                            _ => d1[j] - d3[j],
-                        };
-                    }
+                let (t0, rest) = s.tmp[p * n..].split_at_mut(n);
+                // Rows k of the same parity are 2n apart.
+                let (_, rest) = rest.split_at_mut(n);
+                let (t1, rest) = rest.split_at_mut(n);
+                let (_, rest) = rest.split_at_mut(n);
+                let (t2, rest) = rest.split_at_mut(n);
+                let (_, rest) = rest.split_at_mut(n);
+                let t3 = &mut rest[..n];
+                for j in 0..n {
+                    t0[j] = d0[j] - d2[j];
+                    t1[j] = d1[j] + d2[j];
+                    t2[j] = d2[j] - d1[j];
+                    t3[j] = d1[j] - d3[j];
                 }
             }
             // B across the columns: tile j reads E[j], O[j], E[j + 1], O[j + 1].
