@@ -279,6 +279,40 @@ fn avx512_and_avx2_paths_give_the_same_bits() {
     assert!(same(&p.2, &q.2), "conv ∂W differs");
 }
 
+/// The adjoints of [`direct`] in f64, summed tap by tap over every (output, tap) pair that reads
+/// an input: `(∂x, ∂w, ∂b)` for the output gradient `dy`.
+fn direct_grads(g: &Geom, dy: &[f32], x: &[f32], wt: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (ho, wo) = g.out();
+    let (b, c, h, w, o, k) = (g.b, g.c, g.h, g.w, g.o, g.kh);
+    let (mut dx, mut dw, mut db) = (vec![0f64; x.len()], vec![0f64; wt.len()], vec![0f64; o]);
+    for bi in 0..b {
+        for oi in 0..o {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let d = dy[((bi * o + oi) * ho + oy) * wo + ox] as f64;
+                    db[oi] += d;
+                    for ci in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.stride + ky * g.dil) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + kx * g.dil) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                    continue;
+                                }
+                                let xi = ((bi * c + ci) * h + iy as usize) * w + ix as usize;
+                                let wi = ((oi * c + ci) * k + ky) * g.kw + kx;
+                                dx[xi] += d * wt[wi] as f64;
+                                dw[wi] += d * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
 /// Direct convolution in f64: `y[b][o][oy][ox] = Σ w[o][c][ky][kx] · x[b][c][iy][ix]`.
 fn direct(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f64> {
     let (ho, wo) = g.out();
@@ -354,32 +388,7 @@ fn conv_equals_the_direct_convolution_and_its_adjoints() {
 
         let dy = rand_vec(&mut rng, b * o * ho * wo);
         let gr = conv::backward(&g, (true, true), &dy, &x, &wt);
-        let (mut dx, mut dw, mut db) = (vec![0f64; x.len()], vec![0f64; wt.len()], vec![0f64; o]);
-        for bi in 0..b {
-            for oi in 0..o {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let d = dy[((bi * o + oi) * ho + oy) * wo + ox] as f64;
-                        db[oi] += d;
-                        for ci in 0..c {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy * stride + ky * dil) as isize - pad as isize;
-                                    let ix = (ox * stride + kx * dil) as isize - pad as isize;
-                                    if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
-                                        continue;
-                                    }
-                                    let xi = ((bi * c + ci) * h + iy as usize) * w + ix as usize;
-                                    let wi = ((oi * c + ci) * k + ky) * k + kx;
-                                    dx[xi] += d * wt[wi] as f64;
-                                    dw[wi] += d * x[xi] as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let (dx, dw, db) = direct_grads(&g, &dy, &x, &wt);
         assert_close(&gr.dx, &dx, 1e-5, &format!("case {i}: input gradient"));
         assert_close(&gr.dw, &dw, 1e-5, &format!("case {i}: weight gradient"));
         assert_close(&gr.db, &db, 1e-5, &format!("case {i}: bias gradient"));
@@ -493,55 +502,11 @@ fn winograd_equals_the_direct_convolution_on_every_size() {
             &what,
         );
         // ∂x of a stride-1 padding-1 conv is the conv of ∂y with the flipped, transposed
-        // kernels: checked against the adjoint summed tap by tap.
+        // kernels, ∂W the adjoint of the forward arithmetic: both against the direct adjoints.
         let dy = rand_vec(&mut rng, b * o * h * w);
-        let mut dx = vec![0f64; x.len()];
-        for bi in 0..b {
-            for oi in 0..o {
-                for oy in 0..h {
-                    for ox in 0..w {
-                        let d = dy[((bi * o + oi) * h + oy) * w + ox] as f64;
-                        for ci in 0..c {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let (iy, ix) = (oy + ky, ox + kx);
-                                    if iy < 1 || ix < 1 || iy > h || ix > w {
-                                        continue;
-                                    }
-                                    let xi = ((bi * c + ci) * h + iy - 1) * w + ix - 1;
-                                    dx[xi] += d * wt[((oi * c + ci) * 3 + ky) * 3 + kx] as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let (dx, dw, _) = direct_grads(&g, &dy, &x, &wt);
         let got = winograd::backward_data(&g, &dy, &wt);
         assert_close(&got, &dx, 1e-5, &format!("{what}: input gradient"));
-        // ∂W[o][c][ky][kx] = Σ ∂y[o][oy][ox] · x[c][oy + ky − 1][ox + kx − 1].
-        let mut dw = vec![0f64; wt.len()];
-        for bi in 0..b {
-            for oi in 0..o {
-                for oy in 0..h {
-                    for ox in 0..w {
-                        let d = dy[((bi * o + oi) * h + oy) * w + ox] as f64;
-                        for ci in 0..c {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let (iy, ix) = (oy + ky, ox + kx);
-                                    if iy < 1 || ix < 1 || iy > h || ix > w {
-                                        continue;
-                                    }
-                                    let xi = ((bi * c + ci) * h + iy - 1) * w + ix - 1;
-                                    dw[((oi * c + ci) * 3 + ky) * 3 + kx] += d * x[xi] as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
         let got = winograd::backward_filter(&g, &dy, &x);
         assert_close(&got, &dw, 1e-5, &format!("{what}: weight gradient"));
     }

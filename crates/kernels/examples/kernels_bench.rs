@@ -36,6 +36,23 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
+/// A 3×3 stride-1 padding-1 convolution of a batch of 8 `hw × hw` maps, `c → o` channels.
+fn conv3x3(c: usize, o: usize, hw: usize) -> Geom {
+    Geom {
+        b: 8,
+        c,
+        h: hw,
+        w: hw,
+        o,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 1,
+        dil: 1,
+        band_bytes: BAND_BYTES,
+    }
+}
+
 /// GFLOP/s of register-only FMAs on one thread with `isa`'s vectors (no memory traffic).
 #[cfg(target_arch = "x86_64")]
 fn peak_one_thread(isa: Isa) -> f64 {
@@ -193,19 +210,7 @@ fn main() {
         (512, 16, 512),
     ];
     for (c_in, hw, c_out) in convs {
-        let g = Geom {
-            b: 8,
-            c: c_in,
-            h: hw,
-            w: hw,
-            o: c_out,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-            dil: 1,
-            band_bytes: BAND_BYTES,
-        };
+        let g = conv3x3(c_in, c_out, hw);
         let (x, w, bias) = (
             rand(8 * c_in * hw * hw),
             rand(c_out * c_in * 9),
@@ -264,19 +269,7 @@ fn winograd_rule(reps: usize, rand: &mut dyn FnMut(usize) -> Vec<f32>) {
         (512, 512, 4),
     ];
     for (c, o, hw) in shapes {
-        let g = Geom {
-            b: 8,
-            c,
-            h: hw,
-            w: hw,
-            o,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-            dil: 1,
-            band_bytes: BAND_BYTES,
-        };
+        let g = conv3x3(c, o, hw);
         let (x, w, bias) = (rand(8 * c * hw * hw), rand(o * c * 9), rand(o));
         let dy = rand(8 * o * hw * hw);
         let f_gemm = time(reps, || {
