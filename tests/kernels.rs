@@ -512,6 +512,31 @@ fn winograd_equals_the_direct_convolution_on_every_size() {
     }
 }
 
+/// An empty batch of a shape Winograd's rule would take returns empty results instead of
+/// panicking (its bands need at least one image).
+#[test]
+fn an_empty_batch_is_empty_on_every_path() {
+    let g = Geom {
+        b: 0,
+        c: 32,
+        h: 32,
+        w: 32,
+        o: 32,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 1,
+        dil: 1,
+        band_bytes: conv::BAND_BYTES,
+    };
+    assert!(!winograd::suits(&g));
+    let (w, bias) = (vec![0.5f32; 32 * 32 * 9], vec![0f32; 32]);
+    assert!(conv::forward(&g, true, &[], &w, &bias).is_empty());
+    let gr = conv::backward(&g, (true, true), &[], &[], &w);
+    assert!(gr.dx.is_empty());
+    assert_eq!(gr.dw, vec![0f32; 32 * 32 * 9]);
+}
+
 // Depthwise convolution.
 /// The definition, one output element at a time.
 fn dw_direct(g: &DwGeom, x: &[f32], w: &[f32]) -> Vec<f32> {

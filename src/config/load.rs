@@ -994,6 +994,8 @@ mod tests {
             Override("cam.threshold".into())
         );
         assert_eq!(env_role("WSSS_DEVICE"), Override("device".into()));
+        // The kernels' tile is a program setting, not a manifest key.
+        assert_eq!(env_role("WSSS_CPU_KERNELS"), Unrelated);
         assert_eq!(env_role("WSSS_DATASET"), Override("dataset".into()));
         assert_eq!(env_role("WSSS_NAME"), Override("name".into()));
         // The program's own settings and unrelated variables are left alone, quietly.

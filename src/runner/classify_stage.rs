@@ -61,7 +61,7 @@ impl Stage for ClassifyStage {
         // passed a quarter of it), and the CPU conv/batch-norm kernels sum in another order.
         // 3: the binary cross-entropy is computed in its stable form (was NaN for |logit| > 17).
         // 4: 3×3 convolutions with ≥ 32 channels on maps ≥ 24² by Winograd F(2×2, 3×3), forward
-        // and input gradient (results move in the last bits, then through training).
+        // and both gradients (results move in the last bits, then through training).
         4
     }
     fn upstream(&self) -> &'static [&'static str] {

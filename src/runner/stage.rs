@@ -123,6 +123,12 @@ impl<S: Stage> DynStage for S {
             h.field(up)
                 .field(upstream_keys.get(up).map(String::as_str).unwrap_or(""));
         }
+        // The portable CPU tile rounds differently from the SIMD tiles (which agree bit for
+        // bit), so what it computes is cached apart (`WSSS_CPU_KERNELS=portable`, or a CPU
+        // without AVX2); the SIMD tiles' keys are unchanged.
+        if wsss_kernels::sgemm::isa() == wsss_kernels::sgemm::Isa::Portable {
+            h.field("cpu-kernels=portable");
+        }
         h.hex()
     }
 

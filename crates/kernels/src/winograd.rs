@@ -5,7 +5,8 @@
 //!
 //! Layout: the weights are transformed once per call into `U` (`16 × O × C`, one `O × C`
 //! matrix per position ξ of the 4×4 transformed tile); the input is transformed band by band
-//! (a few rows of tiles, sized so a band's `V` and `M` stay in the L2 cache) into `V`
+//! (a few rows of tiles, 1 MiB of `V` where the channels allow, at least 128 tiles so the
+//! products are not too short — 4 MiB at 512 channels) into `V`
 //! (`16 × C × T`), then the 16 products `M_ξ = U_ξ · V_ξ` run on the packed GEMM
 //! ([`crate::sgemm`]) and the output transform writes the 2×2 blocks, bias and ReLU fused.
 //! Bands run in parallel, each on one thread; every output element is computed by one band in
@@ -44,7 +45,14 @@ pub fn suits(g: &Geom) -> bool {
 /// Whether `g` is a convolution this path can compute at all (the arithmetic, not the speed
 /// rule of [`suits`]).
 pub fn computable(g: &Geom) -> bool {
-    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.dil == 1 && g.h > 0 && g.w > 0
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.pad == 1
+        && g.dil == 1
+        && g.b > 0
+        && g.h > 0
+        && g.w > 0
 }
 
 /// `U = G g Gᵀ` for every 3×3 kernel: `w` is `O × C × 3 × 3`; returns `16 × O × C`. With
@@ -386,12 +394,9 @@ fn run(
             }
             for u in u0..u1 {
                 let (i, ti) = (u / th, u % th);
-                // SAFETY: unit u = (image i, tile row ti) writes rows 2·ti and 2·ti + 1 of image
-                // i's planes only, and each unit belongs to one band; `y` outlives the loop.
-                let yi =
-                    unsafe { std::slice::from_raw_parts_mut(out.at(i * co * h * w), co * h * w) };
                 let at = ((u - u0) * tw, nt);
-                output_transform(&s.m, co, (h, w), ti, at, (bias, relu), yi, &mut s.tmp);
+                let image = (out, i * co * h * w);
+                output_transform(&s.m, co, (h, w), ti, at, (bias, relu), image, &mut s.tmp);
             }
         });
     });
@@ -493,8 +498,11 @@ fn input_transform(
 }
 
 /// Writes the 2×2 output blocks of tile row `ti` from `M` (`16 × co × nt`, tile columns
-/// `at..at + ⌈w/2⌉`) into one image's output `yi` (`co × h × w`), bias and ReLU applied;
-/// vectorised across the tiles like [`input_transform`].
+/// `at..at + ⌈w/2⌉`) into one image's output (`co × h × w`, starting `offset` floats into
+/// `out`), bias and ReLU applied; vectorised across the tiles like [`input_transform`]. Only
+/// output rows `2·ti` and `2·ti + 1` of each plane are touched, each through a slice of that
+/// row alone, so bands holding other tile rows of the same image never hold an overlapping
+/// reference.
 #[allow(clippy::too_many_arguments)]
 fn output_transform(
     m: &[f32],
@@ -503,7 +511,7 @@ fn output_transform(
     ti: usize,
     (at, nt): (usize, usize),
     (bias, relu): (Option<&[f32]>, bool),
-    yi: &mut [f32],
+    (out, offset): (Out, usize),
     tmp: &mut Vec<f32>,
 ) {
     let tw = w.div_ceil(2);
@@ -511,12 +519,11 @@ fn output_transform(
     tmp.resize(12 * tw, 0.0);
     for o in 0..co {
         let bo = bias.map_or(0.0, |b| b[o]);
-        let yo = &mut yi[o * h * w..][..h * w];
         {
             let base = o * nt + at;
             let e = |k: usize, l: usize| &m[(k * 4 + l) * plane + base..][..tw];
             // Aᵀ m down the rows: u_l = m0l + m1l + m2l, v_l = m1l − m2l − m3l.
-            let (uv, out) = tmp.split_at_mut(8 * tw);
+            let (uv, blocks) = tmp.split_at_mut(8 * tw);
             for l in 0..4 {
                 let (a, b, c, d) = (e(0, l), e(1, l), e(2, l), e(3, l));
                 let (u, v) = uv[2 * l * tw..(2 * l + 2) * tw].split_at_mut(tw);
@@ -537,7 +544,7 @@ fn output_transform(
             for (half, q0) in [(0usize, 0usize), (1, 2)] {
                 let r = |l: usize| &uv[(2 * l + half) * tw..][..tw];
                 let (a, b, c, d) = (r(0), r(1), r(2), r(3));
-                let (left, right) = out[q0 * tw..(q0 + 2) * tw].split_at_mut(tw);
+                let (left, right) = blocks[q0 * tw..(q0 + 2) * tw].split_at_mut(tw);
                 for j in 0..tw {
                     left[j] = act(a[j] + b[j] + c[j]);
                     right[j] = act(b[j] - c[j] - d[j]);
@@ -549,8 +556,12 @@ fn output_transform(
                 if y >= h {
                     continue;
                 }
-                let row = &mut yo[y * w..][..w];
-                let (left, right) = (&out[q0 * tw..][..tw], &out[(q0 + 1) * tw..][..tw]);
+                // SAFETY: row y of plane o of this image lies inside the output (`run` sized it
+                // b·co·h·w and `offset` is an image's start); this unit is the only one writing
+                // rows 2·ti and 2·ti + 1 of its image, and no other reference to them exists.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(out.at(offset + (o * h + y) * w), w) };
+                let (left, right) = (&blocks[q0 * tw..][..tw], &blocks[(q0 + 1) * tw..][..tw]);
                 let mut pairs = row.chunks_exact_mut(2);
                 for ((pair, &l), &r) in (&mut pairs).zip(left).zip(right) {
                     pair[0] = l;
