@@ -248,19 +248,7 @@ fn avx512_and_avx2_paths_give_the_same_bits() {
     }
     // The convolution through the process-wide tile; switching between these two tiles while
     // other tests run is harmless because they agree bit for bit (which this checks).
-    let g = Geom {
-        b: 2,
-        c: 5,
-        h: 13,
-        w: 11,
-        o: 19,
-        kh: 3,
-        kw: 3,
-        stride: 1,
-        pad: 1,
-        dil: 1,
-        band_bytes: conv::BAND_BYTES,
-    };
+    let g = Geom::same_3x3(2, 5, (13, 11), 19);
     let x = rand_vec(&mut rng, g.b * g.c * g.h * g.w);
     let w = rand_vec(&mut rng, g.o * g.c * 9);
     let bias = rand_vec(&mut rng, g.o);
@@ -417,17 +405,8 @@ fn conv_results_do_not_depend_on_the_thread_count() {
         (3, 32, 25, 31, 40),
     ] {
         let g = Geom {
-            b,
-            c,
-            h,
-            w,
-            o,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-            dil: 1,
             band_bytes: 4_000,
+            ..Geom::same_3x3(b, c, (h, w), o)
         };
         assert_eq!(winograd::suits(&g), c == 32);
         let (ho, wo) = g.out();
@@ -472,19 +451,7 @@ fn winograd_equals_the_direct_convolution_on_every_size() {
         (5, 40, 9, 33, 20),
         (4, 7, 3, 64, 9),
     ] {
-        let g = Geom {
-            b,
-            c,
-            h,
-            w,
-            o,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-            dil: 1,
-            band_bytes: conv::BAND_BYTES,
-        };
+        let g = Geom::same_3x3(b, c, (h, w), o);
         assert!(winograd::computable(&g));
         let x = rand_vec(&mut rng, b * c * h * w);
         let wt = rand_vec(&mut rng, o * c * 9);
@@ -516,19 +483,7 @@ fn winograd_equals_the_direct_convolution_on_every_size() {
 /// panicking (its bands need at least one image).
 #[test]
 fn an_empty_batch_is_empty_on_every_path() {
-    let g = Geom {
-        b: 0,
-        c: 32,
-        h: 32,
-        w: 32,
-        o: 32,
-        kh: 3,
-        kw: 3,
-        stride: 1,
-        pad: 1,
-        dil: 1,
-        band_bytes: conv::BAND_BYTES,
-    };
+    let g = Geom::same_3x3(0, 32, (32, 32), 32);
     assert!(!winograd::suits(&g));
     let (w, bias) = (vec![0.5f32; 32 * 32 * 9], vec![0f32; 32]);
     assert!(conv::forward(&g, true, &[], &w, &bias).is_empty());

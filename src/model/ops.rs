@@ -7,18 +7,14 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, T
 
 use super::cpu_op::contiguous_f32;
 
-/// The `(out, in)` matrix of 1-D linear interpolation, PyTorch `align_corners=False`:
-/// source index `(o + 0.5)·in/out − 0.5`, clamped at 0, neighbours `⌊s⌋` and `min(⌊s⌋+1, in−1)`.
+/// The `(out, in)` matrix of 1-D linear interpolation, PyTorch `align_corners=False`: row `o`
+/// holds the two taps of `wsss_kernels::resize::taps` (source index `(o + 0.5)·in/out − 0.5`,
+/// clamped at 0, neighbours `⌊s⌋` and `min(⌊s⌋+1, in−1)`), so both resize paths share weights.
 pub fn interp_matrix(out: usize, inp: usize) -> Vec<f32> {
     let mut m = vec![0f32; out * inp];
-    let scale = inp as f64 / out as f64;
-    for o in 0..out {
-        let s = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (s.floor() as usize).min(inp - 1);
-        let i1 = (i0 + 1).min(inp - 1);
-        let l = (s - i0 as f64) as f32;
-        m[o * inp + i0] += 1.0 - l;
-        m[o * inp + i1] += l;
+    for (o, (i0, i1, a, b)) in wsss_kernels::resize::taps(out, inp).into_iter().enumerate() {
+        m[o * inp + i0] += a;
+        m[o * inp + i1] += b;
     }
     m
 }

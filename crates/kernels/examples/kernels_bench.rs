@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use wsss_kernels::conv::{self, Geom, BAND_BYTES};
+use wsss_kernels::conv::{self, Geom};
 use wsss_kernels::sgemm::{self, Isa, Strided};
 use wsss_kernels::winograd;
 
@@ -34,23 +34,6 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
             })
             .collect(),
     )
-}
-
-/// A 3×3 stride-1 padding-1 convolution of a batch of 8 `hw × hw` maps, `c → o` channels.
-fn conv3x3(c: usize, o: usize, hw: usize) -> Geom {
-    Geom {
-        b: 8,
-        c,
-        h: hw,
-        w: hw,
-        o,
-        kh: 3,
-        kw: 3,
-        stride: 1,
-        pad: 1,
-        dil: 1,
-        band_bytes: BAND_BYTES,
-    }
 }
 
 /// GFLOP/s of register-only FMAs on one thread with `isa`'s vectors (no memory traffic).
@@ -210,7 +193,7 @@ fn main() {
         (512, 16, 512),
     ];
     for (c_in, hw, c_out) in convs {
-        let g = conv3x3(c_in, c_out, hw);
+        let g = Geom::same_3x3(8, c_in, (hw, hw), c_out);
         let (x, w, bias) = (
             rand(8 * c_in * hw * hw),
             rand(c_out * c_in * 9),
@@ -269,7 +252,7 @@ fn winograd_rule(reps: usize, rand: &mut dyn FnMut(usize) -> Vec<f32>) {
         (512, 512, 4),
     ];
     for (c, o, hw) in shapes {
-        let g = conv3x3(c, o, hw);
+        let g = Geom::same_3x3(8, c, (hw, hw), o);
         let (x, w, bias) = (rand(8 * c * hw * hw), rand(o * c * 9), rand(o));
         let dy = rand(8 * o * hw * hw);
         let f_gemm = time(reps, || {

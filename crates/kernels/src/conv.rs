@@ -55,6 +55,24 @@ pub struct Geom {
 pub const BAND_BYTES: usize = 16 << 20;
 
 impl Geom {
+    /// A 3×3 stride-1 convolution with padding 1 (output as large as the input, the shape
+    /// Winograd's path takes) of `b` maps `h × w`, `c → o` channels, default bands.
+    pub fn same_3x3(b: usize, c: usize, (h, w): (usize, usize), o: usize) -> Self {
+        Self {
+            b,
+            c,
+            h,
+            w,
+            o,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            band_bytes: BAND_BYTES,
+        }
+    }
+
     /// Output height and width.
     pub fn out(&self) -> (usize, usize) {
         let o = |n: usize, k: usize| (n + 2 * self.pad - self.dil * (k - 1) - 1) / self.stride + 1;

@@ -12,8 +12,8 @@
 use rayon::prelude::*;
 
 /// The two taps of 1-D linear interpolation from `inp` to `out` samples: for each output, the
-/// input indices `(i0, i1)` and weights `(1 − l, l)`. The weights are those of the
-/// interpolation matrix `wsss::model::ops::interp_matrix` (computed in f64, rounded to f32).
+/// input indices `(i0, i1)` and weights `(1 − l, l)` (`l` computed in f64, rounded to f32);
+/// `wsss::model::ops::interp_matrix` builds the matrix of the GPU path from them.
 pub fn taps(out: usize, inp: usize) -> Vec<(usize, usize, f32, f32)> {
     let scale = inp as f64 / out as f64;
     (0..out)

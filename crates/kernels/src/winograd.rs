@@ -36,8 +36,8 @@ const MIN_TILES: usize = 128;
 /// Whether a convolution runs on this path: 3×3, stride 1, padding 1, no dilation, and a shape
 /// where it beats the GEMM path. The rule was measured with the kernels' micro-benchmark
 /// (`examples/kernels_bench.rs`; table in `reports/bench.md`), batch 8 on 2 cores: from 32 input
-/// and output channels on maps of at least 24×24 pixels (1.2–1.7× faster from 28² up; at 16²
-/// and below the transforms and the small products lose, 0.5–1.05×).
+/// and output channels on maps of at least 24×24 pixels (1.1–2.0× faster from 28² up, except the forward of 32→32 @32² at 0.95×; about even at
+/// 16², 0.80–1.15×; mostly slower at 8² and below, 0.23–0.86×).
 pub fn suits(g: &Geom) -> bool {
     computable(g) && g.c >= 32 && g.o >= 32 && g.h >= 24 && g.w >= 24
 }
