@@ -868,7 +868,8 @@ pub fn schema_text() -> String {
             cam.insert("gcn".into(), gcn);
         }
     }
-    // Likewise `[stain]`, `segmentation.select` and `.blend` (left out of hashes while default).
+    // Likewise `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs` and `.encoder_lr_mult`
+    // (left out of hashes while default).
     if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
         let mut st = st.as_table().cloned().unwrap_or_default();
         st.insert("normalize".into(), "none".into());
@@ -880,6 +881,8 @@ pub fn schema_text() -> String {
     if let Some(seg) = v.get_mut("segmentation").and_then(|c| c.as_table_mut()) {
         seg.insert("select".into(), "last".into());
         seg.insert("blend".into(), "mean".into());
+        seg.insert("warmup_epochs".into(), toml::Value::Integer(0));
+        seg.insert("encoder_lr_mult".into(), toml::Value::Float(1.0));
     }
     let rows: Vec<Vec<String>> = schema::FIELDS
         .iter()

@@ -18,8 +18,9 @@ pub mod methods;
 pub mod patch;
 pub mod refine;
 
+use crate::data::resize::bilinear;
 use candle_core::{Device, Tensor};
-use image::{imageops, imageops::FilterType, GrayImage, RgbImage};
+use image::{imageops, GrayImage, RgbImage};
 
 use crate::config::{CamMethod, CamNorm};
 use crate::data::loader::to_chw;
@@ -79,7 +80,7 @@ pub fn cams(
         let side = (((base as f64 * scale) / 16.0).round() as usize).max(1) * 16;
         let mut data = Vec::with_capacity(images.len() * 3 * side * side);
         for img in images {
-            let mut r = imageops::resize(*img, side as u32, side as u32, FilterType::Triangle);
+            let mut r = bilinear(img, side as u32, side as u32);
             if flip {
                 imageops::flip_horizontal_in_place(&mut r);
             }
@@ -148,7 +149,7 @@ pub fn feature_map(
         CamView::Square(s) => (side(f64::from(s)), side(f64::from(s))),
         CamView::Scale(f) => (side(f64::from(w) * f), side(f64::from(h) * f)),
     };
-    let r = imageops::resize(img, rw, rh, FilterType::Triangle);
+    let r = bilinear(img, rw, rh);
     let x = Tensor::from_vec(to_chw(&r), (1, 3, rh as usize, rw as usize), &Device::Cpu)?
         .to_device(dev)?;
     let blocks = model.features.blocks(&x, false)?;

@@ -22,8 +22,9 @@
 //! foreground) and a band `[τ_bg, τ_fg)` ignores pixels whose two classes are close. Pixels no
 //! window counted (every window covering them had no label) are background.
 
+use crate::data::resize::bilinear;
 use candle_core::{Device, Tensor};
-use image::{imageops, imageops::FilterType, GrayImage, RgbImage};
+use image::{imageops, GrayImage, RgbImage};
 
 use super::{methods, normalize, quantize, CamSettings};
 use crate::config::CamNorm;
@@ -67,7 +68,7 @@ pub fn full_maps(
     let (w, h) = image.dimensions();
     let rw = ((w as f64 * scale).round() as u32).max(32);
     let rh = ((h as f64 * scale).round() as u32).max(32);
-    let resized = imageops::resize(image, rw, rh, FilterType::Triangle);
+    let resized = bilinear(image, rw, rh);
     let small = if pad > 0 {
         reflect_pad(&resized, pad)
     } else {

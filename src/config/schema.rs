@@ -439,6 +439,23 @@ pub static FIELDS: &[Field] = &[
          centred on each window (no seams at window edges)",
     ),
     f(
+        "segmentation.warmup_epochs",
+        Kind::Int {
+            min: 0,
+            max: 100_000,
+        },
+        "segmenter linear learning-rate warm-up epochs (from lr/10)",
+    ),
+    f(
+        "segmentation.encoder_lr_mult",
+        Kind::Float {
+            min: 0.0,
+            max: 1.0,
+            min_open: true,
+        },
+        "learning-rate multiplier of the encoder (the head trains at lr)",
+    ),
+    f(
         "segmentation.crop_size",
         Kind::Int { min: 16, max: 8192 },
         "training crop size (pixels)",
@@ -857,6 +874,8 @@ mod tests {
         cfg.cam.contrast = true;
         cfg.segmentation.select = crate::config::SegSelect::LabelAgreement;
         cfg.segmentation.blend = crate::config::SegBlend::Gaussian;
+        cfg.segmentation.warmup_epochs = 2;
+        cfg.segmentation.encoder_lr_mult = 0.1;
         cfg.stain.normalize = crate::config::StainNorm::Reinhard;
         cfg.metrics.boundary_f_tolerance = 0.01;
         cfg.cam.crf.iterations = 5;

@@ -634,6 +634,26 @@ pub struct SegmentationConfig {
     /// Resize factor applied to images before training and inference (predictions are
     /// resized back to the image's size before scoring).
     pub scale: f64,
+    /// Linear learning-rate warm-up from `lr / 10` over this many epochs, then the poly
+    /// schedule over the rest (0 = none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub warmup_epochs: u32,
+    /// Learning-rate multiplier of the encoder's parameters (the ASPP and decoder train at
+    /// `lr`): below 1 keeps a trained encoder (`init = "classifier"`, pretrained weights) from
+    /// being overwritten while the freshly initialised head is still random — the "10× lr for
+    /// the head" of DeepLab fine-tuning (mmsegmentation's `lr_mult`). 1 = one rate for all.
+    #[serde(skip_serializing_if = "is_one")]
+    pub encoder_lr_mult: f64,
+}
+
+/// Serde helper: a key at its default 0 is left out of cache keys (which predate it).
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Serde helper: a multiplier at its default 1 is left out of cache keys (which predate it).
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 /// Where the segmenter's encoder starts.
@@ -664,6 +684,8 @@ impl Default for SegmentationConfig {
             tta: false,
             blend: SegBlend::Mean,
             scale: 1.0,
+            warmup_epochs: 0,
+            encoder_lr_mult: 1.0,
         }
     }
 }

@@ -7,8 +7,9 @@
 
 use std::sync::OnceLock;
 
+use crate::data::resize::bilinear;
 use candle_core::{Device, Tensor};
-use image::{imageops, imageops::FilterType, RgbImage};
+use image::{imageops, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -128,7 +129,7 @@ impl<'a> Images<'a> {
 /// and stain jitter, resized to `size`×`size`.
 pub fn augment(img: &RgbImage, size: u32, a: &Augment, rng: &mut ChaCha8Rng) -> RgbImage {
     if a.min_crop_area >= 1.0 {
-        let out = imageops::resize(img, size, size, FilterType::Triangle);
+        let out = bilinear(img, size, size);
         return flip_and_jitter(out, a, rng);
     }
     let (w, h) = img.dimensions();
@@ -139,7 +140,7 @@ pub fn augment(img: &RgbImage, size: u32, a: &Augment, rng: &mut ChaCha8Rng) -> 
     let x0 = rng.random_range(0..=w - cw);
     let y0 = rng.random_range(0..=h - ch);
     let crop = imageops::crop_imm(img, x0, y0, cw, ch).to_image();
-    let out = imageops::resize(&crop, size, size, FilterType::Triangle);
+    let out = bilinear(&crop, size, size);
     flip_and_jitter(out, a, rng)
 }
 
@@ -236,7 +237,7 @@ pub fn batch<V: Copy + Into<View> + Sync>(
                     );
                     augment(&img, size, a, &mut rng)
                 }
-                None => imageops::resize(img.as_ref(), size, size, FilterType::Triangle),
+                None => bilinear(img.as_ref(), size, size),
             };
             Ok(to_chw(&view))
         })

@@ -7,6 +7,7 @@ pub mod mask;
 pub mod patches;
 pub mod protocol;
 pub mod registry;
+pub mod resize;
 pub mod sample;
 pub mod scan;
 pub mod split;

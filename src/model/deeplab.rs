@@ -25,6 +25,10 @@ use super::ops::resize_bilinear;
 use super::resnet::{bn, conv};
 use crate::config::Arch;
 
+/// Prefix of the encoder's parameter names (`encoder.…`); the ASPP's and decoder's are not
+/// under it.
+pub const ENCODER_PREFIX: &str = "encoder.";
+
 /// DeepLab V3+ settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeepLabConfig {
@@ -98,7 +102,7 @@ pub struct DeepLab {
 impl DeepLab {
     /// Build (or load) a DeepLab V3+.
     pub fn new(cfg: DeepLabConfig, vb: VarBuilder) -> Result<Self> {
-        let encoder = Features::new(cfg.encoder, vb.pp("encoder"))?;
+        let encoder = Features::new(cfg.encoder, vb.pp(ENCODER_PREFIX.trim_end_matches('.')))?;
         let high = encoder.block_channels(4);
         let low_c = encoder.block_channels(cfg.low_level_block());
         let a = cfg.ch(256);

@@ -205,9 +205,7 @@ impl<'a> Sources<'a> {
             Panel::Cam => {
                 let c = cam_map()?;
                 let base = img()
-                    .map(|i| {
-                        imageops::resize(&i, c.width(), c.height(), imageops::FilterType::Triangle)
-                    })
+                    .map(|i| crate::data::resize::bilinear(&i, c.width(), c.height()))
                     .unwrap_or_else(|| RgbImage::new(c.width(), c.height()));
                 Some(RgbImage::from_fn(c.width(), c.height(), |x, y| {
                     let h = jet(f32::from(c.get_pixel(x, y).0[0]) / 255.0);
@@ -246,7 +244,7 @@ impl<'a> Sources<'a> {
                 let pw = (PANEL_H as f32 * i.width() as f32 / i.height().max(1) as f32)
                     .round()
                     .max(1.0) as u32;
-                let base = imageops::resize(&i, pw, PANEL_H, imageops::FilterType::Triangle);
+                let base = crate::data::resize::bilinear(&i, pw, PANEL_H);
                 let truth = self
                     .spec
                     .and_then(|spec| crate::data::mask::ground_truth(spec, smp.as_ref()?).ok()?);
@@ -305,14 +303,16 @@ pub fn write(
         let y = HEADER_H + ri as u32 * row_h + CAPTION_H;
         for (pi, p) in panels.iter().enumerate() {
             let x = GAP + pi as u32 * (pw + GAP);
-            let filter = match p {
-                Panel::Image | Panel::Cam | Panel::Outlines => imageops::FilterType::Triangle,
-                _ => imageops::FilterType::Nearest,
-            };
+            // Pictures are resampled smoothly, label maps by nearest neighbour.
+            let smooth = matches!(p, Panel::Image | Panel::Cam | Panel::Outlines);
             let tile = match src.panel(&row.id, *p, threshold) {
                 Some(img) => {
                     any |= *p == Panel::Image;
-                    imageops::resize(&img, pw, PANEL_H, filter)
+                    if smooth {
+                        crate::data::resize::bilinear(&img, pw, PANEL_H)
+                    } else {
+                        imageops::resize(&img, pw, PANEL_H, imageops::FilterType::Nearest)
+                    }
                 }
                 None => RgbImage::from_pixel(pw, PANEL_H, Rgb([205, 205, 205])),
             };

@@ -62,7 +62,8 @@ impl Stage for ClassifyStage {
         // 3: the binary cross-entropy is computed in its stable form (was NaN for |logit| > 17).
         // 4: 3×3 convolutions with ≥ 32 channels on maps ≥ 24² by Winograd F(2×2, 3×3), forward
         // and both gradients (results move in the last bits, then through training).
-        4
+        // 5: images resized by data::resize (SIMD; within 2 grey levels of the image crate's).
+        5
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data"]

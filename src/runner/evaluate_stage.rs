@@ -103,7 +103,8 @@ impl Stage for EvaluateStage {
     fn version(&self) -> u32 {
         // 3: boundary F-score and Boundary IoU in seg_metrics and the summary
         // 4: Winograd 3×3 convolutions and the bilinear-resize kernel in the segmenter's forward
-        4
+        // 5: images resized by data::resize (SIMD; within 2 grey levels of the image crate's).
+        5
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "pseudo", "segment"]

@@ -160,7 +160,8 @@ impl Stage for PseudoStage {
         "pseudo"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the GCN's feature maps read images resized by data::resize (SIMD).
+        2
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "cam"]

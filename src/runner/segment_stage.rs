@@ -52,7 +52,8 @@ impl Stage for SegmentStage {
         // 3: the per-epoch diagnostics (class losses and shares, gradient norm, agreement with
         // the validation images' labels) and the collapse flag, which the report reads.
         // 4: Winograd 3×3 convolutions and the bilinear-resize kernel (last bits, then training).
-        4
+        // 5: images resized by data::resize (SIMD; within 2 grey levels of the image crate's).
+        5
     }
     fn upstream(&self) -> &'static [&'static str] {
         &["data", "classify", "pseudo"]

@@ -41,6 +41,8 @@ pub struct Optimizer {
     /// Steps taken (AdamW bias correction).
     pub steps: u64,
     lr: f64,
+    /// Per-variable learning-rate multipliers (1 unless [`Optimizer::with_lr_mult`]).
+    lr_mult: Vec<f64>,
     weight_decay: f64,
     momentum: f64,
 }
@@ -67,12 +69,21 @@ impl Optimizer {
             kind,
             m: zeros(&vars)?,
             v: zeros(&vars)?,
+            lr_mult: vec![1.0; vars.len()],
             vars,
             steps: 0,
             lr,
             weight_decay,
             momentum,
         })
+    }
+
+    /// Parameter groups by name: each variable's learning rate (and its decoupled weight decay,
+    /// which AdamW scales by the learning rate) is the schedule's times `mult(name)` — as
+    /// PyTorch's parameter groups or mmsegmentation's `paramwise_cfg` `lr_mult`.
+    pub fn with_lr_mult(mut self, mult: impl Fn(&str) -> f64) -> Self {
+        self.lr_mult = self.vars.iter().map(|(n, _)| mult(n)).collect();
+        self
     }
 
     /// Set the learning rate for the next steps.
@@ -116,6 +127,7 @@ impl Optimizer {
             let g = &g.detach();
             let p = &var.as_tensor().detach();
             let decay = self.weight_decay > 0.0 && p.rank() > 1;
+            let lr = self.lr * self.lr_mult[i];
             match self.kind {
                 OptKind::Sgd => {
                     let g = if decay {
@@ -124,7 +136,7 @@ impl Optimizer {
                         g.clone()
                     };
                     let buf = ((&self.m[i] * self.momentum)? + g)?;
-                    var.set(&(p - (&buf * self.lr)?)?)?;
+                    var.set(&(p - (&buf * lr)?)?)?;
                     self.m[i] = buf;
                 }
                 OptKind::Adamw if p.device().is_cpu() && p.dtype() == DType::F32 => {
@@ -134,12 +146,12 @@ impl Optimizer {
                     let (mut pv, gv) = (flat(p)?, flat(g)?);
                     let (mut mv, mut vv) = (flat(&self.m[i])?, flat(&self.v[i])?);
                     let h = AdamW {
-                        lr: self.lr as f32,
+                        lr: lr as f32,
                         beta1: BETA1 as f32,
                         beta2: BETA2 as f32,
                         eps: EPS as f32,
                         decay: if decay {
-                            (self.lr * self.weight_decay) as f32
+                            (lr * self.weight_decay) as f32
                         } else {
                             0.0
                         },
@@ -156,12 +168,12 @@ impl Optimizer {
                     let mh = (&m / (1.0 - BETA1.powi(t)))?;
                     let vh = (&v / (1.0 - BETA2.powi(t)))?;
                     let base = if decay {
-                        (p * (1.0 - self.lr * self.weight_decay))?
+                        (p * (1.0 - lr * self.weight_decay))?
                     } else {
                         p.clone()
                     };
                     let upd = (mh / (vh.sqrt()? + EPS)?)?;
-                    var.set(&(base - (upd * self.lr)?)?)?;
+                    var.set(&(base - (upd * lr)?)?)?;
                     self.m[i] = m;
                     self.v[i] = v;
                 }
@@ -298,6 +310,44 @@ mod tests {
         for (got, (want, _)) in [got2, got1].iter().zip(&want) {
             for (g, w) in got.iter().zip(want) {
                 assert!((*g as f64 - w).abs() < 1e-5, "{got:?} vs {want:?}");
+            }
+        }
+    }
+
+    /// Parameter groups: a variable at multiplier 0.1 moves a tenth as far. By hand, one step
+    /// from p = (1, −2) on Σ p²: AdamW's first step is lr·sign(g) (0.1 and 0.01 here, decay
+    /// 0.1 scaled by each lr: keep 1 − 0.01 and 1 − 0.001); SGD's is lr·g (g = (2, −4)).
+    #[test]
+    fn lr_multipliers_by_hand() {
+        for (kind, want) in [
+            (
+                OptKind::Adamw,
+                [
+                    [0.99 * 1.0 - 0.1, 0.99 * -2.0 + 0.1],
+                    [0.999 - 0.01, 0.999 * -2.0 + 0.01],
+                ],
+            ),
+            (OptKind::Sgd, [[0.8, -1.6], [0.98, -1.96]]),
+        ] {
+            let head = Var::new(&[[1.0f32, -2.0]], &Device::Cpu).unwrap();
+            let enc = Var::new(&[[1.0f32, -2.0]], &Device::Cpu).unwrap();
+            let vars = vec![
+                ("head.w".into(), head.clone()),
+                ("encoder.w".into(), enc.clone()),
+            ];
+            let wd = if kind == OptKind::Adamw { 0.1 } else { 0.0 };
+            let mut o = Optimizer::new(kind, vars, 0.1, wd, 0.9)
+                .unwrap()
+                .with_lr_mult(|n| if n.starts_with("encoder.") { 0.1 } else { 1.0 });
+            let loss = (head.as_tensor().sqr().unwrap().sum_all().unwrap()
+                + enc.as_tensor().sqr().unwrap().sum_all().unwrap())
+            .unwrap();
+            o.step(&loss.backward().unwrap()).unwrap();
+            for (v, w) in [&head, &enc].iter().zip(want) {
+                let got: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                for (g, w) in got.iter().zip(w) {
+                    assert!((*g as f64 - w).abs() < 1e-5, "{kind:?}: {got:?} vs {w}");
+                }
             }
         }
     }

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::data::resize::bilinear;
 use candle_core::{Device, Tensor, D};
 use candle_nn::VarMap;
 use image::{imageops, imageops::FilterType, GrayImage, RgbImage};
@@ -40,7 +41,7 @@ use crate::data::loader::{color_jitter, to_chw, Augment, Images};
 use crate::data::mask::IGNORE;
 use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
-use crate::model::deeplab::{DeepLab, DeepLabConfig};
+use crate::model::deeplab::{DeepLab, DeepLabConfig, ENCODER_PREFIX};
 use crate::model::{init, weights, BackboneSpec};
 
 /// Background and foreground.
@@ -144,7 +145,7 @@ impl Segmenter {
         let model = DeepLab::new(deeplab_config(&cfg.segmentation), vb)?;
         let from_file = |path: &Path, what: &str| -> Result<()> {
             let n = weights::load_mapped(&vars, path, |name| {
-                name.strip_prefix("encoder.").map(String::from)
+                name.strip_prefix(ENCODER_PREFIX).map(String::from)
             })?;
             tracing::info!("segmenter encoder: {n} tensors from {what}");
             Ok(())
@@ -161,7 +162,7 @@ impl Segmenter {
                 if let Some(p) = &cfg.pretrained {
                     let prefixes = model.encoder.pretrained_prefixes();
                     let n = weights::load_mapped(&vars, &manifest_dir.join(p), |name| {
-                        name.strip_prefix("encoder.")
+                        name.strip_prefix(ENCODER_PREFIX)
                             .filter(|k| prefixes.iter().any(|p| k.starts_with(p)))
                             .map(String::from)
                     })?;
@@ -215,12 +216,7 @@ impl Segmenter {
                 ((w0 as f64 * up).ceil() as u32).max(crop),
                 ((h0 as f64 * up).ceil() as u32).max(crop),
             );
-            return resized(&imageops::resize(
-                img,
-                uw,
-                uh,
-                imageops::FilterType::Triangle,
-            ));
+            return resized(&bilinear(img, uw, uh));
         }
         let (w, h) = (w0, h0);
         let (cw, ch) = (crop.min(w), crop.min(h));
@@ -377,7 +373,7 @@ pub fn rescale(img: &RgbImage, scale: f64) -> RgbImage {
     let (w, h) = img.dimensions();
     let nw = ((w as f64 * scale).round() as u32).max(1);
     let nh = ((h as f64 * scale).round() as u32).max(1);
-    imageops::resize(img, nw, nh, FilterType::Triangle)
+    bilinear(img, nw, nh)
 }
 
 /// A label map resized by `scale` (nearest neighbour, so labels stay labels).
@@ -506,7 +502,7 @@ pub fn augment_pair(
             ((h as f64 * s).ceil() as u32).max(crop),
         );
         (
-            imageops::resize(img, nw, nh, FilterType::Triangle),
+            bilinear(img, nw, nh),
             imageops::resize(label, nw, nh, FilterType::Nearest),
         )
     } else {
@@ -773,7 +769,7 @@ impl Learner for SegLearner<'_> {
     }
     fn lr_at(&self, epoch: f64) -> f64 {
         let s = &self.cfg.segmentation;
-        lr_at(Schedule::Poly, s.lr, epoch, s.epochs, 0)
+        lr_at(Schedule::Poly, s.lr, epoch, s.epochs, s.warmup_epochs)
     }
     fn build(&self, step: &SegStep) -> Result<(Tensor, Vec<u8>)> {
         let s = &self.cfg.segmentation;
@@ -926,7 +922,14 @@ pub fn train(
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    let mut opt = Optimizer::new(t.optimizer, vars, s.lr, t.weight_decay, t.momentum)?;
+    let mut opt = Optimizer::new(t.optimizer, vars, s.lr, t.weight_decay, t.momentum)?
+        .with_lr_mult(|name| {
+            if name.starts_with(ENCODER_PREFIX) {
+                s.encoder_lr_mult
+            } else {
+                1.0
+            }
+        });
     let items: Vec<usize> = data
         .train
         .iter()
