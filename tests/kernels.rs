@@ -435,6 +435,79 @@ fn conv_results_do_not_depend_on_the_thread_count() {
     }
 }
 
+/// Kernel taps that read only padding are dropped (`Geom::dead_taps`), and the results are the
+/// same bits as the GEMM path on the full kernel (the dropped terms are exact zeros; ∂W is zero
+/// at those taps). Cases worked out by hand: DeepLab V3+'s rate-18 ASPP branch on a 16×16 map
+/// keeps only its centre tap; rate 12 reads the map from every tap; a 20-wide map keeps rate
+/// 18's side taps alive (tap 0 reads columns −18…1); a 3×3 conv on a 1×1 map is a 1×1 conv; a
+/// 5×5 rate-3 kernel padded by 6 on a 5×5 map loses its outer ring (tap 0 reads −6…−2); stride
+/// 2 rate 8 on 4×4 (outputs 2×2) loses both side taps (−8…−6 and 8…10), stride 2 rate 4 on 6×6
+/// does not (tap 0 reads −4…0).
+#[test]
+fn dead_taps_are_dropped_without_changing_a_bit() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // (h, w, k, dil, pad, stride, dead taps at each edge)
+    for (h, w, k, dil, pad, stride, want) in [
+        (16, 16, 3, 18, 18, 1, 1),
+        (16, 16, 3, 12, 12, 1, 0),
+        (16, 20, 3, 18, 18, 1, 0),
+        (1, 1, 3, 1, 1, 1, 1),
+        (5, 5, 5, 3, 6, 1, 1),
+        (4, 4, 3, 8, 8, 2, 1),
+        (6, 6, 3, 4, 4, 2, 0),
+    ] {
+        let g = Geom {
+            b: 2,
+            c: 5,
+            h,
+            w,
+            o: 7,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+            dil,
+            band_bytes: conv::BAND_BYTES,
+        };
+        assert_eq!(
+            g.dead_taps(),
+            want,
+            "{h}×{w} k{k} rate {dil} pad {pad} stride {stride}"
+        );
+        let (ho, wo) = g.out();
+        let x = rand_vec(&mut rng, g.b * g.c * h * w);
+        let wt = rand_vec(&mut rng, g.o * g.c * k * k);
+        let bias = rand_vec(&mut rng, g.o);
+        let dy = rand_vec(&mut rng, g.b * g.o * ho * wo);
+        let y = conv::forward(&g, true, &x, &wt, &bias);
+        let full = conv::forward_gemm(&g, true, &x, &wt, &bias);
+        let gr = conv::backward(&g, (true, true), &dy, &x, &wt);
+        let gf = conv::backward_gemm(&g, (true, true), &dy, &x, &wt);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        if sgemm::isa() != Isa::Portable {
+            assert_eq!(bits(&y), bits(&full), "forward, {h}×{w} rate {dil}");
+            assert_eq!(bits(&gr.dx), bits(&gf.dx), "∂x, {h}×{w} rate {dil}");
+            assert_eq!(bits(&gr.db), bits(&gf.db), "∂b, {h}×{w} rate {dil}");
+            // ±0 at the dead taps: equal as numbers.
+            assert!(gr.dw == gf.dw, "∂W, {h}×{w} rate {dil}");
+        }
+        let want_y = direct(&g, &x, &wt);
+        let relu: Vec<f64> = want_y
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v + bias[(i / (ho * wo)) % g.o] as f64).max(0.0))
+            .collect();
+        assert_close(&y, &relu, 1e-5, "forward against the direct convolution");
+        let edge = |t: usize| t < want || t >= k - want;
+        for (j, v) in gr.dw.iter().enumerate() {
+            let (ky, kx) = ((j / k) % k, j % k);
+            if edge(ky) || edge(kx) {
+                assert_eq!(*v, 0.0, "∂W at dead tap ({ky}, {kx})");
+            }
+        }
+    }
+}
+
 /// Winograd's F(2×2, 3×3) path on its own, on every size it can compute (not only those the
 /// speed rule routes to it): 1×1 maps, odd heights and widths (partial 2×2 blocks), one
 /// channel, more channels than a band's minimum, a batch whose bands span images. Forward with

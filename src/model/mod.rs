@@ -4,7 +4,7 @@
 
 pub mod backbone;
 pub mod conv;
-mod cpu_op;
+pub(crate) mod cpu_op;
 pub mod deeplab;
 pub mod depthwise;
 pub mod efficientnet;

@@ -140,11 +140,9 @@ impl Optimizer {
                     self.m[i] = buf;
                 }
                 OptKind::Adamw if p.device().is_cpu() && p.dtype() == DType::F32 => {
-                    // One fused pass (wsss_kernels::optim) instead of a dozen tensor ops.
-                    let (shape, dev) = (p.shape().clone(), p.device().clone());
-                    let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-                    let (mut pv, gv) = (flat(p)?, flat(g)?);
-                    let (mut mv, mut vv) = (flat(&self.m[i])?, flat(&self.v[i])?);
+                    // One fused pass (wsss_kernels::optim) instead of a dozen tensor ops, on
+                    // the parameter's and the moments' own storage: nothing copied out and
+                    // back, nothing allocated.
                     let h = AdamW {
                         lr: lr as f32,
                         beta1: BETA1 as f32,
@@ -157,10 +155,23 @@ impl Optimizer {
                         },
                         correction: ((1.0 - BETA1.powi(t)) as f32, (1.0 - BETA2.powi(t)) as f32),
                     };
-                    adamw(&mut pv, &gv, &mut mv, &mut vv, &h);
-                    var.set(&Tensor::from_vec(pv, &shape, &dev)?)?;
-                    self.m[i] = Tensor::from_vec(mv, &shape, &dev)?;
-                    self.v[i] = Tensor::from_vec(vv, &shape, &dev)?;
+                    let g = g.contiguous()?;
+                    let (gs, gl) = g.storage_and_layout();
+                    let gv = match &*gs {
+                        candle_core::Storage::Cpu(c) => {
+                            crate::model::cpu_op::contiguous_f32(c, gl)?
+                        }
+                        _ => candle_core::bail!("AdamW: gradient not on the CPU"),
+                    };
+                    let (m, v) = (&self.m[i], &self.v[i]);
+                    in_place(m, &mut |mv| {
+                        in_place(v, &mut |vv| {
+                            in_place(var.as_tensor(), &mut |pv| {
+                                adamw(pv, gv, mv, vv, &h);
+                                Ok(())
+                            })
+                        })
+                    })?;
                 }
                 OptKind::Adamw => {
                     let m = ((&self.m[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
@@ -186,8 +197,9 @@ impl Optimizer {
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
-            out.insert(format!("m.{name}"), self.m[i].clone());
-            out.insert(format!("v.{name}"), self.v[i].clone());
+            // Copies: the moments are updated in place by the next step.
+            out.insert(format!("m.{name}"), self.m[i].copy()?);
+            out.insert(format!("v.{name}"), self.v[i].copy()?);
         }
         out.insert(
             "steps".into(),
@@ -214,6 +226,30 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+/// A function over a mutable `f32` slice.
+type SliceFn<'a> = dyn FnMut(&mut [f32]) -> Result<()> + 'a;
+
+/// Runs `f` on the `f32` elements of a contiguous CPU tensor's own storage, in place (candle's
+/// in-place custom op: the storage is locked for writing while `f` runs).
+fn in_place(t: &Tensor, f: &mut SliceFn<'_>) -> Result<()> {
+    struct Op<'a, 'b>(std::cell::RefCell<&'a mut SliceFn<'b>>);
+    impl candle_core::InplaceOp1 for Op<'_, '_> {
+        fn name(&self) -> &'static str {
+            "in-place-f32"
+        }
+        fn cpu_fwd(&self, s: &mut candle_core::CpuStorage, l: &candle_core::Layout) -> Result<()> {
+            let (a, b) = l
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("in place: not contiguous".into()))?;
+            match s {
+                candle_core::CpuStorage::F32(v) => (self.0.borrow_mut())(&mut v[a..b]),
+                _ => candle_core::bail!("in place: not f32"),
+            }
+        }
+    }
+    t.inplace_op1(&Op(std::cell::RefCell::new(f)))
 }
 
 #[cfg(test)]

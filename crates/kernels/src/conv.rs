@@ -16,6 +16,11 @@
 //!
 //! 3×3 stride-1 padding-1 convolutions with enough channels ([`crate::winograd::suits`]) take
 //! Winograd's F(2×2, 3×3) instead, forward and both gradients.
+//!
+//! Kernel taps that read only zero padding for every output position are dropped first
+//! ([`Geom::dead_taps`]): an atrous conv whose rate is at least the map's side — DeepLab V3+'s
+//! rate-18 ASPP branch on the 16×16 map of a 256² crop at output stride 16 — is then the 1×1
+//! conv it computes. The dropped terms are exact zeros, so the results are the same bits.
 
 use rayon::prelude::*;
 
@@ -97,6 +102,50 @@ impl Geom {
         let (ho, wo) = self.out();
         ho * wo
     }
+    /// Taps `t` at each edge of the kernel (rows and columns `t < k0` and `t ≥ k − k0`) that
+    /// read only zero padding for every output position, trimmed symmetrically and alike on
+    /// both axes so the rest is a conv of this kind again: kernel `kh − 2·k0 × kw − 2·k0`,
+    /// padding `pad − k0·dil`, the same output. 0 when every edge tap reads the image somewhere.
+    pub fn dead_taps(&self) -> usize {
+        let (ho, wo) = self.out();
+        // Tap t of an axis of n pixels reads t·dil − pad + o·stride for outputs o < n_out.
+        let dead = |t: usize, n: usize, n_out: usize| {
+            let lo = (t * self.dil) as isize - self.pad as isize;
+            let hi = lo + ((n_out.max(1) - 1) * self.stride) as isize;
+            hi < 0 || lo >= n as isize
+        };
+        let mut k0 = 0;
+        loop {
+            let k = k0 + 1;
+            if !self.valid()
+                || self.kh < 2 * k + 1
+                || self.kw < 2 * k + 1
+                || k * self.dil > self.pad
+            {
+                return k0;
+            }
+            let t = k - 1;
+            let gone = dead(t, self.h, ho)
+                && dead(self.kh - 1 - t, self.h, ho)
+                && dead(t, self.w, wo)
+                && dead(self.kw - 1 - t, self.w, wo);
+            if !gone {
+                return k0;
+            }
+            k0 = k;
+        }
+    }
+
+    /// The conv without its `k0` dead taps at each edge ([`Geom::dead_taps`]).
+    fn trimmed(&self, k0: usize) -> Self {
+        Self {
+            kh: self.kh - 2 * k0,
+            kw: self.kw - 2 * k0,
+            pad: self.pad - k0 * self.dil,
+            ..*self
+        }
+    }
+
     /// A 1×1 stride-1 unpadded conv: the input is its own `cols` matrix.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
@@ -326,6 +375,12 @@ fn forward_image(
 /// # Panics
 /// A bad geometry or a slice of the wrong size.
 pub fn forward(g: &Geom, relu: bool, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+    let k0 = g.dead_taps();
+    if k0 > 0 {
+        assert_eq!(w.len(), g.o * g.ck(), "conv: weight size");
+        let t = g.trimmed(k0);
+        return forward(&t, relu, x, &trim_weights(g, k0, w), bias);
+    }
     if winograd::suits(g) {
         assert_eq!(x.len(), g.b * g.c * g.plane(), "conv: input size");
         return winograd::forward(g, relu, x, w, bias);
@@ -355,6 +410,31 @@ pub fn forward_gemm(g: &Geom, relu: bool, x: &[f32], w: &[f32], bias: &[f32]) ->
         }
     }
     y
+}
+
+/// `w[:, :, k0 .. kh − k0, k0 .. kw − k0]` of an `O × C × kh × kw` weight.
+fn trim_weights(g: &Geom, k0: usize, w: &[f32]) -> Vec<f32> {
+    let (th, tw) = (g.kh - 2 * k0, g.kw - 2 * k0);
+    let mut out = Vec::with_capacity(g.o * g.c * th * tw);
+    for kernel in w.chunks(g.kh * g.kw) {
+        for row in kernel.chunks(g.kw).skip(k0).take(th) {
+            out.extend_from_slice(&row[k0..k0 + tw]);
+        }
+    }
+    out
+}
+
+/// The adjoint of [`trim_weights`]: a trimmed weight gradient back at full size, zeros at the
+/// dead taps (whose gradient is exactly zero: they only ever multiplied padding).
+fn untrim_weights(g: &Geom, k0: usize, dw: &[f32]) -> Vec<f32> {
+    let (th, tw) = (g.kh - 2 * k0, g.kw - 2 * k0);
+    let mut out = vec![0f32; g.o * g.c * g.kh * g.kw];
+    for (kernel, small) in out.chunks_mut(g.kh * g.kw).zip(dw.chunks(th * tw)) {
+        for (row, s) in kernel.chunks_mut(g.kw).skip(k0).zip(small.chunks(tw)) {
+            row[k0..k0 + tw].copy_from_slice(s);
+        }
+    }
+    out
 }
 
 /// Gradients of a conv.
@@ -453,6 +533,16 @@ pub fn backward(
     x: &[f32],
     w: &[f32],
 ) -> Grads {
+    let k0 = g.dead_taps();
+    if k0 > 0 {
+        assert_eq!(w.len(), g.o * g.ck(), "conv: weight size");
+        let t = g.trimmed(k0);
+        let mut grads = backward(&t, (need_x, need_w), grad, x, &trim_weights(g, k0, w));
+        if need_w {
+            grads.dw = untrim_weights(g, k0, &grads.dw);
+        }
+        return grads;
+    }
     if winograd::suits(g) {
         let ol = g.o * g.l();
         assert_eq!(grad.len(), g.b * ol, "conv: gradient size");
