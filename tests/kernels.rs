@@ -59,11 +59,7 @@ fn sgemm_equals_the_three_loop_product() {
                     cs: m,
                 }
             } else {
-                Strided {
-                    data: &a,
-                    rs: k,
-                    cs: 1,
-                }
+                Strided::rows(&a, k)
             };
             let bv = if bt {
                 Strided {
@@ -72,11 +68,7 @@ fn sgemm_equals_the_three_loop_product() {
                     cs: k,
                 }
             } else {
-                Strided {
-                    data: &b,
-                    rs: n,
-                    cs: 1,
-                }
+                Strided::rows(&b, n)
             };
             let mut want: Vec<f64> = c.iter().map(|&v| v as f64).collect();
             for i in 0..m {
@@ -114,16 +106,8 @@ fn prepacked_a_gives_the_same_bits() {
         for &(m, n, k) in &[(1, 5, 1), (100, 37, 300), (16, 64, 256), (200, 20, 600)] {
             let a = rand_vec(&mut rng, m * k);
             let b = rand_vec(&mut rng, k * n);
-            let av = Strided {
-                data: &a,
-                rs: k,
-                cs: 1,
-            };
-            let bv = Strided {
-                data: &b,
-                rs: n,
-                cs: 1,
-            };
+            let av = Strided::rows(&a, k);
+            let bv = Strided::rows(&b, n);
             let packed = Prepacked::new(isa, &av, m, k);
             let (mut c1, mut c2) = (vec![0f32; m * n], vec![0f32; m * n]);
             sgemm_on(isa, (m, n, k), &mut c1, n, false, (&av, &bv), 2);
@@ -136,16 +120,7 @@ fn prepacked_a_gives_the_same_bits() {
         }
     }
     let a = vec![1f32; 8 * 8];
-    let packed = Prepacked::new(
-        Isa::Portable,
-        &Strided {
-            data: &a,
-            rs: 8,
-            cs: 1,
-        },
-        8,
-        8,
-    );
+    let packed = Prepacked::new(Isa::Portable, &Strided::rows(&a, 8), 8, 8);
     use wsss_kernels::sgemm::PackA;
     assert!(packed.prepacked(0, 0, 8, 8, 6).is_some());
     assert!(
@@ -216,16 +191,8 @@ fn avx512_and_avx2_paths_give_the_same_bits() {
         let a = rand_vec(&mut rng, m * k);
         let b = rand_vec(&mut rng, k * n);
         let c0 = rand_vec(&mut rng, m * n);
-        let av = Strided {
-            data: &a,
-            rs: k,
-            cs: 1,
-        };
-        let bv = Strided {
-            data: &b,
-            rs: n,
-            cs: 1,
-        };
+        let av = Strided::rows(&a, k);
+        let bv = Strided::rows(&b, n);
         let accumulate = case % 2 == 1;
         let run = |isa| {
             let mut c = c0.clone();

@@ -152,16 +152,8 @@ fn main() {
     for (name, m, n, k) in gemms {
         let (a, b) = (rand(m * k), rand(k * n));
         let mut c = vec![0f32; m * n];
-        let av = Strided {
-            data: &a,
-            rs: k,
-            cs: 1,
-        };
-        let bv = Strided {
-            data: &b,
-            rs: n,
-            cs: 1,
-        };
+        let av = Strided::rows(&a, k);
+        let bv = Strided::rows(&b, n);
         let flops = 2.0 * (m * n * k) as f64;
         let cells: Vec<String> = isas
             .iter()

@@ -349,17 +349,9 @@ fn forward_image(
 ) {
     let (l, k, o) = (g.l(), g.ck(), g.o);
     let threads = if inner { threads() } else { 1 };
-    let wm = Strided {
-        data: w,
-        rs: k,
-        cs: 1,
-    };
+    let wm = Strided::rows(w, k);
     if g.pointwise() {
-        let b = Strided {
-            data: xi,
-            rs: l,
-            cs: 1,
-        };
+        let b = Strided::rows(xi, l);
         sgemm((o, l, k), yi, l, false, &wm, &b, threads);
     } else {
         sgemm((o, l, k), yi, l, false, &wm, &Patches::new(g, xi), threads);
@@ -472,11 +464,7 @@ fn backward_image(
     for (db, row) in acc.db.iter_mut().zip(gi.chunks(l)) {
         *db += row.iter().sum::<f32>();
     }
-    let gm = Strided {
-        data: gi,
-        rs: l,
-        cs: 1,
-    };
+    let gm = Strided::rows(gi, l);
     if need_w {
         // ∂W (O × K) += ∂y (O × L) · colsᵀ (L × K)
         if g.pointwise() {
@@ -507,11 +495,7 @@ fn backward_image(
     dxi.fill(0.0);
     for band in g.bands() {
         let lb = (band.1 - band.0) * wo;
-        let gb = Strided {
-            data: &gi[band.0 * wo..],
-            rs: l,
-            cs: 1,
-        };
+        let gb = Strided::rows(&gi[band.0 * wo..], l);
         acc.dcols.resize(k * lb, 0.0);
         sgemm((k, lb, o), &mut acc.dcols, lb, false, &wt, &gb, threads);
         col2im_band(g, &acc.dcols, band, dxi, inner);

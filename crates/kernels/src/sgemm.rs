@@ -231,7 +231,12 @@ pub struct Strided<'a> {
     pub cs: usize,
 }
 
-impl Strided<'_> {
+impl<'a> Strided<'a> {
+    /// A row-major matrix whose rows are `rs` elements apart (`cs = 1`).
+    pub fn rows(data: &'a [f32], rs: usize) -> Self {
+        Self { data, rs, cs: 1 }
+    }
+
     /// One full panel of `R` contiguous rows (`cs == 1`), read side by side, written in order.
     fn pack_rows<const R: usize>(&self, first: usize, kc: usize, panel: &mut [f32]) {
         let src: [&[f32]; R] = std::array::from_fn(|i| &self.data[first + i * self.rs..][..kc]);

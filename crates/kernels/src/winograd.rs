@@ -180,11 +180,7 @@ pub fn backward_filter(g: &Geom, grad: &[f32], x: &[f32]) -> Vec<f32> {
                         gradient_transform(gi, co, (h, w), ti, at, &mut s.m, &mut s.tmp);
                     }
                     for xi_ in 0..16 {
-                        let dm = Strided {
-                            data: &s.m[xi_ * co * nt..][..co * nt],
-                            rs: nt,
-                            cs: 1,
-                        };
+                        let dm = Strided::rows(&s.m[xi_ * co * nt..][..co * nt], nt);
                         let vt = Strided {
                             data: &s.v[xi_ * ci * nt..][..ci * nt],
                             rs: 1,
@@ -364,11 +360,7 @@ fn run(
     let packed: Vec<Prepacked> = (0..16)
         .into_par_iter()
         .map(|xi_| {
-            let a = Strided {
-                data: &u[xi_ * co * ci..][..co * ci],
-                rs: ci,
-                cs: 1,
-            };
+            let a = Strided::rows(&u[xi_ * co * ci..][..co * ci], ci);
             Prepacked::new(isa, &a, co, ci)
         })
         .collect();
@@ -384,11 +376,7 @@ fn run(
             }
             s.m.resize(16 * co * nt, 0.0);
             for (xi_, a) in packed.iter().enumerate() {
-                let bm = Strided {
-                    data: &s.v[xi_ * ci * nt..][..ci * nt],
-                    rs: nt,
-                    cs: 1,
-                };
+                let bm = Strided::rows(&s.v[xi_ * ci * nt..][..ci * nt], nt);
                 let m = &mut s.m[xi_ * co * nt..][..co * nt];
                 sgemm_on(isa, (co, nt, ci), m, nt, false, (a, &bm), 1);
             }

@@ -348,11 +348,7 @@ fn standardise(x: &mut [f32], n: usize, f: usize, split: usize) {
 /// matrix.
 fn sq_distances(x: &[f32], n: usize, f: usize) -> Vec<f32> {
     let mut g = vec![0f32; n * n];
-    let a = Strided {
-        data: x,
-        rs: f,
-        cs: 1,
-    };
+    let a = Strided::rows(x, f);
     let b = Strided {
         data: x,
         rs: 1,
@@ -413,16 +409,8 @@ struct Forward {
 fn forward(p_ax: &[f32], adj: &Csr, n: usize, f: usize, w: &Params) -> Forward {
     let hd = w.b1.len();
     let mut z1 = vec![0f32; n * hd];
-    let a = Strided {
-        data: p_ax,
-        rs: f,
-        cs: 1,
-    };
-    let b = Strided {
-        data: &w.w1,
-        rs: hd,
-        cs: 1,
-    };
+    let a = Strided::rows(p_ax, f);
+    let b = Strided::rows(&w.w1, hd);
     sgemm((n, hd, f), &mut z1, hd, false, &a, &b, 1);
     for row in z1.chunks_mut(hd) {
         row.iter_mut().zip(&w.b1).for_each(|(z, b)| *z += b);
@@ -545,11 +533,7 @@ fn loss_and_grad(
         rs: 1,
         cs: f,
     };
-    let b = Strided {
-        data: &gz1,
-        rs: hd,
-        cs: 1,
-    };
+    let b = Strided::rows(&gz1, hd);
     sgemm((f, hd, n), &mut gw1, hd, false, &a, &b, 1);
     for (g, v) in gw1.iter_mut().zip(&w.w1) {
         *g += wd * v;
