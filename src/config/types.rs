@@ -644,6 +644,13 @@ pub struct SegmentationConfig {
     /// the head" of DeepLab fine-tuning (mmsegmentation's `lr_mult`). 1 = one rate for all.
     #[serde(skip_serializing_if = "is_one")]
     pub encoder_lr_mult: f64,
+    /// Local weights file the encoder starts from when `init = "pretrained"` (relative to the
+    /// manifest; ignored otherwise): ImageNet weights for a segmenter whose encoder is not the
+    /// classifier's architecture, as DeepLab V3+ is trained in its paper (Chen et al. 2018).
+    /// Tensors are matched by name and shape (torchvision / EfficientNet-Lite names, or a wsss
+    /// classifier's weights file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
 }
 
 /// Serde helper: a key at its default 0 is left out of cache keys (which predate it).
@@ -664,6 +671,8 @@ pub enum SegInit {
     Scratch,
     /// The trained classifier's feature extractor (same architecture and width required).
     Classifier,
+    /// `segmentation.pretrained` (e.g. ImageNet weights), independent of the classifier.
+    Pretrained,
 }
 
 impl Default for SegmentationConfig {
@@ -686,6 +695,7 @@ impl Default for SegmentationConfig {
             scale: 1.0,
             warmup_epochs: 0,
             encoder_lr_mult: 1.0,
+            pretrained: None,
         }
     }
 }

@@ -77,8 +77,8 @@ pub struct SegmenterConfig {
     pub segmentation: SegmentationConfig,
     /// Shared `[train]` settings.
     pub train: SegTrain,
-    /// `backbone.pretrained`, when the segmenter's encoder starts from it (scratch init, same
-    /// architecture, full width).
+    /// The weights file the encoder starts from: `segmentation.pretrained` (`init =
+    /// "pretrained"`), or `backbone.pretrained` (scratch init, same architecture, full width).
     pub pretrained: Option<String>,
 }
 
@@ -86,13 +86,18 @@ impl SegmenterConfig {
     /// The segmenter's settings of a resolved config.
     pub fn of(cfg: &ExperimentConfig) -> Self {
         let s = &cfg.segmentation;
-        let pretrained =
-            (s.init == SegInit::Scratch && cfg.backbone.arch == s.encoder && s.width == 1.0)
-                .then(|| cfg.backbone.pretrained.clone())
-                .flatten();
+        let pretrained = match s.init {
+            SegInit::Pretrained => s.pretrained.clone(),
+            SegInit::Scratch if cfg.backbone.arch == s.encoder && s.width == 1.0 => {
+                cfg.backbone.pretrained.clone()
+            }
+            SegInit::Scratch | SegInit::Classifier => None,
+        };
         Self {
             segmentation: SegmentationConfig {
                 tta: false,
+                // read only by init = "pretrained" (then as `pretrained` below, by identity)
+                pretrained: None,
                 // windows are blended in training only to choose the epoch by agreement
                 blend: if s.select == SegSelect::LabelAgreement {
                     s.blend
@@ -132,8 +137,8 @@ pub fn deeplab_config(s: &SegmentationConfig) -> DeepLabConfig {
 
 impl Segmenter {
     /// Build with seeded initialisation; the encoder starts from the classifier's weights
-    /// (`segmentation.init = "classifier"`) or from `backbone.pretrained` when the
-    /// architectures match.
+    /// (`segmentation.init = "classifier"`), from `segmentation.pretrained` (`init =
+    /// "pretrained"`) or from `backbone.pretrained` when the architectures match.
     pub fn build(
         cfg: &SegmenterConfig,
         dev: &Device,
@@ -158,7 +163,7 @@ impl Segmenter {
                     "no classifier weights to start from",
                 ))
             }
-            (SegInit::Scratch, _) => {
+            (SegInit::Scratch | SegInit::Pretrained, _) => {
                 if let Some(p) = &cfg.pretrained {
                     let prefixes = model.encoder.pretrained_prefixes();
                     let n = weights::load_mapped(&vars, &manifest_dir.join(p), |name| {
@@ -1196,5 +1201,36 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let (a, l) = augment_pair(&img, &label, 64, &aug, &mut rng);
         assert_eq!((a.dimensions(), l.dimensions()), ((64, 64), (64, 64)));
+    }
+
+    /// Where the encoder starts, by `segmentation.init`: `segmentation.pretrained` only for
+    /// "pretrained" (and then not twice in the cache key), `backbone.pretrained` only for a
+    /// scratch encoder of the classifier's architecture at full width.
+    #[test]
+    fn the_encoder_reads_the_weights_file_its_init_names() {
+        let mut cfg = ExperimentConfig::default();
+        cfg.backbone.pretrained = Some("classifier.pth".into());
+        cfg.segmentation.pretrained = Some("encoder.pth".into());
+        let of = |cfg: &ExperimentConfig| {
+            let c = SegmenterConfig::of(cfg);
+            assert_eq!(c.segmentation.pretrained, None);
+            c.pretrained
+        };
+        // default: VGG-16 classifier, ResNet-18 encoder — the architectures differ
+        assert_eq!(of(&cfg), None);
+        cfg.segmentation.init = SegInit::Pretrained;
+        assert_eq!(of(&cfg).as_deref(), Some("encoder.pth"));
+        cfg.segmentation.init = SegInit::Scratch;
+        cfg.segmentation.encoder = cfg.backbone.arch;
+        assert_eq!(of(&cfg).as_deref(), Some("classifier.pth"));
+        cfg.segmentation.width = 0.5;
+        assert_eq!(of(&cfg), None);
+        cfg.segmentation.init = SegInit::Classifier;
+        cfg.segmentation.width = 1.0;
+        assert_eq!(of(&cfg), None);
+        // a scratch run's key does not depend on the unused path
+        let mut other = cfg.clone();
+        other.segmentation.pretrained = Some("elsewhere.pth".into());
+        assert_eq!(SegmenterConfig::of(&cfg), SegmenterConfig::of(&other));
     }
 }
