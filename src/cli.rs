@@ -868,12 +868,15 @@ pub fn schema_text() -> String {
             cam.insert("gcn".into(), gcn);
         }
     }
-    // Likewise `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs` and `.encoder_lr_mult`
+    // Likewise `precision`, `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs` and `.encoder_lr_mult`
     // (left out of hashes while default).
     if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
         let mut st = st.as_table().cloned().unwrap_or_default();
         st.insert("normalize".into(), "none".into());
         t.insert("stain".into(), toml::Value::Table(st));
+    }
+    if let Some(t) = v.as_table_mut() {
+        t.insert("precision".into(), "auto".into());
     }
     if let (Some(t), Ok(m)) = (v.as_table_mut(), toml::Value::try_from(d.metrics)) {
         t.insert("metrics".into(), m);

@@ -35,6 +35,8 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, Vec<&'static str>)> 
         ("missing name", "dataset = \"synthetic\"\n".into(), vec![], vec!["key `name`", "missing required key"]),
         ("unregistered dataset", m("").replace("\"synthetic\"", "\"glsa\""), vec![], vec!["key `dataset`", "`glsa` is not registered", "synthetic"]),
         ("bad device", top("device = \"gpu0\""), vec![], vec!["key `device`", "`cpu`, `auto` or `cuda:N`"]),
+        ("tf32 on the CPU", top("precision = \"tf32\""), vec![], vec!["key `precision`", "needs device"]),
+        ("bf16 not offered", top("precision = \"bf16\""), vec![], vec!["key `precision`", "auto", "fp32", "tf32"]),
         ("output stride not allowed", m("[segmentation]\noutput_stride = 12"), vec![], vec!["key `segmentation.output_stride`", "one of 8, 16"]),
         ("bad --set key", BASE.into(), vec!["--set", "cam.threshhold=0.5"], vec!["--set cam.threshhold=0.5", "key `cam.threshhold`", "did you mean `cam.threshold`"]),
         ("bad --set value", BASE.into(), vec!["--set", "train.batch_size=0"], vec!["--set train.batch_size=0", "key `train.batch_size`", "out of range"]),

@@ -22,7 +22,13 @@ pub fn device(args: &[String]) -> candle_core::Result<(Device, String)> {
     let s = flag(args, "--device").unwrap_or_else(|| "cpu".into());
     if let Some(n) = s.strip_prefix("cuda") {
         let n = n.trim_start_matches(':').parse().unwrap_or(0);
-        Ok((Device::new_cuda(n)?, format!("cuda:{n}")))
+        let dev = Device::new_cuda(n)?;
+        // PyTorch's default arithmetic, as the reference runs with: TF32 in cuDNN's
+        // convolutions, fp32 matrix products.
+        let arith = wsss::model::precision::apply(wsss::config::Precision::Auto, &dev)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        eprintln!("GPU arithmetic: {arith}");
+        Ok((dev, format!("cuda:{n}")))
     } else {
         // WSSS_CPU_KERNELS=avx2 measures the AVX2 tile on an AVX-512 machine.
         wsss::util::cpu::select_kernels().map_err(|e| candle_core::Error::Msg(e.to_string()))?;

@@ -13,8 +13,8 @@ use toml::{Table, Value};
 use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
 use super::{
-    Arch, CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant, Refine,
-    SegInit, SplitMethod,
+    Arch, CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant,
+    Precision, Refine, SegInit, SplitMethod,
 };
 
 /// Environment variables with the `WSSS_` prefix that are settings of the program rather than
@@ -948,6 +948,12 @@ fn semantic(
                 }
             }
         }
+    }
+    if c.precision == Precision::Tf32 && schema::parse_device(&c.device) == Some(DeviceSpec::Cpu) {
+        push(
+            "precision",
+            "\"tf32\" is GPU arithmetic (tensor cores): it needs device = \"cuda:N\" or \"auto\"; the CPU computes fp32".into(),
+        );
     }
     if let Some(DeviceSpec::Cuda(_)) = schema::parse_device(&c.device) {
         if !cfg!(feature = "cuda") {

@@ -118,6 +118,12 @@ pub static FIELDS: &[Field] = &[
         "`cpu`, `cuda:N` or `auto` (CUDA needs the `cuda` cargo feature)",
     ),
     f(
+        "precision",
+        Kind::Choice(&["auto", "fp32", "tf32"]),
+        "GPU arithmetic: auto = PyTorch's default (TF32 convs, fp32 matmuls), fp32, or tf32 \
+         (both; needs CUDA); the CPU computes fp32",
+    ),
+    f(
         "labels.level",
         Kind::Choice(&["image", "patch", "image-windows"]),
         "classifier labels: one class per image, multi-label windows derived from the masks (OEEM), or windows that carry their image's class",

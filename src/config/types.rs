@@ -27,6 +27,10 @@ pub struct ExperimentConfig {
     pub stain: StainConfig,
     /// `cpu`, `cuda:N` or `auto`.
     pub device: String,
+    /// Arithmetic of the GPU's convolutions and matrix products (left out of the saved config
+    /// while `auto`, so earlier runs keep their hashes).
+    #[serde(skip_serializing_if = "Precision::is_auto")]
+    pub precision: Precision,
     /// Patient-level split.
     pub split: SplitConfig,
     /// Classifier backbone.
@@ -117,6 +121,7 @@ impl Default for ExperimentConfig {
             labels: LabelsConfig::default(),
             stain: StainConfig::default(),
             device: "cpu".into(),
+            precision: Precision::Auto,
             split: SplitConfig::default(),
             backbone: BackboneConfig::default(),
             cam: CamConfig::default(),
@@ -139,6 +144,30 @@ pub enum StainNorm {
     /// Reinhard colour transfer in L*a*b* onto the training images' statistics
     /// (`data::stain`).
     Reinhard,
+}
+
+/// `precision`: the arithmetic of the GPU's convolutions and matrix products (the CPU always
+/// computes in fp32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// What PyTorch does by default: TF32 in cuDNN's convolutions where the GPU has it
+    /// (`torch.backends.cudnn.allow_tf32 = True`), fp32 matrix products
+    /// (`torch.backends.cuda.matmul.allow_tf32 = False`).
+    #[default]
+    Auto,
+    /// fp32 everywhere (cuDNN's FMA-only math, no TF32 in cuBLAS).
+    Fp32,
+    /// TF32 tensor cores for convolutions and matrix products (10-bit mantissa products,
+    /// fp32 accumulation; Ampere and later).
+    Tf32,
+}
+
+impl Precision {
+    /// Whether this is the default.
+    pub fn is_auto(&self) -> bool {
+        *self == Precision::Auto
+    }
 }
 
 /// `[stain]`: colour normalisation applied to every image every stage reads.

@@ -10,8 +10,9 @@
 //! and never stored (see `wsss_kernels::conv`). Inputs that need no gradient (the image) get
 //! no `∂x`.
 //!
-//! Used for `f32` on the CPU with `groups = 1`; other cases (CUDA, f16, grouped) use candle's
-//! ops, so the GPU path keeps candle's CUDA kernels.
+//! Used for `f32` on the CPU with `groups = 1`. On CUDA with the `cudnn` feature the same layer
+//! runs through cuDNN's forward and backward algorithms ([`super::cudnn`]); other cases (f16,
+//! grouped convolutions, CUDA without `cudnn`) use candle's ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::Conv2dConfig;
@@ -258,6 +259,21 @@ fn conv2d_banded(
     relu: bool,
     band_bytes: usize,
 ) -> Result<Tensor> {
+    let g = geom(x, weight, (stride, padding, dilation), band_bytes)?;
+    let bias = match bias {
+        Some(b) => b.clone(),
+        None => Tensor::zeros(g.o, DType::F32, x.device())?,
+    };
+    apply3(ConvOp { g, relu }, [x, weight, &bias], true)
+}
+
+/// The geometry of `conv2d(x, weight)` (error if the shapes do not fit).
+fn geom(
+    x: &Tensor,
+    weight: &Tensor,
+    (stride, padding, dilation): (usize, usize, usize),
+    band_bytes: usize,
+) -> Result<Geom> {
     let (b, c, h, w) = x.dims4()?;
     let (o, ci, kh, kw) = weight.dims4()?;
     if ci != c {
@@ -282,11 +298,7 @@ fn conv2d_banded(
              does not fit a {kh}×{kw} kernel"
         );
     }
-    let bias = match bias {
-        Some(b) => b.clone(),
-        None => Tensor::zeros(o, DType::F32, x.device())?,
-    };
-    apply3(ConvOp { g, relu }, [x, weight, &bias], true)
+    Ok(g)
 }
 
 /// A conv layer: candle-nn's `Conv2d` interface, with the GEMM path on the CPU.
@@ -309,6 +321,41 @@ impl Conv2d {
 
     fn gemm_path(&self, x: &Tensor) -> bool {
         fast_path(x) && self.weight.dtype() == DType::F32 && self.cfg.groups == 1
+    }
+
+    /// cuDNN's forward and backward algorithms (feature `cudnn`): CUDA, f32, groups = 1.
+    #[cfg(feature = "cudnn")]
+    fn cudnn_path(&self, x: &Tensor) -> bool {
+        x.device().is_cuda()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && self.cfg.groups == 1
+    }
+
+    #[cfg(not(feature = "cudnn"))]
+    fn cudnn_path(&self, _x: &Tensor) -> bool {
+        false
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cudnn(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
+        let g = geom(
+            x,
+            &self.weight,
+            (c.stride, c.padding, c.dilation),
+            BAND_BYTES,
+        )?;
+        let y = super::cudnn::conv2d(x, &self.weight, g)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    #[cfg(not(feature = "cudnn"))]
+    fn cudnn(&self, x: &Tensor) -> Result<Tensor> {
+        self.candle_conv(x)
     }
 
     fn candle_conv(&self, x: &Tensor) -> Result<Tensor> {
@@ -335,18 +382,24 @@ impl Conv2d {
 
     /// `relu(conv(x))`, with bias and ReLU fused into the conv on the CPU path.
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        match self.gemm_path(x) {
-            true => self.gemm(x, true),
-            false => self.candle_conv(x)?.relu(),
+        if self.gemm_path(x) {
+            self.gemm(x, true)
+        } else if self.cudnn_path(x) {
+            self.cudnn(x)?.relu()
+        } else {
+            self.candle_conv(x)?.relu()
         }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self.gemm_path(x) {
-            true => self.gemm(x, false),
-            false => self.candle_conv(x),
+        if self.gemm_path(x) {
+            self.gemm(x, false)
+        } else if self.cudnn_path(x) {
+            self.cudnn(x)
+        } else {
+            self.candle_conv(x)
         }
     }
 }

@@ -5,12 +5,15 @@
 pub mod backbone;
 pub mod conv;
 pub(crate) mod cpu_op;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 pub mod deeplab;
 pub mod depthwise;
 pub mod efficientnet;
 pub mod init;
 pub mod norm;
 pub mod ops;
+pub mod precision;
 pub mod pth;
 pub mod resnet;
 #[cfg(test)]

@@ -735,7 +735,9 @@ impl Runner {
         let (dev, device_desc) = device::resolve(&v.config.device)?;
         let mdir = manifest_dir(m);
         let versions = Versions::current();
+        let precision = crate::model::precision::apply(v.config.precision, &dev)?;
         let mut info = rundir::open(run_dir, m, v, idx, &versions, &device_desc, self.opts.fresh)?;
+        info.precision = precision;
         if self.opts.fail_variant.as_deref() == Some(v.id.as_str()) {
             let msg = format!("WSSS_FAIL_VARIANT={}: injected failure", v.id);
             info.fail(run_dir, "data", &msg)?;

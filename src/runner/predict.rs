@@ -63,7 +63,16 @@ pub fn predict_folder(
         )));
     }
     let (dev, desc) = device::resolve(device_override.unwrap_or(&cfg.device))?;
-    tracing::info!("segmenting images under {} on {desc}", images.display());
+    // The run's arithmetic on a GPU; a CPU (e.g. `--device cpu`) computes fp32 whatever it was.
+    let precision = match dev.is_cpu() {
+        true => crate::config::Precision::Auto,
+        false => cfg.precision,
+    };
+    let arith = crate::model::precision::apply(precision, &dev)?;
+    tracing::info!(
+        "segmenting images under {} on {desc} ({arith})",
+        images.display()
+    );
     let seg = Segmenter::load(&cfg.segmentation, &dev, &weights)?;
     // The run's stain normaliser (fitted on its training images), applied to new images as
     // to the run's own.

@@ -138,6 +138,9 @@ pub struct RunInfo {
     pub versions: Versions,
     /// Resolved device.
     pub device: String,
+    /// The arithmetic the device computes in (`precision`, as applied).
+    #[serde(default)]
+    pub precision: String,
     /// Dataset identity.
     pub dataset: DatasetRecord,
     /// How the classifier's and the segmenter's inputs are normalised (it follows the
@@ -221,6 +224,7 @@ pub fn open(
         split_seed: v.config.split.seed,
         versions: versions.clone(),
         device: device.into(),
+        precision: String::new(),
         dataset: DatasetRecord {
             name: idx.spec.name.clone(),
             root: idx.spec.root.clone(),
