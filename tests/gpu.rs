@@ -121,3 +121,59 @@ fn cudnn_conv_and_gradients_equal_the_cpu_kernels() {
     compare(true, 1e-2);
     wsss::model::cudnn::set_tf32(false);
 }
+
+/// AdamW's one-kernel GPU update equals the CPU's fused pass: three steps on a matrix (weight
+/// decay applies) and a vector (none), from the same start and gradients (`sum(p² · r)`), the
+/// same formula in the same order, so within a few fp32 ulps (10⁻⁵ relative).
+#[test]
+fn adamw_kernel_equals_the_cpu_update() {
+    use wsss::config::Optimizer as Kind;
+    use wsss::train::optim::Optimizer;
+    let Some(dev) = gpu() else {
+        return;
+    };
+    // The same draws on both devices (candle's CPU generator cannot be seeded).
+    let uniform = |seed: u64, shape: &[usize]| -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    let run = |dev: &Device| -> Vec<Vec<f32>> {
+        let shapes: [&[usize]; 2] = [&[64, 33], &[1000]];
+        let vars: Vec<(String, Var)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let t = uniform(k as u64, s).to_device(dev).unwrap();
+                (format!("p{k}"), Var::from_tensor(&t).unwrap())
+            })
+            .collect();
+        let mut o = Optimizer::new(Kind::Adamw, vars.clone(), 0.01, 0.1, 0.9).unwrap();
+        for step in 0..3u64 {
+            let mut loss = Tensor::zeros((), candle_core::DType::F32, dev).unwrap();
+            for (k, (_, v)) in vars.iter().enumerate() {
+                let r = uniform(100 + 10 * step + k as u64, v.dims())
+                    .to_device(dev)
+                    .unwrap();
+                let term = (v.as_tensor().sqr().unwrap() * r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                loss = (loss + term).unwrap();
+            }
+            o.step(&loss.backward().unwrap()).unwrap();
+        }
+        vars.iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    };
+    let cpu = Device::Cpu;
+    let want = run(&cpu);
+    let got = run(&dev);
+    for (g, w) in got.iter().zip(&want) {
+        let t = |v: &Vec<f32>| Tensor::new(v.as_slice(), &cpu).unwrap();
+        let e = rel_err(&t(g), &t(w));
+        assert!(e < 1e-5, "AdamW GPU vs CPU: relative error {e}");
+    }
+}

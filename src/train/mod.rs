@@ -3,6 +3,8 @@
 //! its sliding-window inference and collapse diagnostics) — with their losses, optimisers and
 //! learning-rate schedules.
 
+#[cfg(feature = "cuda")]
+pub mod adamw_cuda;
 pub mod checkpoint;
 pub mod classify;
 pub mod driver;

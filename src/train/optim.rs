@@ -139,10 +139,10 @@ impl Optimizer {
                     var.set(&(p - (&buf * lr)?)?)?;
                     self.m[i] = buf;
                 }
-                OptKind::Adamw if p.device().is_cpu() && p.dtype() == DType::F32 => {
-                    // One fused pass (wsss_kernels::optim) instead of a dozen tensor ops, on
-                    // the parameter's and the moments' own storage: nothing copied out and
-                    // back, nothing allocated.
+                OptKind::Adamw if p.dtype() == DType::F32 && (p.device().is_cpu() || FUSED_GPU) => {
+                    // One fused pass (wsss_kernels::optim on the CPU, one kernel per tensor on
+                    // the GPU) instead of a dozen tensor ops, on the parameter's and the
+                    // moments' own storage: nothing copied out and back, nothing allocated.
                     let h = AdamW {
                         lr: lr as f32,
                         beta1: BETA1 as f32,
@@ -155,6 +155,11 @@ impl Optimizer {
                         },
                         correction: ((1.0 - BETA1.powi(t)) as f32, (1.0 - BETA2.powi(t)) as f32),
                     };
+                    #[cfg(feature = "cuda")]
+                    if p.device().is_cuda() {
+                        super::adamw_cuda::step(var.as_tensor(), g, &self.m[i], &self.v[i], &h)?;
+                        continue;
+                    }
                     let g = g.contiguous()?;
                     let (gs, gl) = g.storage_and_layout();
                     let gv = match &*gs {
@@ -227,6 +232,9 @@ impl Optimizer {
         Ok(())
     }
 }
+
+/// Whether AdamW has a one-kernel GPU update in this build (feature `cuda`).
+const FUSED_GPU: bool = cfg!(feature = "cuda");
 
 /// A function over a mutable `f32` slice.
 type SliceFn<'a> = dyn FnMut(&mut [f32]) -> Result<()> + 'a;
