@@ -269,6 +269,24 @@ fn a_pth_that_is_not_a_checkpoint_is_named() {
     );
 }
 
+/// Runs the tiny manifest `m` (experiment `t`) with info logging; asserts it succeeded and
+/// completed, and returns its log and `run.json`.
+fn run_tiny(sb: &Sandbox, m: &Path) -> (String, serde_json::Value) {
+    let o = sb
+        .cmd()
+        .env("WSSS_LOG", "info")
+        .args(["run", m.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let rd = first_dir(sb.work().join("t"));
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rd.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["status"], "complete");
+    (err, info)
+}
+
 /// The reduced version of the pretrained manifests, end to end on the tiny synthetic set: the
 /// classifier starts from the real Lite0 checkpoint, the segmenter's encoder from the
 /// classifier; the run completes and records the weights' input normalisation.
@@ -302,23 +320,12 @@ epochs = 1
             path.display()
         ),
     );
-    let o = sb
-        .cmd()
-        .env("WSSS_LOG", "info")
-        .args(["run", m.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    let (err, info) = run_tiny(&sb, &m);
     assert!(err.contains("loaded 245 pretrained tensors"), "{err}");
     assert!(
         err.contains("segmenter encoder: 245 tensors from the classifier"),
         "{err}"
     );
-    let rd = first_dir(sb.work().join("t"));
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(rd.join("run.json")).unwrap()).unwrap();
-    assert_eq!(info["status"], "complete");
     for net in ["classifier", "segmenter"] {
         let n = info["input_normalisation"][net].as_str().unwrap();
         assert!(
@@ -397,14 +404,7 @@ epochs = 1
             path.display()
         ),
     );
-    let o = sb
-        .cmd()
-        .env("WSSS_LOG", "info")
-        .args(["run", m.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    let (err, info) = run_tiny(&sb, &m);
     assert!(!err.contains("loaded 245 pretrained tensors"), "{err}");
     assert!(
         err.contains(&format!(
@@ -413,10 +413,6 @@ epochs = 1
         )),
         "{err}"
     );
-    let rd = first_dir(sb.work().join("t"));
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(rd.join("run.json")).unwrap()).unwrap();
-    assert_eq!(info["status"], "complete");
     let n = info["input_normalisation"]["segmenter"].as_str().unwrap();
     assert!(n.starts_with("EfficientNet-Lite (TensorFlow)"), "{n}");
 }

@@ -974,33 +974,30 @@ fn semantic(
         ),
         // Read only when init = "pretrained" (a sweep over init may carry it for that value).
         (SegInit::Pretrained, Some(p)) => {
-            let full = base_dir.join(p);
-            if !full.is_file() {
-                push(
-                    "segmentation.pretrained",
-                    format!(
-                        "weights file not found: {} (paths are relative to the manifest){}",
-                        full.display(),
-                        weights_hint(c.segmentation.encoder)
-                    ),
-                );
+            if let Some(msg) = missing_weights(base_dir, p, c.segmentation.encoder) {
+                push("segmentation.pretrained", msg);
             }
         }
         _ => {}
     }
     if let Some(p) = &c.backbone.pretrained {
-        let full = base_dir.join(p);
-        if !full.is_file() {
-            push(
-                "backbone.pretrained",
-                format!(
-                    "weights file not found: {} (paths are relative to the manifest){}",
-                    full.display(),
-                    weights_hint(c.backbone.arch)
-                ),
-            );
+        if let Some(msg) = missing_weights(base_dir, p, c.backbone.arch) {
+            push("backbone.pretrained", msg);
         }
     }
+}
+
+/// The error for a weights file `p` (relative to the manifest) that is not there, with where
+/// `arch`'s published weights come from; `None` when it exists.
+fn missing_weights(base_dir: &Path, p: &str, arch: Arch) -> Option<String> {
+    let full = base_dir.join(p);
+    (!full.is_file()).then(|| {
+        format!(
+            "weights file not found: {} (paths are relative to the manifest){}",
+            full.display(),
+            weights_hint(arch)
+        )
+    })
 }
 
 /// Where a missing weights file of `arch` comes from (appended to the error), if we know.
