@@ -260,6 +260,25 @@ impl CustomOp2 for CudnnConv {
         let dev = s1.device();
         let g = self.g;
         let shape = self.out_shape();
+        let (ho, wo) = g.out();
+        let (x_n, w_n, y_n) = (
+            g.b * g.c * g.h * g.w,
+            g.o * g.c * g.kh * g.kw,
+            g.b * g.o * ho * wo,
+        );
+        let want = match self.pass {
+            Pass::Forward => [x_n, w_n],
+            Pass::BackwardData => [y_n, w_n],
+            Pass::BackwardFilter => [y_n, x_n],
+        };
+        if [l1.shape().elem_count(), l2.shape().elem_count()] != want {
+            candle_core::bail!("{}: inputs do not fit the convolution {g:?}", self.name());
+        }
+        if shape.elem_count() == 0 {
+            // an empty batch (cuDNN refuses zero-sized tensors)
+            let out = dev.alloc_zeros::<f32>(0)?;
+            return Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape));
+        }
         let tf32 = tf32();
         let a = view(s1, l1, "first input")?;
         let b = view(s2, l2, "second input")?;

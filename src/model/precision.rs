@@ -31,17 +31,20 @@ pub fn apply(p: Precision, dev: &Device) -> Result<String> {
     };
     set_gpu(conv_tf32, matmul_tf32);
     let name = |on: bool| if on { "TF32" } else { "fp32" };
-    Ok(format!(
-        "{} convolutions{}, {} matrix products",
-        name(conv_tf32),
-        if cfg!(feature = "cudnn") {
-            " (cuDNN)"
-        } else {
-            " (candle's im2col + cuBLAS)"
-        },
+    Ok(if cfg!(feature = "cudnn") {
+        format!(
+            "{} convolutions (cuDNN; depthwise ones through candle's cuDNN call, its default math: \
+             TF32 where the GPU has it), {} matrix products",
+            name(conv_tf32),
+            name(matmul_tf32)
+        )
+    } else {
         // candle's convolutions without cuDNN are cuBLAS products: the matmul flag rules them
-        name(matmul_tf32)
-    ))
+        format!(
+            "{} convolutions (candle's im2col + cuBLAS) and matrix products",
+            name(matmul_tf32)
+        )
+    })
 }
 
 #[cfg(feature = "cuda")]

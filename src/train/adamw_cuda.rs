@@ -51,90 +51,87 @@ fn range(l: &Layout) -> Result<(usize, usize)> {
         .ok_or_else(|| candle_core::Error::Msg("AdamW (CUDA): tensor not contiguous".into()))
 }
 
-/// `m`, `v` and `p` mutable at once: nested in-place ops, the innermost launching the kernel.
-struct Step<'a> {
-    g: &'a Tensor,
-    h: &'a AdamW,
+/// A function over a CUDA tensor's storage, mutably, with its layout.
+type StorageFn<'a> = dyn FnMut(&mut CudaStorage, &Layout) -> Result<()> + 'a;
+
+/// Runs `f` on `t`'s own device storage (candle's in-place op): nothing copied.
+fn in_place(t: &Tensor, f: &mut StorageFn<'_>) -> Result<()> {
+    struct Op<'a, 'b>(std::cell::RefCell<&'a mut StorageFn<'b>>);
+    impl candle_core::InplaceOp1 for Op<'_, '_> {
+        fn name(&self) -> &'static str {
+            "adamw-cuda"
+        }
+        fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
+            candle_core::bail!("AdamW (CUDA): called with a CPU tensor (the CPU has its own pass)")
+        }
+        fn cuda_fwd(&self, s: &mut CudaStorage, l: &Layout) -> Result<()> {
+            (self.0.borrow_mut())(s, l)
+        }
+    }
+    t.inplace_op1(&Op(std::cell::RefCell::new(f)))
 }
 
 /// One AdamW step of `p` with gradient `g` and moments `m`, `v` (all f32, contiguous, one CUDA
-/// device, same shape), in place.
+/// device, same shape), in place: the three are each handed over mutably (nested in-place
+/// ops), the innermost launching the kernel.
 pub fn step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamW) -> Result<()> {
     let g = g.contiguous()?;
-    let s = Step { g: &g, h };
-    // `inplace_op3` hands the op `p` mutably and `m`, `v` immutably; the moments are written
-    // through their device pointers, which the kernel owns for the launch (no other op runs
-    // on candle's stream meanwhile).
-    p.inplace_op3(m, v, &s)
+    in_place(m, &mut |ms, ml| {
+        in_place(v, &mut |vs, vl| {
+            in_place(p, &mut |ps, pl| launch(ps, pl, ms, ml, vs, vl, &g, h))
+        })
+    })
 }
 
-impl candle_core::InplaceOp3 for Step<'_> {
-    fn name(&self) -> &'static str {
-        "adamw-cuda"
+/// Launches the kernel on the storages of `p`, `m`, `v` and the gradient `g`.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    ps: &mut CudaStorage,
+    pl: &Layout,
+    ms: &mut CudaStorage,
+    ml: &Layout,
+    vs: &mut CudaStorage,
+    vl: &Layout,
+    g: &Tensor,
+    h: &AdamW,
+) -> Result<()> {
+    let dev: CudaDevice = ps.device.clone();
+    let (pa, pb) = range(pl)?;
+    let (ma, mb) = range(ml)?;
+    let (va, vb) = range(vl)?;
+    let (gs, gl) = g.storage_and_layout();
+    let (ga, gb) = range(gl)?;
+    let Storage::Cuda(gs) = &*gs else {
+        candle_core::bail!("AdamW (CUDA): gradient not on the GPU");
+    };
+    let n = pb - pa;
+    if n == 0 {
+        return Ok(());
     }
-
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<()> {
-        candle_core::bail!("AdamW (CUDA): called with CPU tensors (the CPU has its own pass)")
+    if [mb - ma, vb - va, gb - ga] != [n; 3] {
+        candle_core::bail!("AdamW (CUDA): parameter, gradient and moments differ in size");
     }
-
-    fn cuda_fwd(
-        &self,
-        dst: &mut CudaStorage,
-        dst_l: &Layout,
-        m: &CudaStorage,
-        ml: &Layout,
-        v: &CudaStorage,
-        vl: &Layout,
-    ) -> Result<()> {
-        let dev: CudaDevice = dst.device.clone();
-        let (pa, pb) = range(dst_l)?;
-        let (ma, mb) = range(ml)?;
-        let (va, vb) = range(vl)?;
-        let (gs, gl) = self.g.storage_and_layout();
-        let (ga, gb) = range(gl)?;
-        let Storage::Cuda(gs) = &*gs else {
-            candle_core::bail!("AdamW (CUDA): gradient not on the GPU");
-        };
-        let n = pb - pa;
-        if n == 0 {
-            return Ok(());
-        }
-        if [mb - ma, vb - va, gb - ga] != [n; 3] {
-            candle_core::bail!("AdamW (CUDA): parameter, gradient and moments differ in size");
-        }
-        let g = gs.as_cuda_slice::<f32>()?.slice(ga..gb);
-        let m = m.as_cuda_slice::<f32>()?.slice(ma..mb);
-        let v = v.as_cuda_slice::<f32>()?.slice(va..vb);
-        let mut p = dst.as_cuda_slice_mut::<f32>()?.slice_mut(pa..pb);
-        let func = dev.get_or_load_custom_func("wsss_adamw_f32", "wsss_adamw", ptx()?)?;
-        let h = self.h;
-        let (c1, c2) = h.correction;
-        let n64 = n as u64;
-        let mut b = func.builder();
-        b.arg(&mut p);
-        b.arg(&g);
-        b.arg(&m);
-        b.arg(&v);
-        b.arg(&n64);
-        b.arg(&h.lr);
-        b.arg(&h.beta1);
-        b.arg(&h.beta2);
-        b.arg(&h.eps);
-        b.arg(&h.decay);
-        b.arg(&c1);
-        b.arg(&c2);
-        // SAFETY: the kernel reads and writes n elements of each buffer, all of length n; `m`
-        // and `v` are written although borrowed shared — they are the optimiser's own moments,
-        // which nothing else reads or writes during the step.
-        unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }.w()?;
-        Ok(())
-    }
+    let g = gs.as_cuda_slice::<f32>()?.slice(ga..gb);
+    let mut m = ms.as_cuda_slice_mut::<f32>()?.slice_mut(ma..mb);
+    let mut v = vs.as_cuda_slice_mut::<f32>()?.slice_mut(va..vb);
+    let mut p = ps.as_cuda_slice_mut::<f32>()?.slice_mut(pa..pb);
+    let func = dev.get_or_load_custom_func("wsss_adamw_f32", "wsss_adamw", ptx()?)?;
+    let (c1, c2) = h.correction;
+    let n64 = n as u64;
+    let mut b = func.builder();
+    b.arg(&mut p);
+    b.arg(&g);
+    b.arg(&mut m);
+    b.arg(&mut v);
+    b.arg(&n64);
+    b.arg(&h.lr);
+    b.arg(&h.beta1);
+    b.arg(&h.beta2);
+    b.arg(&h.eps);
+    b.arg(&h.decay);
+    b.arg(&c1);
+    b.arg(&c2);
+    // SAFETY: the kernel reads and writes n elements of each buffer, all of length n.
+    unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }.w()?;
+    Ok(())
 }
