@@ -889,6 +889,7 @@ mod tests {
         cfg.segmentation.warmup_epochs = 2;
         cfg.segmentation.encoder_lr_mult = 0.1;
         cfg.segmentation.pretrained = Some("x".into());
+        cfg.precision = crate::config::Precision::Fp32;
         cfg.stain.normalize = crate::config::StainNorm::Reinhard;
         cfg.metrics.boundary_f_tolerance = 0.01;
         cfg.cam.crf.iterations = 5;
