@@ -346,11 +346,7 @@ impl Conv2d {
             (c.stride, c.padding, c.dilation),
             BAND_BYTES,
         )?;
-        let y = super::cudnn::conv2d(x, &self.weight, g)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
+        self.add_bias(super::cudnn::conv2d(x, &self.weight, g)?)
     }
 
     #[cfg(not(feature = "cudnn"))]
@@ -360,7 +356,11 @@ impl Conv2d {
 
     fn candle_conv(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.cfg;
-        let y = x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
+        self.add_bias(x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?)
+    }
+
+    /// `y + bias` broadcast over `(B, ·, H, W)` (the paths whose conv has no bias of its own).
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
