@@ -868,7 +868,8 @@ pub fn schema_text() -> String {
             cam.insert("gcn".into(), gcn);
         }
     }
-    // Likewise `precision`, `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs` and `.encoder_lr_mult`
+    // Likewise `precision`, `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs`, `.encoder_lr_mult` and
+    // both `stain_augment` keys
     // (left out of hashes while default).
     if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
         let mut st = st.as_table().cloned().unwrap_or_default();
@@ -886,6 +887,15 @@ pub fn schema_text() -> String {
         seg.insert("blend".into(), "mean".into());
         seg.insert("warmup_epochs".into(), toml::Value::Integer(0));
         seg.insert("encoder_lr_mult".into(), toml::Value::Float(1.0));
+    }
+    for section in ["segmentation", "train"] {
+        if let Some(t) = v.get_mut(section).and_then(|c| c.as_table_mut()) {
+            t.insert("stain_augment".into(), "channel".into());
+            t.insert(
+                "stain_augment_strength".into(),
+                toml::Value::Float(crate::config::STAIN_AUGMENT_STRENGTH),
+            );
+        }
     }
     let rows: Vec<Vec<String>> = schema::FIELDS
         .iter()

@@ -123,6 +123,40 @@ fn run_writes_the_report_and_compare_joins_experiments() {
     // images: one row per image per variant (9 synthetic images per class → 18 images)
     let images = wsss::table::read_parquet(&rep.join("images.parquet")).unwrap();
     assert_eq!(images.height(), 4 * 18);
+    // per patient: every scored image in exactly one (split, patient) row of its variant, and
+    // each row's mean equals the mean of its images' rows in `images`
+    let pp = wsss::table::read_parquet(&rep.join("patient_segmentation.parquet")).unwrap();
+    let s = |df, c| wsss::report::data::strs(df, c).unwrap();
+    let n = |df, c| wsss::report::data::nums(df, c).unwrap();
+    let (pv, ppat, pn, pm) = (
+        s(&pp, "variant"),
+        s(&pp, "patient"),
+        n(&pp, "images"),
+        n(&pp, "seg_miou"),
+    );
+    assert_eq!(pn.iter().sum::<f64>(), (4 * 18) as f64);
+    let (iv, ipat, im) = (
+        s(&images, "variant"),
+        s(&images, "patient"),
+        n(&images, "seg_miou"),
+    );
+    for k in 0..pv.len() {
+        let tiles: Vec<f64> = (0..iv.len())
+            .filter(|&i| iv[i] == pv[k] && ipat[i] == ppat[k])
+            .map(|i| im[i])
+            .collect();
+        assert_eq!(tiles.len() as f64, pn[k]);
+        let mean = tiles.iter().sum::<f64>() / tiles.len() as f64;
+        assert!(
+            (mean - pm[k]).abs() < 1e-9,
+            "{} {}: {mean} vs {}",
+            pv[k],
+            ppat[k],
+            pm[k]
+        );
+    }
+    let html = std::fs::read_to_string(rep.join("index.html")).unwrap();
+    assert!(html.contains("Segmentation per patient"));
 
     // figures: PNG (decodes, not blank) and SVG for each; two classifiers → two ROC lines
     let figs = [

@@ -542,6 +542,25 @@ fn stage_keys_depend_only_on_what_the_stage_reads() {
         states(&["--set", "segmentation.tta=true"]),
         [C, C, C, C, C, R]
     );
+    // Stain augmentation: the segmenter's retrains the segmenter only, the classifier's
+    // everything from the classifier on; its defaults written out change no key.
+    assert_eq!(
+        states(&["--set", "segmentation.stain_augment=\"hed\""]),
+        [C, C, C, C, R, R]
+    );
+    assert_eq!(
+        states(&["--set", "train.stain_augment=\"hed\""]),
+        [C, R, R, R, R, R]
+    );
+    assert_eq!(
+        states(&[
+            "--set",
+            "segmentation.stain_augment=\"channel\"",
+            "--set",
+            "train.stain_augment_strength=0.05"
+        ]),
+        [C, C, C, C, C, C]
+    );
     // The training seed retrains everything after the data stage.
     assert_eq!(states(&["--set", "train.seed=7"]), [C, R, R, R, R, R]);
     // The split seed changes the data stage and everything downstream.

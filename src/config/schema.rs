@@ -473,6 +473,17 @@ pub static FIELDS: &[Field] = &[
         "training crop size (pixels)",
     ),
     f(
+        "segmentation.stain_augment",
+        Kind::Choice(&["channel", "hed", "none"]),
+        "stain jitter of the segmenter's training crops: per-RGB-channel scale, HED jitter (Tellez et al. 2019), or none",
+    ),
+    f(
+        "segmentation.stain_augment_strength",
+        PROB,
+        "channel: scale amplitude; hed: sigma of the H/E/DAB optical density scale and shift \
+         (HED-light 0.05, HED-strong 0.2)",
+    ),
+    f(
         "train.epochs",
         Kind::Int {
             min: 1,
@@ -539,6 +550,17 @@ pub static FIELDS: &[Field] = &[
             max: 100_000,
         },
         "early stopping: epochs without improvement (0 = off)",
+    ),
+    f(
+        "train.stain_augment",
+        Kind::Choice(&["channel", "hed", "none"]),
+        "stain jitter of the classifier's training views: per-RGB-channel scale, HED jitter (Tellez et al. 2019), or none",
+    ),
+    f(
+        "train.stain_augment_strength",
+        PROB,
+        "channel: scale amplitude; hed: sigma of the H/E/DAB optical density scale and shift \
+         (HED-light 0.05, HED-strong 0.2)",
     ),
     f(
         "launcher.slurm.partition",
@@ -889,6 +911,10 @@ mod tests {
         cfg.segmentation.warmup_epochs = 2;
         cfg.segmentation.encoder_lr_mult = 0.1;
         cfg.segmentation.pretrained = Some("x".into());
+        cfg.segmentation.stain_augment = crate::config::StainAugment::Hed;
+        cfg.segmentation.stain_augment_strength = 0.2;
+        cfg.train.stain_augment = crate::config::StainAugment::Hed;
+        cfg.train.stain_augment_strength = 0.2;
         cfg.precision = crate::config::Precision::Fp32;
         cfg.stain.normalize = crate::config::StainNorm::Reinhard;
         cfg.metrics.boundary_f_tolerance = 0.01;

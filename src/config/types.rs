@@ -185,6 +185,48 @@ impl StainConfig {
     }
 }
 
+/// Stain augmentation of training views (`segmentation.stain_augment`, `train.stain_augment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StainAugment {
+    /// Each RGB channel scaled by `U(1 − strength, 1 + strength)`: a tint (the default, and
+    /// what every run did before this key existed).
+    #[default]
+    Channel,
+    /// Tellez et al.'s HED jitter (Medical Image Analysis 2019; `data::hed`): per view and
+    /// stain, the haematoxylin / eosin / DAB optical density scaled by `U(1 − σ, 1 + σ)` and
+    /// shifted by `U(−σ, σ)`, σ = strength ("HED-light" 0.05, "HED-strong" 0.2).
+    Hed,
+    /// No stain jitter.
+    None,
+}
+
+impl StainAugment {
+    /// Whether this is the default (then left out of cache keys, which predate it).
+    pub fn is_channel(&self) -> bool {
+        *self == StainAugment::Channel
+    }
+}
+
+/// Default `stain_augment_strength`.
+pub const STAIN_AUGMENT_STRENGTH: f64 = 0.05;
+
+impl StainAugment {
+    /// The strength a stage reads: the default under `none` (which reads none), so a sweep
+    /// over the strength with `none` is one computation, not several fake replicates.
+    pub fn effective_strength(&self, strength: f64) -> f64 {
+        match self {
+            StainAugment::None => STAIN_AUGMENT_STRENGTH,
+            StainAugment::Channel | StainAugment::Hed => strength,
+        }
+    }
+}
+
+/// Serde helper: a strength at its default is left out of cache keys (which predate it).
+fn is_default_strength(v: &f64) -> bool {
+    *v == STAIN_AUGMENT_STRENGTH
+}
+
 /// How patients are assigned to train / valid / test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -680,6 +722,13 @@ pub struct SegmentationConfig {
     /// classifier's weights file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<String>,
+    /// Stain augmentation of the training crops.
+    #[serde(skip_serializing_if = "StainAugment::is_channel")]
+    pub stain_augment: StainAugment,
+    /// Its strength (the channel scale's amplitude, or the HED jitter's σ; not read by
+    /// `none`).
+    #[serde(skip_serializing_if = "is_default_strength")]
+    pub stain_augment_strength: f64,
 }
 
 /// Serde helper: a key at its default 0 is left out of cache keys (which predate it).
@@ -725,6 +774,8 @@ impl Default for SegmentationConfig {
             warmup_epochs: 0,
             encoder_lr_mult: 1.0,
             pretrained: None,
+            stain_augment: StainAugment::Channel,
+            stain_augment_strength: STAIN_AUGMENT_STRENGTH,
         }
     }
 }
@@ -841,6 +892,13 @@ pub struct TrainConfig {
     pub balanced_sampling: bool,
     /// Stop after this many epochs without a better validation score (0 = never).
     pub patience: u32,
+    /// Stain augmentation of the classifier's training views.
+    #[serde(skip_serializing_if = "StainAugment::is_channel")]
+    pub stain_augment: StainAugment,
+    /// Its strength (the channel scale's amplitude, or the HED jitter's σ; not read by
+    /// `none`).
+    #[serde(skip_serializing_if = "is_default_strength")]
+    pub stain_augment_strength: f64,
 }
 
 impl Default for TrainConfig {
@@ -858,6 +916,8 @@ impl Default for TrainConfig {
             seed: 0,
             balanced_sampling: false,
             patience: 0,
+            stain_augment: StainAugment::Channel,
+            stain_augment_strength: STAIN_AUGMENT_STRENGTH,
         }
     }
 }

@@ -60,8 +60,32 @@ pub struct Augment {
     pub flips: bool,
     /// Brightness / contrast / saturation jitter amplitude.
     pub color: f32,
-    /// Per-channel (stain) scale jitter amplitude.
-    pub stain: f32,
+    /// Stain jitter.
+    pub stain: StainJitter,
+}
+
+/// How the stain of a training view is perturbed (`stain_augment`, `stain_augment_strength`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StainJitter {
+    /// None.
+    None,
+    /// Each RGB channel scaled by `U(1 − a, 1 + a)`: a tint.
+    Channel(f32),
+    /// Tellez et al.'s HED jitter of strength σ ([`crate::data::hed`]): each stain's optical
+    /// density scaled by `U(1 − σ, 1 + σ)` and shifted by `U(−σ, σ)`.
+    Hed(f64),
+}
+
+impl StainJitter {
+    /// The jitter a resolved `stain_augment` / `stain_augment_strength` pair asks for.
+    pub fn of(method: crate::config::StainAugment, strength: f64) -> Self {
+        use crate::config::StainAugment as S;
+        match method {
+            S::None => StainJitter::None,
+            S::Channel => StainJitter::Channel(strength as f32),
+            S::Hed => StainJitter::Hed(strength),
+        }
+    }
 }
 
 impl Default for Augment {
@@ -70,7 +94,7 @@ impl Default for Augment {
             min_crop_area: 0.5,
             flips: true,
             color: 0.1,
-            stain: 0.05,
+            stain: StainJitter::Channel(0.05),
         }
     }
 }
@@ -164,9 +188,19 @@ fn flip_and_jitter(mut out: RgbImage, a: &Augment, rng: &mut ChaCha8Rng) -> RgbI
     out
 }
 
-/// Brightness / contrast / saturation and per-channel (stain) jitter, in place.
+/// Stain jitter, then brightness / contrast / saturation jitter, in place. (The draws of the
+/// per-channel jitter follow those of brightness, contrast and saturation, as they always
+/// have, so default views are unchanged; the HED jitter draws its six after them too.)
 pub fn color_jitter(out: &mut RgbImage, a: &Augment, rng: &mut ChaCha8Rng) {
-    if a.color > 0.0 || a.stain > 0.0 {
+    let channel = match a.stain {
+        StainJitter::Channel(amp) => amp,
+        StainJitter::None | StainJitter::Hed(_) => 0.0,
+    };
+    let hed = match a.stain {
+        StainJitter::Hed(sigma) if sigma > 0.0 => Some(sigma),
+        _ => None,
+    };
+    if a.color > 0.0 || channel > 0.0 || hed.is_some() {
         let j = |rng: &mut ChaCha8Rng, amp: f32| {
             if amp > 0.0 {
                 rng.random_range(1.0 - amp..=1.0 + amp)
@@ -175,7 +209,11 @@ pub fn color_jitter(out: &mut RgbImage, a: &Augment, rng: &mut ChaCha8Rng) {
             }
         };
         let (b, c, s) = (j(rng, a.color), j(rng, a.color), j(rng, a.color));
-        let st = [j(rng, a.stain), j(rng, a.stain), j(rng, a.stain)];
+        let st = [j(rng, channel), j(rng, channel), j(rng, channel)];
+        if let Some(sigma) = hed {
+            crate::data::hed::HedJitter::sample(sigma, rng)
+                .apply(crate::data::hed::deconvolution(), out);
+        }
         let n = (out.width() * out.height()) as f32;
         let mean = out
             .pixels()
@@ -340,6 +378,52 @@ mod tests {
         assert_eq!(v1.dimensions(), (16, 16));
         assert_eq!(v1, v2);
         assert_ne!(v1, v3);
+    }
+
+    /// FNV-1a of an image's bytes.
+    fn fnv(img: &RgbImage) -> u64 {
+        img.as_raw().iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    /// The default views are the ones every cached run was trained on (the per-channel stain
+    /// jitter's draws kept their place when the HED jitter arrived): pinned to the hash the
+    /// code before `stain_augment` produced.
+    #[test]
+    fn default_views_are_unchanged() {
+        let img = RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 100]));
+        let v = augment(
+            &img,
+            16,
+            &Augment::default(),
+            &mut ChaCha8Rng::seed_from_u64(3),
+        );
+        assert_eq!(fnv(&v), PINNED_DEFAULT_VIEW);
+    }
+
+    const PINNED_DEFAULT_VIEW: u64 = 2_490_727_900_626_587_616;
+
+    #[test]
+    fn hed_jitter_changes_views_by_seed_and_none_leaves_colours() {
+        let img = RgbImage::from_fn(40, 40, |x, y| {
+            image::Rgb([180 + x as u8, 90 + y as u8, 190])
+        });
+        let hed = Augment {
+            min_crop_area: 1.0,
+            flips: false,
+            color: 0.0,
+            stain: StainJitter::Hed(0.2),
+        };
+        let v1 = augment(&img, 40, &hed, &mut ChaCha8Rng::seed_from_u64(1));
+        let v2 = augment(&img, 40, &hed, &mut ChaCha8Rng::seed_from_u64(1));
+        let v3 = augment(&img, 40, &hed, &mut ChaCha8Rng::seed_from_u64(2));
+        assert!(v1 == v2 && v1 != v3 && v1 != img);
+        let none = Augment {
+            stain: StainJitter::None,
+            ..hed
+        };
+        assert!(augment(&img, 40, &none, &mut ChaCha8Rng::seed_from_u64(1)) == img);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! built-in synthetic generator.
 
 pub mod decode;
+pub mod hed;
 pub mod loader;
 pub mod mask;
 pub mod patches;

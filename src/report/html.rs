@@ -9,8 +9,8 @@ use base64::Engine as _;
 use super::data::Experiment;
 use super::figures::Figure;
 use super::tables::{
-    collapsed_variants, present_metric_columns, Miss, SeedGroup, SummaryRow, KEY_METRICS,
-    TEST_PREFIX,
+    collapsed_variants, present_metric_columns, Miss, PatientSegRow, SeedGroup, SummaryRow,
+    KEY_METRICS, TEST_PREFIX,
 };
 use crate::error::{Error, Result};
 
@@ -76,6 +76,8 @@ pub struct Page<'a> {
     pub misses: &'a [Miss],
     /// Per-patient errors: (variant, split, patient, images, errors).
     pub patients: &'a [(String, String, String, u32, u32)],
+    /// Per-patient segmentation scores on valid and test, over seeds.
+    pub patient_seg: &'a [PatientSegRow],
 }
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:2em auto;max-width:1500px;padding:0 1em;color:#222}
@@ -268,6 +270,46 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
                 esc(s),
                 esc(p),
                 num(f64::from(*e) / f64::from(*n))
+            );
+        }
+        h.push_str("</tbody></table>\n");
+    }
+    if !page.patient_seg.is_empty() {
+        h.push_str(
+            "<h3 id=\"patient-segmentation\">Segmentation per patient</h3><p>Each validation and \
+             test patient's mean per-image mIoU (every tile weighs the same), mean ± std over \
+             seeds; <em>predicted foreground</em> is the share of its pixels the segmenter calls \
+             foreground (near 1: it marks whole tiles). Training patients and the per-variant \
+             values are in <code>patient_segmentation.csv</code>.</p>\
+             <table class=\"sortable\"><thead><tr><th class=\"t\">setting</th>\
+             <th class=\"t\">split</th><th class=\"t\">patient</th><th>images</th><th>seeds</th>\
+             <th>segmenter mIoU</th><th>pseudo-label mIoU</th><th>predicted foreground</th>\
+             </tr></thead><tbody>\n",
+        );
+        for r in page.patient_seg {
+            let setting = if r.params.is_empty() {
+                "(all)".to_string()
+            } else {
+                r.params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td class=\"t\">{}</td><td class=\"t\">{}</td><td class=\"t\">{}</td>\
+                 <td>{}</td><td>{}</td><td data-v=\"{}\">{} ± {}</td><td>{}</td><td>{}</td></tr>",
+                esc(&setting),
+                esc(&r.split),
+                esc(&r.patient),
+                r.images,
+                r.n,
+                r.seg_miou.0,
+                num(r.seg_miou.0),
+                num(r.seg_miou.1),
+                num(r.pseudo_miou),
+                num(r.seg_fg_fraction)
             );
         }
         h.push_str("</tbody></table>\n");

@@ -9,7 +9,8 @@
 //! ```text
 //! reports/<experiment>/
 //!   index.html  summary.md
-//!   summary  metrics  curves  images  configs  misclassified  patient_errors   (.parquet, .csv)
+//!   summary  metrics  curves  images  configs  misclassified  patient_errors
+//!   patient_segmentation   (.parquet, .csv)
 //!   figures/<name>.{png,svg}   galleries/<name>.png
 //! ```
 
@@ -41,6 +42,7 @@ pub const TABLE_FILES: &[&str] = &[
     "configs",
     "misclassified",
     "patient_errors",
+    "patient_segmentation",
     "summary_seeds",
 ];
 
@@ -115,6 +117,9 @@ pub fn build(
     let mut pe = tables::patient_errors(exp)?;
     table::write(&mut pe, out, "patient_errors")?;
     let patients = patient_rows(&pe);
+    let mut ps = tables::patient_segmentation(exp)?;
+    table::write(&mut ps, out, "patient_segmentation")?;
+    let patient_seg = tables::patient_seed_groups(&rows, &params, &ps);
 
     let figs = figures::all(exp, &out.join("figures"))?;
     let galleries = galleries(exp, registry, &out.join("galleries"), opts, &misses)?;
@@ -128,6 +133,7 @@ pub fn build(
         galleries: &galleries,
         misses: &misses,
         patients: &patients,
+        patient_seg: &patient_seg,
     };
     html::write_html(&page, out)?;
     html::write_markdown(&page, out)?;

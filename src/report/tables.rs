@@ -10,6 +10,7 @@
 //! | `configs` | variant: the resolved config flattened to `section.key` columns |
 //! | `misclassified` | variant × misclassified image, with its confidence and patient |
 //! | `patient_errors` | variant × split × patient: images, errors, error rate |
+//! | `patient_segmentation` | variant × split × patient: images, mean per-image mIoU of the segmenter and of the pseudo labels, predicted foreground share |
 //! | `summary_seeds` | group of variants that differ only in seeds: n, mean and std of each metric |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -338,15 +339,11 @@ pub struct SeedGroup {
 /// Group the summary rows by their non-seed parameters (in first-seen order); rows with one
 /// config hash (the same resolved configuration) count once.
 pub fn seed_groups(rows: &[SummaryRow], params: &[String]) -> Vec<SeedGroup> {
-    let keys: Vec<&String> = params.iter().filter(|k| !is_seed(k)).collect();
     type Params = Vec<(String, String)>;
     let mut groups: Vec<(Params, Vec<&SummaryRow>)> = Vec::new();
     // Collapsed runs count: leaving them out would hide the failure in the mean.
     for r in rows.iter().filter(|r| r.status != "failed") {
-        let sig: Vec<(String, String)> = keys
-            .iter()
-            .map(|k| ((*k).clone(), r.config.get(*k).cloned().unwrap_or_default()))
-            .collect();
+        let sig = signature(r, params);
         match groups.iter_mut().find(|g| g.0 == sig) {
             // The same resolved config twice (another experiment's copy of a run) is one
             // replicate, not two.
@@ -388,6 +385,15 @@ pub fn seed_groups(rows: &[SummaryRow], params: &[String]) -> Vec<SeedGroup> {
                 std,
             }
         })
+        .collect()
+}
+
+/// The non-seed parameter values of a summary row: what its seed group shares.
+fn signature(r: &SummaryRow, params: &[String]) -> Vec<(String, String)> {
+    params
+        .iter()
+        .filter(|k| !is_seed(k))
+        .map(|k| (k.clone(), r.config.get(k).cloned().unwrap_or_default()))
         .collect()
 }
 
@@ -778,6 +784,166 @@ pub fn patient_errors(exp: &Experiment) -> Result<DataFrame> {
         .build()
 }
 
+/// Per patient of every variant's segmentation, from its `seg_images` table: the images
+/// scored, and the mean over them of each image's mIoU — the segmenter's (`seg_miou`) and its
+/// pseudo labels' (`pseudo_miou`) — and of the share of pixels the segmenter calls foreground
+/// (`seg_fg_fraction`: a patient whose tiles are all called foreground shows 1 here). Means of
+/// per-image scores, not pooled pixels, so every tile weighs the same; a patient of two tiles
+/// is as visible as one of twenty. NaN where a variant scored none of the patient's images.
+pub fn patient_segmentation(exp: &Experiment) -> Result<DataFrame> {
+    #[derive(Default)]
+    struct Group {
+        images: u32,
+        sums: [f64; 3],
+        counts: [u32; 3],
+    }
+    let mut rows: Vec<([String; 3], Group)> = Vec::new();
+    for r in &exp.variants {
+        let Some(t) = r.table(Table::SegImages) else {
+            continue;
+        };
+        let (Some(split), Some(patient)) = (strs(t, "split"), strs(t, "patient")) else {
+            continue;
+        };
+        let cols = ["miou", "pseudo_miou", "fg_fraction"].map(|c| nums(t, c).unwrap_or_default());
+        let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+        for (i, (s, p)) in split.into_iter().zip(patient).enumerate() {
+            let g = groups.entry((s, p)).or_default();
+            g.images += 1;
+            for (k, c) in cols.iter().enumerate() {
+                if let Some(v) = c.get(i).copied().filter(|v| v.is_finite()) {
+                    g.sums[k] += v;
+                    g.counts[k] += 1;
+                }
+            }
+        }
+        rows.extend(
+            groups
+                .into_iter()
+                .map(|((s, p), g)| ([r.id.clone(), s, p], g)),
+        );
+    }
+    let key = |k: usize| rows.iter().map(|r| r.0[k].clone()).collect::<Vec<_>>();
+    let mean = |k: usize| {
+        rows.iter()
+            .map(|r| {
+                if r.1.counts[k] == 0 {
+                    f64::NAN
+                } else {
+                    r.1.sums[k] / f64::from(r.1.counts[k])
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    TableBuilder::new()
+        .str("variant", key(0))
+        .str("split", key(1))
+        .str("patient", key(2))
+        .u32("images", rows.iter().map(|r| r.1.images).collect())
+        .f64("seg_miou", mean(0))
+        .f64("pseudo_miou", mean(1))
+        .f64("seg_fg_fraction", mean(2))
+        .build()
+}
+
+/// One patient of one seed group in the report's per-patient segmentation table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatientSegRow {
+    /// The group's non-seed parameter values.
+    pub params: Vec<(String, String)>,
+    /// Split.
+    pub split: String,
+    /// Patient.
+    pub patient: String,
+    /// Images of the patient scored (per variant).
+    pub images: u32,
+    /// Seeds (variants) averaged.
+    pub n: usize,
+    /// Mean over seeds of the patient's mean per-image segmenter mIoU, and its sample std.
+    pub seg_miou: (f64, f64),
+    /// Mean over seeds of the patient's mean per-image pseudo-label mIoU.
+    pub pseudo_miou: f64,
+    /// Mean over seeds of the patient's mean predicted foreground share.
+    pub seg_fg_fraction: f64,
+}
+
+/// The rows of [`patient_segmentation`] on the `valid` and `test` splits, averaged over the
+/// seeds of each seed group (as [`seed_groups`]: failed runs left out, collapsed ones kept).
+pub fn patient_seed_groups(
+    rows: &[SummaryRow],
+    params: &[String],
+    per_patient: &DataFrame,
+) -> Vec<PatientSegRow> {
+    let s = |c| strs(per_patient, c).unwrap_or_default();
+    let n = |c| nums(per_patient, c).unwrap_or_default();
+    let (va, sp, pa, im) = (s("variant"), s("split"), s("patient"), n("images"));
+    let (seg, pseudo, fg) = (n("seg_miou"), n("pseudo_miou"), n("seg_fg_fraction"));
+    // variant -> its group; a resolved config met twice (same hash) counts once
+    let mut seen = BTreeSet::new();
+    let group_of: BTreeMap<&str, Vec<(String, String)>> = rows
+        .iter()
+        .filter(|r| r.status != "failed")
+        .filter_map(|r| {
+            let sig = signature(r, params);
+            (r.hash.is_empty() || seen.insert((sig.clone(), r.hash.clone())))
+                .then_some((r.variant.as_str(), sig))
+        })
+        .collect();
+    type Key = (Vec<(String, String)>, String, String);
+    let mut order: Vec<Key> = Vec::new();
+    // images, then the per-seed values of seg_miou, pseudo_miou, seg_fg_fraction
+    type Acc = (u32, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut acc: BTreeMap<Key, Acc> = BTreeMap::new();
+    for i in 0..va.len() {
+        let (Some(g), true) = (group_of.get(va[i].as_str()), sp[i] != "train") else {
+            continue;
+        };
+        let k = (g.clone(), sp[i].clone(), pa[i].clone());
+        let e = acc.entry(k.clone()).or_insert_with(|| {
+            order.push(k);
+            (0, vec![], vec![], vec![])
+        });
+        e.0 = im.get(i).copied().unwrap_or(0.0) as u32;
+        for (v, col) in [(&mut e.1, &seg), (&mut e.2, &pseudo), (&mut e.3, &fg)] {
+            if let Some(x) = col.get(i).copied().filter(|x| x.is_finite()) {
+                v.push(x);
+            }
+        }
+    }
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let std = |v: &[f64]| {
+        if v.len() < 2 {
+            return f64::NAN;
+        }
+        let m = mean(v);
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+    };
+    // groups in first-seen order, splits valid before test, patients as the table sorts them
+    order.sort_by_key(|k| (k.1 != "valid", k.1.clone()));
+    order
+        .into_iter()
+        .map(|k| {
+            let e = &acc[&k];
+            PatientSegRow {
+                split: k.1.clone(),
+                patient: k.2.clone(),
+                params: k.0,
+                images: e.0,
+                n: e.1.len(),
+                seg_miou: (mean(&e.1), std(&e.1)),
+                pseudo_miou: mean(&e.2),
+                seg_fg_fraction: mean(&e.3),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,6 +1009,62 @@ mod tests {
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].n, 2);
         assert!((g[0].std["seg_miou"] - 0.2f64.hypot(0.0) / 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    /// Two seeds of one setting, one of another; patient A's tiles score 0.4 / 0.6 under seed
+    /// 0 (mean 0.5) and 0.7 under seed 1; training patients stay out; a copy of a run (same
+    /// hash) is not a third seed.
+    #[test]
+    fn patient_rows_average_tiles_then_seeds_by_hand() {
+        let rows = vec![
+            row("0", "pseudo", 0.0),
+            row("1", "pseudo", 0.0),
+            row("0", "full", 0.0),
+            SummaryRow {
+                variant: "copy".into(),
+                ..row("1", "pseudo", 0.0)
+            },
+        ];
+        let params = vec![
+            "segmentation.supervision".to_string(),
+            "train.seed".to_string(),
+        ];
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let df = TableBuilder::new()
+            .str(
+                "variant",
+                v(&[
+                    "pseudo-0", "pseudo-0", "pseudo-1", "full-0", "copy", "pseudo-0",
+                ]),
+            )
+            .str(
+                "split",
+                v(&["valid", "test", "valid", "valid", "valid", "train"]),
+            )
+            .str("patient", v(&["A", "B", "A", "A", "A", "C"]))
+            .u32("images", vec![2, 1, 2, 2, 2, 5])
+            .f64("seg_miou", vec![0.5, 0.3, 0.7, 0.9, 0.1, 0.2])
+            .f64("pseudo_miou", vec![0.4, 0.2, 0.6, 1.0, 0.0, 0.1])
+            .f64("seg_fg_fraction", vec![0.8, 1.0, 0.6, 0.5, 0.0, 0.3])
+            .build()
+            .unwrap();
+        let g = patient_seed_groups(&rows, &params, &df);
+        let sup = |s: &str| vec![("segmentation.supervision".to_string(), s.to_string())];
+        assert_eq!(g.len(), 3, "{g:?}");
+        assert_eq!(
+            (g[0].params.clone(), g[0].patient.as_str()),
+            (sup("pseudo"), "A")
+        );
+        assert_eq!((g[0].n, g[0].images), (2, 2));
+        assert!((g[0].seg_miou.0 - 0.6).abs() < 1e-12);
+        // sample std of 0.5 and 0.7
+        assert!((g[0].seg_miou.1 - 0.2 / 2f64.sqrt()).abs() < 1e-12);
+        assert!((g[0].pseudo_miou - 0.5).abs() < 1e-12);
+        assert!((g[0].seg_fg_fraction - 0.7).abs() < 1e-12);
+        assert_eq!((g[1].params.clone(), g[1].n), (sup("full"), 1));
+        assert!(g[1].seg_miou.1.is_nan());
+        // test rows after every valid row
+        assert_eq!((g[2].split.as_str(), g[2].patient.as_str()), ("test", "B"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::optim::{lr_at, Optimizer};
 use crate::config::{
     BackboneConfig, ExperimentConfig, LabelsConfig, LossConfig, LossVariant, TrainConfig,
 };
-use crate::data::loader::{self, Augment, Images, View};
+use crate::data::loader::{self, Augment, Images, StainJitter, View};
 use crate::data::patches::{Patch, FOREGROUND};
 use crate::data::protocol::Protocol;
 use crate::data::{DatasetIndex, Split};
@@ -138,6 +138,10 @@ impl ClassifierConfig {
                 } else {
                     TrainConfig::default().momentum
                 },
+                stain_augment_strength: cfg
+                    .train
+                    .stain_augment
+                    .effective_strength(cfg.train.stain_augment_strength),
                 ..cfg.train.clone()
             },
             loss: effective_loss(&cfg.loss),
@@ -623,13 +627,18 @@ pub fn train(job: &Job, images: &Images, ex: &Examples) -> Result<(Classifier, T
     let clf = Classifier::build(cfg, k, job.device, job.manifest_dir)?;
     let trainable = clf.trainable(cfg.backbone.freeze_blocks);
     let mut opt = Optimizer::new(t.optimizer, trainable, t.lr, t.weight_decay, t.momentum)?;
+    let stain = StainJitter::of(t.stain_augment, t.stain_augment_strength);
     let aug = if ex.windows() {
         Augment {
             min_crop_area: 1.0,
+            stain,
             ..Augment::default()
         }
     } else {
-        Augment::default()
+        Augment {
+            stain,
+            ..Augment::default()
+        }
     };
     let learner = ClassifierLearner {
         job,

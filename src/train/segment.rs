@@ -37,7 +37,7 @@ use crate::config::{
     ExperimentConfig, Optimizer as OptimizerKind, Schedule, SegBlend, SegInit, SegLoss, SegSelect,
     SegmentationConfig,
 };
-use crate::data::loader::{color_jitter, to_chw, Augment, Images};
+use crate::data::loader::{color_jitter, to_chw, Augment, Images, StainJitter};
 use crate::data::mask::IGNORE;
 use crate::error::{Error, Result};
 use crate::metrics::segmentation::Confusion;
@@ -98,6 +98,9 @@ impl SegmenterConfig {
                 tta: false,
                 // read only by init = "pretrained" (then as `pretrained` below, by identity)
                 pretrained: None,
+                stain_augment_strength: s
+                    .stain_augment
+                    .effective_strength(s.stain_augment_strength),
                 // windows are blended in training only to choose the epoch by agreement
                 blend: if s.select == SegSelect::LabelAgreement {
                     s.blend
@@ -984,7 +987,13 @@ pub fn train(
         items,
         labels: &labels,
         valid,
-        aug: Augment::default(),
+        aug: Augment {
+            stain: StainJitter::of(
+                cfg.segmentation.stain_augment,
+                cfg.segmentation.stain_augment_strength,
+            ),
+            ..Augment::default()
+        },
         dev,
     };
     let ckpt = Checkpoint::new(scratch, "seg_last");
@@ -1186,7 +1195,7 @@ mod tests {
         let label = GrayImage::from_fn(40, 30, |x, y| image::Luma([u8::from((x * 3 + y) % 7 < 3)]));
         let aug = Augment {
             color: 0.0,
-            stain: 0.0,
+            stain: StainJitter::None,
             ..Augment::default()
         };
         for seed in 0..8 {
