@@ -80,6 +80,10 @@ const NONNEG: Kind = Kind::Float {
     max: f64::INFINITY,
     min_open: false,
 };
+/// `segmentation.stain_augment`, `train.stain_augment`.
+const STAIN_AUGMENT: Kind = Kind::Choice(&["channel", "hed", "none"]);
+const STAIN_STRENGTH_DOC: &str = "channel: scale amplitude; hed: sigma of the H/E/DAB optical \
+    density scale and shift (HED-light 0.05, HED-strong 0.2)";
 /// A distance as a fraction of the image diagonal.
 const DIAGONAL_FRACTION: Kind = Kind::Float {
     min: 0.0,
@@ -474,15 +478,10 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "segmentation.stain_augment",
-        Kind::Choice(&["channel", "hed", "none"]),
+        STAIN_AUGMENT,
         "stain jitter of the segmenter's training crops: per-RGB-channel scale, HED jitter (Tellez et al. 2019), or none",
     ),
-    f(
-        "segmentation.stain_augment_strength",
-        PROB,
-        "channel: scale amplitude; hed: sigma of the H/E/DAB optical density scale and shift \
-         (HED-light 0.05, HED-strong 0.2)",
-    ),
+    f("segmentation.stain_augment_strength", PROB, STAIN_STRENGTH_DOC),
     f(
         "train.epochs",
         Kind::Int {
@@ -553,15 +552,10 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "train.stain_augment",
-        Kind::Choice(&["channel", "hed", "none"]),
+        STAIN_AUGMENT,
         "stain jitter of the classifier's training views: per-RGB-channel scale, HED jitter (Tellez et al. 2019), or none",
     ),
-    f(
-        "train.stain_augment_strength",
-        PROB,
-        "channel: scale amplitude; hed: sigma of the H/E/DAB optical density scale and shift \
-         (HED-light 0.05, HED-strong 0.2)",
-    ),
+    f("train.stain_augment_strength", PROB, STAIN_STRENGTH_DOC),
     f(
         "launcher.slurm.partition",
         Kind::Str { non_empty: true },
