@@ -887,6 +887,7 @@ pub fn schema_text() -> String {
         seg.insert("blend".into(), "mean".into());
         seg.insert("warmup_epochs".into(), toml::Value::Integer(0));
         seg.insert("encoder_lr_mult".into(), toml::Value::Float(1.0));
+        seg.insert("crop_sampling".into(), "uniform".into());
     }
     for section in ["segmentation", "train"] {
         if let Some(t) = v.get_mut(section).and_then(|c| c.as_table_mut()) {

@@ -549,6 +549,10 @@ fn stage_keys_depend_only_on_what_the_stage_reads() {
         [C, C, C, C, R, R]
     );
     assert_eq!(
+        states(&["--set", "segmentation.crop_sampling=\"label-ratio\""]),
+        [C, C, C, C, R, R]
+    );
+    assert_eq!(
         states(&["--set", "train.stain_augment=\"hed\""]),
         [C, R, R, R, R, R]
     );
@@ -557,7 +561,9 @@ fn stage_keys_depend_only_on_what_the_stage_reads() {
             "--set",
             "segmentation.stain_augment=\"channel\"",
             "--set",
-            "train.stain_augment_strength=0.05"
+            "train.stain_augment_strength=0.05",
+            "--set",
+            "segmentation.crop_sampling=\"uniform\""
         ]),
         [C, C, C, C, C, C]
     );

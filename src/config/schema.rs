@@ -477,6 +477,12 @@ pub static FIELDS: &[Field] = &[
         "training crop size (pixels)",
     ),
     f(
+        "segmentation.crop_sampling",
+        Kind::Choice(&["uniform", "label-ratio"]),
+        "where training crops are taken: uniformly, or the one of 4 uniform draws whose labelled \
+         foreground share is nearest the image's (keeps the gland/background ratio)",
+    ),
+    f(
         "segmentation.stain_augment",
         STAIN_AUGMENT,
         "stain jitter of the segmenter's training crops: per-RGB-channel scale, HED jitter (Tellez et al. 2019), or none",
@@ -905,6 +911,7 @@ mod tests {
         cfg.segmentation.warmup_epochs = 2;
         cfg.segmentation.encoder_lr_mult = 0.1;
         cfg.segmentation.pretrained = Some("x".into());
+        cfg.segmentation.crop_sampling = crate::config::CropSampling::LabelRatio;
         cfg.segmentation.stain_augment = crate::config::StainAugment::Hed;
         cfg.segmentation.stain_augment_strength = 0.2;
         cfg.train.stain_augment = crate::config::StainAugment::Hed;

@@ -722,6 +722,9 @@ pub struct SegmentationConfig {
     /// classifier's weights file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<String>,
+    /// Where training crops are taken.
+    #[serde(skip_serializing_if = "CropSampling::is_uniform")]
+    pub crop_sampling: CropSampling,
     /// Stain augmentation of the training crops.
     #[serde(skip_serializing_if = "StainAugment::is_channel")]
     pub stain_augment: StainAugment,
@@ -739,6 +742,29 @@ fn is_zero(v: &u32) -> bool {
 /// Serde helper: a multiplier at its default 1 is left out of cache keys (which predate it).
 fn is_one(v: &f64) -> bool {
     *v == 1.0
+}
+
+/// Where the segmenter's training crops are taken (`segmentation.crop_sampling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CropSampling {
+    /// Uniformly at random over the image.
+    #[default]
+    Uniform,
+    /// The one of [`RATIO_CANDIDATES`] uniform draws whose labelled foreground share is
+    /// nearest the whole image's: each crop keeps its image's gland/background ratio, so a
+    /// batch's class balance does not swing with where crops happen to fall.
+    LabelRatio,
+}
+
+/// Uniform crop positions drawn per `label-ratio` crop.
+pub const RATIO_CANDIDATES: usize = 4;
+
+impl CropSampling {
+    /// Whether this is the default (then left out of cache keys, which predate it).
+    pub fn is_uniform(&self) -> bool {
+        *self == CropSampling::Uniform
+    }
 }
 
 /// Where the segmenter's encoder starts.
@@ -774,6 +800,7 @@ impl Default for SegmentationConfig {
             warmup_epochs: 0,
             encoder_lr_mult: 1.0,
             pretrained: None,
+            crop_sampling: CropSampling::Uniform,
             stain_augment: StainAugment::Channel,
             stain_augment_strength: STAIN_AUGMENT_STRENGTH,
         }

@@ -34,8 +34,8 @@ use super::checkpoint::Checkpoint;
 use super::driver::{self, EpochStats, Learner, Score};
 use super::optim::{lr_at, Optimizer};
 use crate::config::{
-    ExperimentConfig, Optimizer as OptimizerKind, Schedule, SegBlend, SegInit, SegLoss, SegSelect,
-    SegmentationConfig,
+    CropSampling, ExperimentConfig, Optimizer as OptimizerKind, Schedule, SegBlend, SegInit,
+    SegLoss, SegSelect, SegmentationConfig, RATIO_CANDIDATES,
 };
 use crate::data::loader::{color_jitter, to_chw, Augment, Images, StainJitter};
 use crate::data::mask::IGNORE;
@@ -494,11 +494,71 @@ pub fn seg_loss(logits: &Tensor, labels: &[u8], kind: SegLoss) -> Result<Tensor>
     }
 }
 
-/// One augmented training crop of an (image, label) pair.
+/// Share of foreground (1) among the labelled pixels (0 or 1; 255 is ignored) of the
+/// `cw`×`ch` window at (`x0`, `y0`); `None` when none is labelled.
+fn labelled_fg_share(label: &GrayImage, x0: u32, y0: u32, cw: u32, ch: u32) -> Option<f64> {
+    let (mut fg, mut n) = (0u64, 0u64);
+    for y in y0..y0 + ch {
+        for x in x0..x0 + cw {
+            match label.get_pixel(x, y).0[0] {
+                0 => n += 1,
+                1 => {
+                    n += 1;
+                    fg += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    (n > 0).then(|| fg as f64 / n as f64)
+}
+
+/// The top-left corner of a `crop`² training crop in a `w`×`h` label map (both sides ≥ `crop`):
+/// uniform, or, under `label-ratio`, the first of [`RATIO_CANDIDATES`] uniform draws whose
+/// labelled foreground share is nearest the whole map's (a crop with no labelled pixel is
+/// farthest; with no labelled pixel anywhere, the first draw).
+fn crop_origin(
+    label: &GrayImage,
+    crop: u32,
+    sampling: CropSampling,
+    rng: &mut ChaCha8Rng,
+) -> (u32, u32) {
+    let (w, h) = label.dimensions();
+    let mut draw = || {
+        (
+            rng.random_range(0..=w - crop),
+            rng.random_range(0..=h - crop),
+        )
+    };
+    match sampling {
+        CropSampling::Uniform => draw(),
+        CropSampling::LabelRatio => {
+            let candidates: Vec<(u32, u32)> = (0..RATIO_CANDIDATES).map(|_| draw()).collect();
+            let Some(target) = labelled_fg_share(label, 0, 0, w, h) else {
+                return candidates[0];
+            };
+            let gap = |&(x, y): &(u32, u32)| {
+                labelled_fg_share(label, x, y, crop, crop)
+                    .map_or(f64::INFINITY, |f| (f - target).abs())
+            };
+            let mut best = candidates[0];
+            for c in &candidates[1..] {
+                if gap(c) < gap(&best) {
+                    best = *c;
+                }
+            }
+            best
+        }
+    }
+}
+
+/// One augmented training crop of an (image, label) pair; `sampling` says where the crop is
+/// taken ([`CropSampling`]).
 pub fn augment_pair(
     img: &RgbImage,
     label: &GrayImage,
     crop: u32,
+    sampling: CropSampling,
     aug: &Augment,
     rng: &mut ChaCha8Rng,
 ) -> (RgbImage, GrayImage) {
@@ -516,9 +576,7 @@ pub fn augment_pair(
     } else {
         (img.clone(), label.clone())
     };
-    let (w, h) = img.dimensions();
-    let x0 = rng.random_range(0..=w - crop);
-    let y0 = rng.random_range(0..=h - crop);
+    let (x0, y0) = crop_origin(&label, crop, sampling, rng);
     img = imageops::crop_imm(&img, x0, y0, crop, crop).to_image();
     label = imageops::crop_imm(&label, x0, y0, crop, crop).to_image();
     if aug.flips {
@@ -798,7 +856,9 @@ impl Learner for SegLearner<'_> {
                 } else {
                     img
                 };
-                let (a, l) = augment_pair(&img, &self.labels[&i], crop, &self.aug, &mut r);
+                let sampling = self.cfg.segmentation.crop_sampling;
+                let (a, l) =
+                    augment_pair(&img, &self.labels[&i], crop, sampling, &self.aug, &mut r);
                 Ok((to_chw(&a), l.into_raw()))
             })
             .collect();
@@ -1200,7 +1260,7 @@ mod tests {
         };
         for seed in 0..8 {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let (a, l) = augment_pair(&img, &label, 24, &aug, &mut rng);
+            let (a, l) = augment_pair(&img, &label, 24, CropSampling::Uniform, &aug, &mut rng);
             assert_eq!(a.dimensions(), (24, 24));
             for (p, q) in a.pixels().zip(l.pixels()) {
                 assert_eq!(p.0[0] > 128, q.0[0] == 1);
@@ -1208,8 +1268,89 @@ mod tests {
         }
         // Smaller than the crop: scaled up, still square crop.
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (a, l) = augment_pair(&img, &label, 64, &aug, &mut rng);
+        let (a, l) = augment_pair(&img, &label, 64, CropSampling::Uniform, &aug, &mut rng);
         assert_eq!((a.dimensions(), l.dimensions()), ((64, 64), (64, 64)));
+    }
+
+    /// Uniform crops with the default augmentation are the ones every cached segmenter was
+    /// trained on: pinned to the hashes (image, label) of the code before `crop_sampling`.
+    #[test]
+    fn default_training_crops_are_unchanged() {
+        let img = RgbImage::from_fn(300, 200, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        });
+        let label = GrayImage::from_fn(300, 200, |x, y| {
+            image::Luma([u8::from((x / 20 + y / 30) % 3 == 0)])
+        });
+        let (a, l) = augment_pair(
+            &img,
+            &label,
+            64,
+            CropSampling::Uniform,
+            &Augment::default(),
+            &mut ChaCha8Rng::seed_from_u64(3),
+        );
+        let fnv = |b: &[u8]| {
+            b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        assert_eq!(
+            (fnv(a.as_raw()), fnv(l.as_raw())),
+            (17_231_674_996_454_198_624, 13_013_222_289_976_014_141)
+        );
+    }
+
+    /// `label-ratio` crops: the first of its draws is the uniform crop of the same seed, so its
+    /// crop's foreground share is never farther from the image's than the uniform one's; on a
+    /// map with foreground in one quarter it is strictly nearer on most seeds, and a map with
+    /// nothing labelled falls back to the first draw.
+    #[test]
+    fn label_ratio_crops_keep_the_image_ratio_at_least_as_well_as_uniform() {
+        // 25 % foreground: the left quarter; a band of ignored pixels
+        let label = GrayImage::from_fn(120, 80, |x, y| {
+            image::Luma([if y < 4 { 255 } else { u8::from(x < 30) }])
+        });
+        let target = labelled_fg_share(&label, 0, 0, 120, 80).unwrap();
+        assert!((target - 0.25).abs() < 1e-12);
+        let mut nearer = 0;
+        for seed in 0..64 {
+            let u = crop_origin(
+                &label,
+                40,
+                CropSampling::Uniform,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
+            let r = crop_origin(
+                &label,
+                40,
+                CropSampling::LabelRatio,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
+            let gap = |(x, y)| (labelled_fg_share(&label, x, y, 40, 40).unwrap() - target).abs();
+            assert!(gap(r) <= gap(u), "seed {seed}: {r:?} vs {u:?}");
+            nearer += usize::from(gap(r) < gap(u));
+        }
+        assert!(nearer > 32, "{nearer} of 64");
+        assert_eq!(RATIO_CANDIDATES, 4);
+        let ignored = GrayImage::from_pixel(50, 50, image::Luma([255]));
+        let first = crop_origin(
+            &ignored,
+            20,
+            CropSampling::Uniform,
+            &mut ChaCha8Rng::seed_from_u64(5),
+        );
+        let ratio = crop_origin(
+            &ignored,
+            20,
+            CropSampling::LabelRatio,
+            &mut ChaCha8Rng::seed_from_u64(5),
+        );
+        assert_eq!(first, ratio);
     }
 
     /// Where the encoder starts, by `segmentation.init`: `segmentation.pretrained` only for
