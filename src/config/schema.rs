@@ -881,6 +881,62 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// Every key of a variant with its default, as a TOML table — including the keys a saved
+/// config leaves out while they are at their default (so that cache keys predating them stay
+/// valid). `name` is `"<required>"`; `[launcher]` is not part of a variant and is absent.
+pub fn default_values() -> toml::Value {
+    let d = super::ExperimentConfig {
+        name: "<required>".into(),
+        ..Default::default()
+    };
+    let mut v = toml::Value::try_from(&d).unwrap_or(toml::Value::Table(Default::default()));
+    // `[labels]` is left out of saved configs while it is the default; show its defaults.
+    if let (Some(t), Ok(l)) = (v.as_table_mut(), toml::Value::try_from(&d.labels)) {
+        t.insert("labels".into(), l);
+    }
+    if let Some(cam) = v.get_mut("cam").and_then(|c| c.as_table_mut()) {
+        cam.insert("balance".into(), "none".into());
+        cam.insert("contrast".into(), false.into());
+        if let Ok(crf) = toml::Value::try_from(d.cam.crf) {
+            cam.insert("crf".into(), crf);
+        }
+        if let Ok(gcn) = toml::Value::try_from(d.cam.gcn) {
+            cam.insert("gcn".into(), gcn);
+        }
+    }
+    // Likewise `precision`, `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs`, `.encoder_lr_mult` and
+    // both `stain_augment` keys
+    // (left out of hashes while default).
+    if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
+        let mut st = st.as_table().cloned().unwrap_or_default();
+        st.insert("normalize".into(), "none".into());
+        t.insert("stain".into(), toml::Value::Table(st));
+    }
+    if let Some(t) = v.as_table_mut() {
+        t.insert("precision".into(), "auto".into());
+    }
+    if let (Some(t), Ok(m)) = (v.as_table_mut(), toml::Value::try_from(d.metrics)) {
+        t.insert("metrics".into(), m);
+    }
+    if let Some(seg) = v.get_mut("segmentation").and_then(|c| c.as_table_mut()) {
+        seg.insert("select".into(), "last".into());
+        seg.insert("blend".into(), "mean".into());
+        seg.insert("warmup_epochs".into(), toml::Value::Integer(0));
+        seg.insert("encoder_lr_mult".into(), toml::Value::Float(1.0));
+        seg.insert("crop_sampling".into(), "uniform".into());
+    }
+    for section in ["segmentation", "train"] {
+        if let Some(t) = v.get_mut(section).and_then(|c| c.as_table_mut()) {
+            t.insert("stain_augment".into(), "channel".into());
+            t.insert(
+                "stain_augment_strength".into(),
+                toml::Value::Float(super::STAIN_AUGMENT_STRENGTH),
+            );
+        }
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -302,7 +302,7 @@ fn load_run(id: &str, hash: &str, run_dir: &Path, error: Option<String>) -> Resu
     let config_path = run_dir.join("config.toml");
     let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
     let config = toml::from_str::<toml::Table>(&config_text)
-        .map(|t| flatten(&t))
+        .map(|t| with_defaults(flatten(&t)))
         .unwrap_or_default();
     let mut stage_keys = BTreeMap::new();
     let mut dataset_root = None;
@@ -354,6 +354,23 @@ fn load_run(id: &str, hash: &str, run_dir: &Path, error: Option<String>) -> Resu
         tables,
         predictions,
     })
+}
+
+/// A run's flattened config completed with the defaults of the keys it leaves out (a saved
+/// config omits keys at their default so older cache keys stay valid): a sweep over
+/// `segmentation.stain_augment_strength = [0.05, 0.2]` shows `0.05`, not an empty cell.
+fn with_defaults(mut config: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    static DEFAULTS: std::sync::LazyLock<BTreeMap<String, String>> =
+        std::sync::LazyLock::new(|| match crate::config::schema::default_values() {
+            toml::Value::Table(t) => flatten(&t),
+            _ => BTreeMap::new(),
+        });
+    for (k, v) in DEFAULTS.iter() {
+        if k != "name" {
+            config.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    config
 }
 
 /// Flatten nested TOML tables to dotted keys; values as TOML writes them (strings unquoted).
@@ -415,6 +432,23 @@ pub fn nums(df: &DataFrame, name: &str) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn left_out_defaults_are_filled_in() {
+        let mut c = BTreeMap::new();
+        c.insert(
+            "segmentation.stain_augment_strength".to_string(),
+            "0.2".to_string(),
+        );
+        c.insert("name".to_string(), "x".to_string());
+        let f = with_defaults(c);
+        assert_eq!(f["segmentation.stain_augment_strength"], "0.2");
+        assert_eq!(f["train.stain_augment_strength"], "0.05");
+        assert_eq!(f["segmentation.warmup_epochs"], "0");
+        assert_eq!(f["precision"], "auto");
+        assert_eq!(f["name"], "x");
+        assert!(!f.keys().any(|k| k.starts_with("launcher.")));
+    }
 
     #[test]
     fn flatten_nested_tables() {
