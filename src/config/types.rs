@@ -212,8 +212,9 @@ impl StainAugment {
 pub const STAIN_AUGMENT_STRENGTH: f64 = 0.05;
 
 impl StainAugment {
-    /// The strength a stage reads: the default under `none` (which reads none), so a sweep
-    /// over the strength with `none` is one computation, not several fake replicates.
+    /// The strength a training stage reads: the default under `none` (which reads none), so a
+    /// sweep over the strength with `none` trains one network, not several fake replicates
+    /// (the evaluate stage, which keys the whole `[segmentation]` table, still scores each).
     pub fn effective_strength(&self, strength: f64) -> f64 {
         match self {
             StainAugment::None => STAIN_AUGMENT_STRENGTH,

@@ -8,9 +8,11 @@
 //! floor; `tests/stain.rs` checks against scikit-image). The augmentation is Tellez et al.'s HED
 //! jitter ("Quantifying the effects of data augmentation and stain color normalization in
 //! convolutional neural networks for computational pathology", Medical Image Analysis 2019):
-//! per image and stain, `s' = α·s + β` with `α ~ U(1 − σ, 1 + σ)` and `β ~ U(−σ, σ)`, the
-//! amounts `s` in optical density units (natural log; scikit-image's values × ln 10⁶). Their
-//! "HED-light" is σ = 0.05, "HED-strong" σ = 0.2.
+//! per image and stain, `s' = α·s + β` with `α ~ U(1 − σ, 1 + σ)` and `β ~ U(−σ, σ)`. Their
+//! "HED-light" is σ = 0.05, "HED-strong" σ = 0.2. The amounts `s` are optical densities (natural
+//! log; scikit-image's values × ln 10⁶): that unit is this project's choice, which fixes what
+//! the shift β means — whether it equals the unit of Tellez et al.'s own code is not checked
+//! (the scale α is unit-free).
 
 use image::RgbImage;
 use rand::Rng;

@@ -188,9 +188,10 @@ fn flip_and_jitter(mut out: RgbImage, a: &Augment, rng: &mut ChaCha8Rng) -> RgbI
     out
 }
 
-/// Stain jitter, then brightness / contrast / saturation jitter, in place. (The draws of the
-/// per-channel jitter follow those of brightness, contrast and saturation, as they always
-/// have, so default views are unchanged; the HED jitter draws its six after them too.)
+/// Colour and stain jitter, in place: the HED jitter (if any) first, then saturation,
+/// contrast, brightness and the per-channel scale in one pass. (The per-channel scales are
+/// drawn after brightness, contrast and saturation, as they always were, so default views are
+/// unchanged; the HED jitter draws its six values after them too.)
 pub fn color_jitter(out: &mut RgbImage, a: &Augment, rng: &mut ChaCha8Rng) {
     let channel = match a.stain {
         StainJitter::Channel(amp) => amp,

@@ -301,9 +301,11 @@ pub fn varying<'a>(configs: impl Iterator<Item = &'a BTreeMap<String, String>>) 
 fn load_run(id: &str, hash: &str, run_dir: &Path, error: Option<String>) -> Result<RunData> {
     let config_path = run_dir.join("config.toml");
     let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
-    let config = toml::from_str::<toml::Table>(&config_text)
-        .map(|t| with_defaults(flatten(&t)))
-        .unwrap_or_default();
+    // defaults are filled in only for a config that was read: a run without one stays blank
+    let config = match toml::from_str::<toml::Table>(&config_text) {
+        Ok(t) if !config_text.trim().is_empty() => with_defaults(flatten(&t)),
+        _ => BTreeMap::new(),
+    };
     let mut stage_keys = BTreeMap::new();
     let mut dataset_root = None;
     if let Ok(bytes) = std::fs::read(run_dir.join("run.json")) {

@@ -305,7 +305,11 @@ pub fn write_html(page: &Page, dir: &Path) -> Result<()> {
                 esc(&r.patient),
                 r.images,
                 r.n,
-                r.seg_miou.0,
+                if r.seg_miou.0.is_finite() {
+                    r.seg_miou.0.to_string()
+                } else {
+                    String::new()
+                },
                 num(r.seg_miou.0),
                 num(r.seg_miou.1),
                 num(r.pseudo_miou),

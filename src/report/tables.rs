@@ -785,11 +785,12 @@ pub fn patient_errors(exp: &Experiment) -> Result<DataFrame> {
 }
 
 /// Per patient of every variant's segmentation, from its `seg_images` table: the images
-/// scored, and the mean over them of each image's mIoU — the segmenter's (`seg_miou`) and its
-/// pseudo labels' (`pseudo_miou`) — and of the share of pixels the segmenter calls foreground
+/// segmented (`images`), the mean over those with a score of each image's mIoU — the
+/// segmenter's (`seg_miou`) and its pseudo labels' (`pseudo_miou`; images without a mask have
+/// none) — and the mean over all of them of the share of pixels the segmenter calls foreground
 /// (`seg_fg_fraction`: a patient whose tiles are all called foreground shows 1 here). Means of
 /// per-image scores, not pooled pixels, so every tile weighs the same; a patient of two tiles
-/// is as visible as one of twenty. NaN where a variant scored none of the patient's images.
+/// is as visible as one of twenty. NaN where none of the patient's images has a score.
 pub fn patient_segmentation(exp: &Experiment) -> Result<DataFrame> {
     #[derive(Default)]
     struct Group {

@@ -563,6 +563,15 @@ pub fn augment_pair(
     rng: &mut ChaCha8Rng,
 ) -> (RgbImage, GrayImage) {
     let (w, h) = img.dimensions();
+    // A label of another size than its image (which callers should not pass) is brought to
+    // the image's grid, so that crop positions drawn on it are valid for both.
+    let resized;
+    let label = if label.dimensions() == (w, h) {
+        label
+    } else {
+        resized = imageops::resize(label, w, h, FilterType::Nearest);
+        &resized
+    };
     let (mut img, mut label) = if w < crop || h < crop {
         let s = crop as f64 / w.min(h) as f64;
         let (nw, nh) = (
@@ -1270,6 +1279,14 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let (a, l) = augment_pair(&img, &label, 64, CropSampling::Uniform, &aug, &mut rng);
         assert_eq!((a.dimensions(), l.dimensions()), ((64, 64), (64, 64)));
+        // A label smaller than the crop beside an image that is not: brought to the image's
+        // grid, no panic, both crops square.
+        let big = RgbImage::from_pixel(80, 70, image::Rgb([200, 100, 100]));
+        for sampling in [CropSampling::Uniform, CropSampling::LabelRatio] {
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let (a, l) = augment_pair(&big, &label, 64, sampling, &aug, &mut rng);
+            assert_eq!((a.dimensions(), l.dimensions()), ((64, 64), (64, 64)));
+        }
     }
 
     /// Uniform crops with the default augmentation are the ones every cached segmenter was
