@@ -61,24 +61,10 @@ fn dense_crf_matches_pydensecrf2() {
 
 #[test]
 fn dense_crf_matches_pydensecrf2_live() {
-    let required = std::env::var("WSSS_REQUIRE_DENSECRF").is_ok_and(|v| v == "1");
-    let script = repo().join("tests/fixtures/crf/make_reference.py");
-    let o = std::process::Command::new("python3").arg(&script).output();
-    match o {
-        Ok(o) if o.status.success() => matches(&marginals(&String::from_utf8_lossy(&o.stdout))),
-        Ok(o) if !required => eprintln!(
-            "SKIPPED: live pydensecrf2 check (pip install pydensecrf2 numpy): {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ),
-        Err(e) if !required => eprintln!("SKIPPED: live pydensecrf2 check: python3: {e}"),
-        Ok(o) => panic!(
-            "make_reference.py failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!("python3: {e}"),
+    let script = "tests/fixtures/crf/make_reference.py";
+    let hint = "pip install pydensecrf2 numpy";
+    if let Some(out) = live_reference(script, "WSSS_REQUIRE_DENSECRF", "pydensecrf2", hint) {
+        matches(&marginals(&out));
     }
 }
 

@@ -73,23 +73,9 @@ fn hed_deconvolution_and_jitter_match_scikit_image() {
 
 #[test]
 fn hed_deconvolution_and_jitter_match_scikit_image_live() {
-    let required = std::env::var("WSSS_REQUIRE_SKIMAGE").is_ok_and(|v| v == "1");
-    let script = repo().join("tests/fixtures/hed/make_reference.py");
-    let o = std::process::Command::new("python3").arg(&script).output();
-    match o {
-        Ok(o) if o.status.success() => matches(&String::from_utf8_lossy(&o.stdout)),
-        Ok(o) if !required => eprintln!(
-            "SKIPPED: live scikit-image check (pip install scikit-image): {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ),
-        Err(e) if !required => eprintln!("SKIPPED: live scikit-image check: python3: {e}"),
-        Ok(o) => panic!(
-            "make_reference.py failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!("python3: {e}"),
+    let script = "tests/fixtures/hed/make_reference.py";
+    let hint = "pip install scikit-image";
+    if let Some(out) = live_reference(script, "WSSS_REQUIRE_SKIMAGE", "scikit-image", hint) {
+        matches(&out);
     }
 }

@@ -497,17 +497,13 @@ pub fn seg_loss(logits: &Tensor, labels: &[u8], kind: SegLoss) -> Result<Tensor>
 /// Share of foreground (1) among the labelled pixels (0 or 1; 255 is ignored) of the
 /// `cw`×`ch` window at (`x0`, `y0`); `None` when none is labelled.
 fn labelled_fg_share(label: &GrayImage, x0: u32, y0: u32, cw: u32, ch: u32) -> Option<f64> {
+    let (w, raw) = (label.width() as usize, label.as_raw());
     let (mut fg, mut n) = (0u64, 0u64);
-    for y in y0..y0 + ch {
-        for x in x0..x0 + cw {
-            match label.get_pixel(x, y).0[0] {
-                0 => n += 1,
-                1 => {
-                    n += 1;
-                    fg += 1;
-                }
-                _ => {}
-            }
+    for y in y0 as usize..(y0 + ch) as usize {
+        let row = &raw[y * w + x0 as usize..y * w + (x0 + cw) as usize];
+        for &v in row.iter().filter(|&&v| v <= 1) {
+            n += 1;
+            fg += u64::from(v);
         }
     }
     (n > 0).then(|| fg as f64 / n as f64)
@@ -541,13 +537,12 @@ fn crop_origin(
                 labelled_fg_share(label, x, y, crop, crop)
                     .map_or(f64::INFINITY, |f| (f - target).abs())
             };
-            let mut best = candidates[0];
-            for c in &candidates[1..] {
-                if gap(c) < gap(&best) {
-                    best = *c;
-                }
-            }
-            best
+            // each candidate's share once; the first of equal gaps wins (`min_by` keeps it)
+            candidates
+                .iter()
+                .map(|c| (*c, gap(c)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(candidates[0], |(c, _)| c)
         }
     }
 }

@@ -179,3 +179,30 @@ pub const TINY: &[&str] = &[
     "--set",
     "segmentation.epochs=1",
 ];
+
+/// Stdout of a reference script (`python3 <script>`, relative to the repository) run live, or
+/// `None` after printing `SKIPPED: live <what> check (<hint>)` when it cannot run — unless the
+/// environment variable `required` is `1` (CI), where that is a failure.
+pub fn live_reference(script: &str, required: &str, what: &str, hint: &str) -> Option<String> {
+    let required = std::env::var(required).is_ok_and(|v| v == "1");
+    let o = std::process::Command::new("python3")
+        .arg(repo().join(script))
+        .output();
+    match o {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) if !required => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            eprintln!(
+                "SKIPPED: live {what} check ({hint}): {}",
+                err.lines().last().unwrap_or("")
+            );
+            None
+        }
+        Err(e) if !required => {
+            eprintln!("SKIPPED: live {what} check: python3: {e}");
+            None
+        }
+        Ok(o) => panic!("{script} failed:\n{}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("python3: {e}"),
+    }
+}
