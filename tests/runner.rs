@@ -556,6 +556,15 @@ fn stage_keys_depend_only_on_what_the_stage_reads() {
         states(&["--set", "train.stain_augment=\"hed\""]),
         [C, R, R, R, R, R]
     );
+    // Self-training retrains the segmenter from the same pseudo labels; 0 is the default.
+    assert_eq!(
+        states(&["--set", "segmentation.self_training_rounds=1"]),
+        [C, C, C, C, R, R]
+    );
+    assert_eq!(
+        states(&["--set", "segmentation.self_training_rounds=0"]),
+        [C, C, C, C, C, C]
+    );
     assert_eq!(
         states(&[
             "--set",
@@ -580,6 +589,68 @@ fn stage_keys_depend_only_on_what_the_stage_reads() {
     assert_eq!(
         states(&[full[0], full[1], "--set", "cam.threshold=0.5"]),
         [C, C, C, R, C, R]
+    );
+    // Masks are not relabelled: under full supervision self-training is out of the key.
+    assert_eq!(
+        states(&[
+            full[0],
+            full[1],
+            "--set",
+            "segmentation.self_training_rounds=2"
+        ]),
+        [C, C, C, C, C, C]
+    );
+}
+
+#[test]
+fn self_training_records_every_round_and_relabels_only_positive_images() {
+    let sb = Sandbox::new();
+    let m = sb.write("m.toml", MINIMAL);
+    let o = sb.run(&[
+        "run",
+        m.to_str().unwrap(),
+        "--no-report",
+        "--set",
+        "segmentation.self_training_rounds=1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("self-training round 2"), "{err}");
+    let rd = first_dir(sb.work().join("t"));
+    let summary = json(&rd.join("segment_summary.json"));
+    let epochs = summary["epochs"].as_u64().unwrap();
+    assert_eq!(summary["rounds"], 2, "{summary}");
+    let rel = &summary["self_training"][0];
+    assert_eq!(rel["round"], 2, "{summary}");
+    // Every training image is relabelled or kept as an image-level negative (all background).
+    let r = &rel["relabelled"];
+    let (relabelled, kept) = (
+        r["images"].as_u64().unwrap(),
+        r["kept_negative"].as_u64().unwrap(),
+    );
+    assert_eq!(relabelled + kept, summary["train_images"].as_u64().unwrap());
+    assert!(relabelled > 0 && kept > 0, "{summary}");
+    // The history holds both rounds, numbered on, with the round in its last column; the
+    // kept epoch is one of the last round's.
+    let text = std::fs::read_to_string(rd.join("segment_history.csv")).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().ends_with(",round"));
+    let rows: Vec<(u64, u64)> = lines
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            (c[0].parse().unwrap(), c[c.len() - 1].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len() as u64, epochs);
+    let half = epochs / 2;
+    assert!(half > 0 && epochs == 2 * half, "{rows:?}");
+    for (k, &(e, round)) in rows.iter().enumerate() {
+        assert_eq!(e, k as u64 + 1);
+        assert_eq!(round, if e <= half { 1 } else { 2 });
+    }
+    assert!(
+        summary["selected_epoch"].as_u64().unwrap() > half,
+        "{summary}"
     );
 }
 

@@ -489,6 +489,12 @@ pub static FIELDS: &[Field] = &[
     ),
     f("segmentation.stain_augment_strength", PROB, STAIN_STRENGTH_DOC),
     f(
+        "segmentation.self_training_rounds",
+        Kind::Int { min: 0, max: 5 },
+        "self-training rounds (weak supervision): the segmenter's predictions relabel the \
+         training images with foreground, and a fresh segmenter trains on them",
+    ),
+    f(
         "train.epochs",
         Kind::Int {
             min: 1,
@@ -904,7 +910,8 @@ pub fn default_values() -> toml::Value {
             cam.insert("gcn".into(), gcn);
         }
     }
-    // Likewise `precision`, `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs`, `.encoder_lr_mult` and
+    // Likewise `precision`, `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs`,
+    // `.encoder_lr_mult`, `.self_training_rounds` and
     // both `stain_augment` keys
     // (left out of hashes while default).
     if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
@@ -924,6 +931,7 @@ pub fn default_values() -> toml::Value {
         seg.insert("warmup_epochs".into(), toml::Value::Integer(0));
         seg.insert("encoder_lr_mult".into(), toml::Value::Float(1.0));
         seg.insert("crop_sampling".into(), "uniform".into());
+        seg.insert("self_training_rounds".into(), toml::Value::Integer(0));
     }
     for section in ["segmentation", "train"] {
         if let Some(t) = v.get_mut(section).and_then(|c| c.as_table_mut()) {
@@ -968,6 +976,7 @@ mod tests {
         cfg.segmentation.encoder_lr_mult = 0.1;
         cfg.segmentation.pretrained = Some("x".into());
         cfg.segmentation.crop_sampling = crate::config::CropSampling::LabelRatio;
+        cfg.segmentation.self_training_rounds = 1;
         cfg.segmentation.stain_augment = crate::config::StainAugment::Hed;
         cfg.segmentation.stain_augment_strength = 0.2;
         cfg.train.stain_augment = crate::config::StainAugment::Hed;

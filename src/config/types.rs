@@ -733,6 +733,29 @@ pub struct SegmentationConfig {
     /// `none`).
     #[serde(skip_serializing_if = "is_default_strength")]
     pub stain_augment_strength: f64,
+    /// Rounds of self-training after the first (weak supervision only; 0 = none): the
+    /// segmenter's predictions on the training images become the next round's labels, and a
+    /// fresh segmenter is trained on them (`train::self_training`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub self_training_rounds: u32,
+}
+
+impl SegmentationConfig {
+    /// The same settings with the values that cannot matter put at their defaults, so they
+    /// leave cache keys alone: the stain jitter's strength under `stain_augment = "none"`, and
+    /// self-training under full supervision (masks are not relabelled).
+    pub fn normalised(&self) -> Self {
+        Self {
+            stain_augment_strength: self
+                .stain_augment
+                .effective_strength(self.stain_augment_strength),
+            self_training_rounds: match self.supervision {
+                Supervision::Pseudo => self.self_training_rounds,
+                Supervision::Full => 0,
+            },
+            ..self.clone()
+        }
+    }
 }
 
 /// Serde helper: a key at its default 0 is left out of cache keys (which predate it).
@@ -804,6 +827,7 @@ impl Default for SegmentationConfig {
             crop_sampling: CropSampling::Uniform,
             stain_augment: StainAugment::Channel,
             stain_augment_strength: STAIN_AUGMENT_STRENGTH,
+            self_training_rounds: 0,
         }
     }
 }

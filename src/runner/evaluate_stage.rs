@@ -111,7 +111,9 @@ impl Stage for EvaluateStage {
     }
     fn slice(&self, input: &SliceInput) -> EvaluateSlice {
         EvaluateSlice {
-            segmentation: input.config.segmentation.clone(),
+            // what cannot change the trained segmenter is left out of the key (what can is in
+            // the segment stage's key, upstream of this one)
+            segmentation: input.config.segmentation.normalised(),
             gate: input.dataset.spec.negative_masks == NegativeMasks::Background
                 && !Protocol::of(&input.config.labels).every_image_positive(),
             boundary: BoundaryTolerance {

@@ -1,6 +1,7 @@
 //! The `segment` stage: train DeepLab V3+ on the `train` patients' pseudo labels (weak
-//! supervision) or true masks (`segmentation.supervision = "full"`, the upper bound), and
-//! write the weights and the training history.
+//! supervision) or true masks (`segmentation.supervision = "full"`, the upper bound), then
+//! the self-training rounds if any (`train::self_training`), and write the weights and the
+//! training history (every round's epochs, numbered on, with a `round` column).
 
 use crate::model::weights::FileIdentity;
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use crate::data::{mask, Split};
 use crate::error::Result;
 use crate::table::{self, TableBuilder};
 use crate::train::segment::{self, SegmenterConfig};
+use crate::train::self_training;
 use crate::util::fs::{publish_files, write_json};
 
 /// See the module docs.
@@ -135,38 +137,73 @@ impl Stage for SegmentStage {
             .upstream_dir("classify")
             .ok()
             .map(|d| d.join("classifier.safetensors"));
-        let data = segment::SegData {
-            images: &images,
-            train: &items,
-            labels: &labels,
-            valid: &valid,
-        };
-        let (seg, summary) = segment::train(
-            cfg,
-            &data,
-            input.device,
-            scratch,
-            clf.as_deref(),
-            input.manifest_dir,
-        )?;
-        let kept = summary.selected();
-        if let Some(v) = kept.filter(|v| v.collapsed) {
-            tracing::warn!(
-                "COLLAPSED: the {} segmenter predicts {} on {:.1} % of the validation images' \
-                 labelled pixels (their labels: {:.1} % foreground); its scores measure a \
-                 collapse, not a segmentation — see segment_history.csv",
-                if full { "fully supervised" } else { "weak" },
-                if v.predicted_foreground >= 0.5 {
-                    "foreground"
-                } else {
-                    "background"
-                },
-                100.0 * v.predicted_foreground.max(1.0 - v.predicted_foreground),
-                100.0 * v.label_foreground
-            );
+        // Round 1 trains on the pseudo labels (or masks); each self-training round after it
+        // on the previous round's predictions (validation labels stay the pseudo labels, so
+        // every round's epoch is chosen against the CAM's evidence, not its own output).
+        let rounds = 1 + cfg.segmentation.self_training_rounds;
+        let mut history: Vec<(u32, segment::SegEpoch)> = Vec::new();
+        let mut relabelled = Vec::new();
+        let mut selected_epoch = 0;
+        let mut last = None;
+        for round in 1..=rounds {
+            let data = segment::SegData {
+                images: &images,
+                train: &items,
+                labels: &labels,
+                valid: &valid,
+            };
+            // Each round keeps its own checkpoints: an interrupted run resumes in its round.
+            let round_scratch = match round {
+                1 => scratch.to_path_buf(),
+                r => scratch.join(format!("round{r}")),
+            };
+            let (seg, summary) = segment::train(
+                cfg,
+                &data,
+                input.device,
+                &round_scratch,
+                clf.as_deref(),
+                input.manifest_dir,
+            )?;
+            warn_if_collapsed(&summary, full, (rounds > 1).then_some(round));
+            let offset = history.len() as u32;
+            selected_epoch = offset + summary.selected_epoch;
+            history.extend(summary.history.iter().cloned().map(|mut r| {
+                r.epoch += offset;
+                (round, r)
+            }));
+            if round < rounds {
+                let (next, r) = self_training::relabel(
+                    &seg,
+                    &cfg.segmentation,
+                    &images,
+                    &labels,
+                    input.device,
+                )?;
+                tracing::info!(
+                    "self-training round {}: {} training label maps replaced by the round-{round} \
+                     segmenter's predictions (foreground {:.1} % → {:.1} %), {} without \
+                     foreground kept",
+                    round + 1,
+                    r.images,
+                    100.0 * r.foreground_before,
+                    100.0 * r.foreground_after,
+                    r.kept_negative
+                );
+                relabelled.push(serde_json::json!({"round": round + 1, "relabelled": r}));
+                labels = next;
+            }
+            last = Some((seg, summary));
         }
+        let Some((seg, summary)) = last else {
+            return Err(crate::error::Error::stage(
+                "segment",
+                "no training round ran",
+            ));
+        };
+        let kept = summary.selected();
         crate::model::weights::save(&seg.vars, &out.join(WEIGHTS))?;
-        let h = &summary.history;
+        let h: Vec<&segment::SegEpoch> = history.iter().map(|(_, r)| r).collect();
         let valid_col = |f: fn(&segment::LabelAgreement) -> f64| -> Vec<f64> {
             h.iter()
                 .map(|r| r.valid.as_ref().map_or(f64::NAN, f))
@@ -210,6 +247,8 @@ impl Stage for SegmentStage {
                     .collect(),
             )
             .f64("seconds", h.iter().map(|r| r.seconds).collect())
+            // last, so that earlier columns keep their positions
+            .u32("round", history.iter().map(|(k, _)| *k).collect())
             .build()?;
         table::write(&mut hist, out, crate::table::Table::SegmentHistory.stem())?;
         write_json(
@@ -219,7 +258,9 @@ impl Stage for SegmentStage {
                 "train_images": labels.len(),
                 "valid_images": valid.len(),
                 "epochs": h.len(),
-                "selected_epoch": summary.selected_epoch,
+                "rounds": rounds,
+                "self_training": relabelled,
+                "selected_epoch": selected_epoch,
                 "select": cfg.segmentation.select,
                 "final_loss": h.last().map(|r| r.loss),
                 "valid_agreement": kept,
@@ -232,5 +273,26 @@ impl Stage for SegmentStage {
 
     fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
         publish_files(entry, run_dir, PUBLISHED)
+    }
+}
+
+/// A loud warning when the kept epoch's predictions on the validation images collapsed onto
+/// one class (`round`: the self-training round, when there is more than one).
+fn warn_if_collapsed(summary: &segment::SegSummary, full: bool, round: Option<u32>) {
+    if let Some(v) = summary.selected().filter(|v| v.collapsed) {
+        tracing::warn!(
+            "COLLAPSED: the {} segmenter{} predicts {} on {:.1} % of the validation images' \
+             labelled pixels (their labels: {:.1} % foreground); its scores measure a \
+             collapse, not a segmentation — see segment_history.csv",
+            if full { "fully supervised" } else { "weak" },
+            round.map_or(String::new(), |r| format!(" of self-training round {r}")),
+            if v.predicted_foreground >= 0.5 {
+                "foreground"
+            } else {
+                "background"
+            },
+            100.0 * v.predicted_foreground.max(1.0 - v.predicted_foreground),
+            100.0 * v.label_foreground
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Training: one driver (`driver::fit`: resume, seeded epochs, step plans, checkpoints,
 //! selection) and the learners it runs — the classifier and the segmenter (DeepLab V3+, with
-//! its sliding-window inference and collapse diagnostics) — with their losses, optimisers and
-//! learning-rate schedules.
+//! its sliding-window inference and collapse diagnostics, and its self-training rounds) — with
+//! their losses, optimisers and learning-rate schedules.
 
 #[cfg(feature = "cuda")]
 pub mod adamw_cuda;
@@ -11,3 +11,4 @@ pub mod driver;
 pub mod losses;
 pub mod optim;
 pub mod segment;
+pub mod self_training;

@@ -98,16 +98,13 @@ impl SegmenterConfig {
                 tta: false,
                 // read only by init = "pretrained" (then as `pretrained` below, by identity)
                 pretrained: None,
-                stain_augment_strength: s
-                    .stain_augment
-                    .effective_strength(s.stain_augment_strength),
                 // windows are blended in training only to choose the epoch by agreement
                 blend: if s.select == SegSelect::LabelAgreement {
                     s.blend
                 } else {
                     SegBlend::Mean
                 },
-                ..s.clone()
+                ..s.normalised()
             },
             train: SegTrain {
                 optimizer: cfg.train.optimizer,
