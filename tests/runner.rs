@@ -630,15 +630,15 @@ fn self_training_records_every_round_and_relabels_only_positive_images() {
     );
     assert_eq!(relabelled + kept, summary["train_images"].as_u64().unwrap());
     assert!(relabelled > 0 && kept > 0, "{summary}");
-    // The history holds both rounds, numbered on, with the round in its last column; the
-    // kept epoch is one of the last round's.
+    // The history holds both rounds, numbered on, with the round before the seconds (last);
+    // the kept epoch is one of the last round's.
     let text = std::fs::read_to_string(rd.join("segment_history.csv")).unwrap();
     let mut lines = text.lines();
-    assert!(lines.next().unwrap().ends_with(",round"));
+    assert!(lines.next().unwrap().ends_with(",round,seconds"));
     let rows: Vec<(u64, u64)> = lines
         .map(|l| {
             let c: Vec<&str> = l.split(',').collect();
-            (c[0].parse().unwrap(), c[c.len() - 1].parse().unwrap())
+            (c[0].parse().unwrap(), c[c.len() - 2].parse().unwrap())
         })
         .collect();
     assert_eq!(rows.len() as u64, epochs);

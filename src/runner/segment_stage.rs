@@ -246,9 +246,9 @@ impl Stage for SegmentStage {
                     .map(|r| r.valid.is_some_and(|v| v.collapsed))
                     .collect(),
             )
-            .f64("seconds", h.iter().map(|r| r.seconds).collect())
-            // last, so that earlier columns keep their positions
+            // before `seconds`, which stays last (as in every history table)
             .u32("round", history.iter().map(|(k, _)| *k).collect())
+            .f64("seconds", h.iter().map(|r| r.seconds).collect())
             .build()?;
         table::write(&mut hist, out, crate::table::Table::SegmentHistory.stem())?;
         write_json(
