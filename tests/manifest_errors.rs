@@ -204,3 +204,38 @@ fn a_child_manifest_overrides_the_sweep_key_by_key_and_can_clear_a_mode() {
         "{e}"
     );
 }
+
+#[test]
+fn a_setting_no_stage_reads_is_noted_with_its_source() {
+    let sb = Sandbox::new();
+    // Two of the four variants are fully supervised: their rounds are not run.
+    let p = sb.write(
+        "st.toml",
+        &format!(
+            "{BASE}[segmentation]\nself_training_rounds = 2\n[sweep.grid]\n\"train.seed\" = [0, 1]\n\"segmentation.supervision\" = [\"pseudo\", \"full\"]\n"
+        ),
+    );
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let note = out
+        .lines()
+        .find(|l| l.contains("self_training_rounds"))
+        .unwrap_or_else(|| panic!("no note in {out}"));
+    assert!(
+        note.contains("= 2 (") && note.contains("st.toml") && note.contains("2 of 4 variant(s)"),
+        "{note}"
+    );
+    // Weak supervision reads it: no note.
+    let p = sb.write(
+        "weak.toml",
+        &format!("{BASE}[segmentation]\nself_training_rounds = 2\n"),
+    );
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("self_training_rounds"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

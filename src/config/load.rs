@@ -14,7 +14,7 @@ use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
 use super::{
     Arch, CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant,
-    Precision, Refine, SegInit, SplitMethod,
+    Precision, Refine, SegInit, SplitMethod, Supervision,
 };
 
 /// Environment variables with the `WSSS_` prefix that are settings of the program rather than
@@ -122,6 +122,33 @@ impl Manifest {
             .get(key)
             .cloned()
             .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// Settings that some variants give but no stage of theirs reads, one note per key (a
+    /// note, not an error: a sweep may cross such a key with the setting that makes it inert).
+    /// `validate`, `plan` and `run` print them.
+    pub fn inert_settings(&self) -> Vec<String> {
+        let full_with_rounds: Vec<&Variant> = self
+            .variants
+            .iter()
+            .filter(|v| {
+                let s = &v.config.segmentation;
+                s.supervision == Supervision::Full && s.self_training_rounds > 0
+            })
+            .collect();
+        let mut notes = Vec::new();
+        if let Some(v) = full_with_rounds.first() {
+            notes.push(format!(
+                "segmentation.self_training_rounds = {} ({}) is not read under \
+                 segmentation.supervision = \"full\": masks are not relabelled, so {} of {} \
+                 variant(s) train one round and share its cache entry",
+                v.config.segmentation.self_training_rounds,
+                self.source_of(v, "segmentation.self_training_rounds"),
+                full_with_rounds.len(),
+                self.variants.len()
+            ));
+        }
+        notes
     }
 }
 

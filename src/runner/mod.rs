@@ -267,7 +267,9 @@ impl Runner {
     /// A dataset that is not on this machine (its root folder is missing) is only noted here:
     /// `plan` and `run` refuse it.
     pub fn check(&self, m: &Manifest) -> Result<Vec<String>> {
-        self.open_datasets(m, Open::Check).map(|(_, notes)| notes)
+        let (_, mut notes) = self.open_datasets(m, Open::Check)?;
+        notes.extend(m.inert_settings());
+        Ok(notes)
     }
 
     /// Open every dataset the variants use, once each, and check each variant's split on it.
@@ -467,7 +469,8 @@ impl Runner {
         m: &'m Manifest,
         mode: Open,
     ) -> Result<(Opened, Vec<String>, Vec<(&'m Variant, Option<Vec<String>>)>)> {
-        let (opened, notes) = self.open_datasets(m, mode)?;
+        let (opened, mut notes) = self.open_datasets(m, mode)?;
+        notes.extend(m.inert_settings());
         let mut all_keys = Vec::new();
         for v in &m.variants {
             let spec = self.dataset_for(m, v)?;

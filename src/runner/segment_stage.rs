@@ -142,14 +142,12 @@ impl Stage for SegmentStage {
         // every round's epoch is chosen against the CAM's evidence, not its own output).
         let rounds = 1 + cfg.segmentation.self_training_rounds;
         let mut history: Vec<(u32, segment::SegEpoch)> = Vec::new();
-        let mut relabelled = Vec::new();
         let mut selected_epoch = 0;
-        let mut last = None;
-        for round in 1..=rounds {
+        let mut train_round = |round: u32, labels: &HashMap<usize, image::GrayImage>| {
             let data = segment::SegData {
                 images: &images,
                 train: &items,
-                labels: &labels,
+                labels,
                 valid: &valid,
             };
             // Each round keeps its own checkpoints: an interrupted run resumes in its round.
@@ -172,35 +170,27 @@ impl Stage for SegmentStage {
                 r.epoch += offset;
                 (round, r)
             }));
-            if round < rounds {
-                let (next, r) = self_training::relabel(
-                    &seg,
-                    &cfg.segmentation,
-                    &images,
-                    &labels,
-                    input.device,
-                )?;
-                tracing::info!(
-                    "self-training round {}: {} training label maps replaced by the round-{round} \
-                     segmenter's predictions (foreground {:.1} % → {:.1} %), {} without \
-                     foreground kept",
-                    round + 1,
-                    r.images,
-                    100.0 * r.foreground_before,
-                    100.0 * r.foreground_after,
-                    r.kept_negative
-                );
-                relabelled.push(serde_json::json!({"round": round + 1, "relabelled": r}));
-                labels = next;
-            }
-            last = Some((seg, summary));
-        }
-        let Some((seg, summary)) = last else {
-            return Err(crate::error::Error::stage(
-                "segment",
-                "no training round ran",
-            ));
+            Ok::<_, crate::error::Error>((seg, summary))
         };
+        let (mut seg, mut summary) = train_round(1, &labels)?;
+        let mut relabelled = Vec::new();
+        for round in 2..=rounds {
+            let (next, r) =
+                self_training::relabel(&seg, &cfg.segmentation, &images, &labels, input.device)?;
+            tracing::info!(
+                "self-training round {round}: {} training label maps replaced by the round-{} \
+                 segmenter's predictions (foreground {:.1} % → {:.1} %), {} without foreground \
+                 kept",
+                r.images,
+                round - 1,
+                100.0 * r.foreground_before,
+                100.0 * r.foreground_after,
+                r.kept_negative
+            );
+            relabelled.push(serde_json::json!({"round": round, "relabelled": r}));
+            labels = next;
+            (seg, summary) = train_round(round, &labels)?;
+        }
         let kept = summary.selected();
         crate::model::weights::save(&seg.vars, &out.join(WEIGHTS))?;
         let h: Vec<&segment::SegEpoch> = history.iter().map(|(_, r)| r).collect();
