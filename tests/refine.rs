@@ -11,8 +11,8 @@
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use wsss::cam::refine::{label, refiner, FeatureMap, RefineInput};
-use wsss::config::{CrfConfig, GcnConfig, Refine};
+use wsss::cam::refine::{label, refiner, FeatureMap, RefineInput, Settings};
+use wsss::config::Refine;
 
 const W: u32 = 96;
 const H: u32 = 64;
@@ -70,7 +70,7 @@ fn broad_cam() -> GrayImage {
 /// Foreground fractions of the pseudo label left and right of the edge.
 fn sides(method: Refine, cam: &GrayImage) -> (f64, f64) {
     let (img, feats) = (image(), features());
-    let r = refiner(method, &CrfConfig::default(), &GcnConfig::default());
+    let r = refiner(method, &Settings::default());
     let input = RefineInput {
         cam,
         image: Some(&img),
@@ -142,4 +142,22 @@ fn slic_voting_snaps_a_blurred_outline_to_the_colour_edge() {
     let (_, r0) = sides(Refine::None, &broad_cam());
     let (_, r) = sides(Refine::Slic, &broad_cam());
     assert!(r > r0 / 2.0, "{r} vs {r0}");
+}
+
+#[test]
+fn the_haematoxylin_prior_cuts_a_broad_cam_at_the_stain_edge() {
+    // The gland side is the haematoxylin-rich one: smoothed (σ = 8 px) and cut at Otsu's
+    // threshold, the prior ends near the edge, and with it the broad CAM's overflow.
+    let (l0, r0) = sides(Refine::None, &broad_cam());
+    let (l, r) = sides(Refine::Haematoxylin, &broad_cam());
+    assert!(l > 0.95, "left {l}");
+    assert!(
+        r < 2.0 / 48.0 && r < r0 / 4.0,
+        "right {r} (unrefined {r0}, left {l0})"
+    );
+    // The narrow CAM is inside the prior already: unchanged.
+    assert_eq!(
+        sides(Refine::Haematoxylin, &narrow_cam()),
+        (25.0 / 48.0, 0.0)
+    );
 }

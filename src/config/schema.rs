@@ -251,8 +251,8 @@ pub static FIELDS: &[Field] = &[
     ),
     f(
         "cam.refine",
-        Kind::Choice(&["none", "slic", "crf", "gcn"]),
-        "refinement of the CAM before thresholding: SLIC superpixel voting, a dense CRF, or a graph convolutional network over superpixels",
+        Kind::Choice(&["none", "slic", "crf", "gcn", "haematoxylin"]),
+        "refinement of the CAM before thresholding: SLIC superpixel voting, a dense CRF, a graph convolutional network over superpixels, or a nuclear-density prior (the CAM kept where the smoothed haematoxylin channel is above its Otsu threshold)",
     ),
     f(
         "cam.crf.iterations",
@@ -313,6 +313,15 @@ pub static FIELDS: &[Field] = &[
         "cam.gcn.background_seed",
         PROB,
         "GCN pseudo labels: superpixels whose mean CAM is below this are background seeds",
+    ),
+    f(
+        "cam.haematoxylin.sigma",
+        Kind::Float {
+            min: 0.5,
+            max: 100.0,
+            min_open: false,
+        },
+        "nuclear-density prior: std of the Gaussian smoothing the haematoxylin channel (pixels of the image as stored)",
     ),
     f("cam.tta", Kind::Bool, "average CAMs over flips and scales"),
     f(
@@ -909,6 +918,9 @@ pub fn default_values() -> toml::Value {
         if let Ok(gcn) = toml::Value::try_from(d.cam.gcn) {
             cam.insert("gcn".into(), gcn);
         }
+        if let Ok(h) = toml::Value::try_from(d.cam.haematoxylin) {
+            cam.insert("haematoxylin".into(), h);
+        }
     }
     // Likewise `precision`, `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs`,
     // `.encoder_lr_mult`, `.self_training_rounds` and
@@ -986,6 +998,7 @@ mod tests {
         cfg.metrics.boundary_f_tolerance = 0.01;
         cfg.cam.crf.iterations = 5;
         cfg.cam.gcn.epochs = 50;
+        cfg.cam.haematoxylin.sigma = 4.0;
         let mut got = vec![];
         leaves("", &serde_json::to_value(&cfg).unwrap(), &mut got);
         // `[launcher]` is never serialised with a variant (it is not part of one): its keys

@@ -380,6 +380,36 @@ pub enum Refine {
     /// Graph convolutional network over superpixels (Kipf & Welling 2017) trained on the
     /// confident CAM, with the settings of `[cam.gcn]`.
     Gcn,
+    /// The CAM kept only where the Gaussian-smoothed haematoxylin channel is above its Otsu
+    /// threshold (a nuclear-density prior: glands are sheets of epithelial nuclei), with the
+    /// settings of `[cam.haematoxylin]`.
+    Haematoxylin,
+}
+
+/// `[cam.haematoxylin]`: the nuclear-density prior of `cam.refine = "haematoxylin"`. The
+/// haematoxylin channel (colour deconvolution, Ruifrok & Johnston 2001: the channel of the Otsu
+/// baseline) is smoothed by a Gaussian of standard deviation `sigma` and cut at its Otsu
+/// threshold per image; the CAM is kept where the smoothed channel is above it, set to 0
+/// elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaematoxylinConfig {
+    /// Standard deviation of the Gaussian, in pixels of the image as stored (the scale at
+    /// which nuclei merge into the glands they line: a few nucleus diameters).
+    pub sigma: f64,
+}
+
+impl Default for HaematoxylinConfig {
+    fn default() -> Self {
+        Self { sigma: 8.0 }
+    }
+}
+
+impl HaematoxylinConfig {
+    /// Whether these are the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `[cam.crf]`: the dense CRF of `cam.refine = "crf"` — mean-field iterations, and the two
@@ -510,6 +540,10 @@ pub struct CamConfig {
     /// are the defaults).
     #[serde(skip_serializing_if = "GcnConfig::is_default")]
     pub gcn: GcnConfig,
+    /// Nuclear-density prior settings (read only with `refine = "haematoxylin"`; left out of
+    /// the saved config while they are the defaults).
+    #[serde(skip_serializing_if = "HaematoxylinConfig::is_default")]
+    pub haematoxylin: HaematoxylinConfig,
 }
 
 /// Serde helper: skip a `false` flag.
@@ -549,6 +583,7 @@ impl Default for CamConfig {
             balance: CamBalance::None,
             crf: CrfConfig::default(),
             gcn: GcnConfig::default(),
+            haematoxylin: HaematoxylinConfig::default(),
         }
     }
 }

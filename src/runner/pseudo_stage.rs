@@ -26,7 +26,7 @@ use serde::Serialize;
 use super::cam_stage::cam_layer;
 use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam::{self, refine, CamView};
-use crate::config::{CrfConfig, GcnConfig, Refine};
+use crate::config::{CrfConfig, GcnConfig, HaematoxylinConfig, Refine};
 use crate::data::protocol::Protocol;
 use crate::data::{mask, Split};
 use crate::error::{Error, Result};
@@ -99,6 +99,9 @@ pub struct PseudoSlice {
     /// What `refine = "gcn"` reads.
     #[serde(skip_serializing_if = "Option::is_none")]
     gcn: Option<GcnSlice>,
+    /// `[cam.haematoxylin]`, read only with `refine = "haematoxylin"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    haematoxylin: Option<HaematoxylinConfig>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     every_image_positive: bool,
 }
@@ -132,7 +135,18 @@ impl PseudoSlice {
             (Refine::Gcn, None) => return Err(missing("gcn")),
             (_, g) => g.as_ref().map(|g| g.settings).unwrap_or_default(),
         };
-        Ok(refine::refiner(self.refine, &crf, &gcn))
+        let haematoxylin = match (self.refine, self.haematoxylin) {
+            (Refine::Haematoxylin, None) => return Err(missing("haematoxylin")),
+            (_, h) => h.unwrap_or_default(),
+        };
+        Ok(refine::refiner(
+            self.refine,
+            &refine::Settings {
+                crf,
+                gcn,
+                haematoxylin,
+            },
+        ))
     }
 }
 
@@ -178,6 +192,7 @@ impl Stage for PseudoStage {
                 classifier: ClassifierConfig::of(input.config),
                 layer: input.config.backbone.cam_layer.clone(),
             }),
+            haematoxylin: (c.refine == Refine::Haematoxylin).then_some(c.haematoxylin),
             every_image_positive: Protocol::of(&input.config.labels).every_image_positive(),
         }
     }

@@ -139,7 +139,8 @@ mod tests {
         seg.vars
             .set_one(
                 "decoder.classifier.weight",
-                candle_core::Tensor::zeros((2, 256 / 8, 1, 1), candle_core::DType::F32, &dev).unwrap(),
+                candle_core::Tensor::zeros((2, 256 / 8, 1, 1), candle_core::DType::F32, &dev)
+                    .unwrap(),
             )
             .unwrap();
         seg.vars

@@ -9,18 +9,21 @@
 //! - `slic` ([`slic`]): SLIC superpixel voting;
 //! - `crf` ([`crf`]): the fully connected CRF of Krähenbühl & Koltun (2011);
 //! - `gcn` ([`gcn`]): a graph convolutional network over superpixels trained on the confident
-//!   CAM (Kipf & Welling 2017; Pan et al., ICME 2021).
+//!   CAM (Kipf & Welling 2017; Pan et al., ICME 2021);
+//! - `haematoxylin` ([`haematoxylin`]): the CAM kept within a nuclear-density prior (the
+//!   smoothed haematoxylin channel above its Otsu threshold).
 //!
 //! A new method (random walk, SAM prompts, …) is one more file implementing [`Refiner`] and one
 //! arm in [`refiner`]; the pseudo stage reads only [`Needs`].
 
 pub mod crf;
 pub mod gcn;
+pub mod haematoxylin;
 pub mod slic;
 
 use image::{GrayImage, RgbImage};
 
-use crate::config::{CrfConfig, GcnConfig, Refine};
+use crate::config::{CrfConfig, GcnConfig, HaematoxylinConfig, Refine};
 use crate::error::{Error, Result};
 
 /// What a method reads besides the CAM.
@@ -116,13 +119,25 @@ impl Refiner for Unrefined {
     }
 }
 
+/// The settings of every method; a method reads its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settings {
+    /// `[cam.crf]`.
+    pub crf: CrfConfig,
+    /// `[cam.gcn]`.
+    pub gcn: GcnConfig,
+    /// `[cam.haematoxylin]`.
+    pub haematoxylin: HaematoxylinConfig,
+}
+
 /// The method of `cam.refine` with its settings.
-pub fn refiner(method: Refine, crf: &CrfConfig, gcn: &GcnConfig) -> Box<dyn Refiner> {
+pub fn refiner(method: Refine, s: &Settings) -> Box<dyn Refiner> {
     match method {
         Refine::None => Box::new(Unrefined),
         Refine::Slic => Box::new(slic::Slic),
-        Refine::Crf => Box::new(crf::DenseCrf(*crf)),
-        Refine::Gcn => Box::new(gcn::Gcn(*gcn)),
+        Refine::Crf => Box::new(crf::DenseCrf(s.crf)),
+        Refine::Gcn => Box::new(gcn::Gcn(s.gcn)),
+        Refine::Haematoxylin => Box::new(haematoxylin::Haematoxylin(s.haematoxylin)),
     }
 }
 
