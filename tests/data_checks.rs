@@ -522,6 +522,27 @@ fn the_cam_stage_reads_no_threshold_and_counts_no_excluded_patient() {
         let t = s["threshold"].as_f64().unwrap();
         let id = run.file_name().to_string_lossy().into_owned();
         assert!(id.contains(&format!("cam.threshold={t}")), "{id}: {t}");
+        // The nearly-empty count is the pseudo_images table's positive rows under 1 %.
+        let imgs = csv_rows(&run.path().join("pseudo_images.csv"));
+        let positive: Vec<f64> = imgs
+            .iter()
+            .filter(|r| &r[2] == "malignant")
+            .map(|r| r[6].parse().unwrap())
+            .collect();
+        let empty = positive.iter().filter(|&&f| f < 0.01).count();
+        assert_eq!(
+            s["positive_nearly_empty"].as_u64(),
+            Some(empty as u64),
+            "{id}"
+        );
+        assert_eq!(positive.len(), 4, "{id}: {imgs:?}");
+        if empty > 0 {
+            assert!(
+                stderr(&o).contains("positive images have less than 1 % foreground"),
+                "{}",
+                stderr(&o)
+            );
+        }
     }
 }
 

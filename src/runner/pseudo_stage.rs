@@ -85,6 +85,18 @@ fn predictions(classify_dir: &Path) -> Result<HashMap<String, (String, bool)>> {
     Ok(out)
 }
 
+/// A positive image's pseudo label with less foreground than this share is reported as nearly
+/// empty (`positive_nearly_empty` in `pseudo_summary.json`, and a warning naming them).
+pub const EMPTY_FOREGROUND: f64 = 0.01;
+
+/// The ids of the positive images (`(id, positive, foreground share)`) whose pseudo label has
+/// less than [`EMPTY_FOREGROUND`] foreground.
+fn nearly_empty<'a>(rows: impl Iterator<Item = (&'a str, bool, f64)>) -> Vec<&'a str> {
+    rows.filter(|&(_, positive, fg)| positive && fg < EMPTY_FOREGROUND)
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
 /// What the pseudo stage reads: the thresholds (the background one resolved), the
 /// refinement method with its settings, and whether every image may hold foreground
 /// (patch-level labels: none is forced to background).
@@ -431,9 +443,10 @@ impl Stage for PseudoStage {
         let fallbacks = fallbacks.into_inner();
         if fallbacks > 0 {
             tracing::warn!(
-                "cam.refine = \"{}\" fell back to superpixel voting on {fallbacks} of {} images (seeds of one class only)",
+                "cam.refine = \"{}\" fell back on {fallbacks} of {} images ({})",
                 method.name(),
-                rows.len()
+                rows.len(),
+                method.fallback_note()
             );
         }
         summary.insert("refine_fallbacks".into(), fallbacks.into());
@@ -446,6 +459,33 @@ impl Stage for PseudoStage {
             "positive_fg_fraction".into(),
             (pos.iter().sum::<f64>() / pos.len().max(1) as f64).into(),
         );
+        // A positive image whose pseudo label is (nearly) all background teaches "this tissue
+        // is background" and scores the labels low, silently: name them.
+        let empty = nearly_empty(rows.iter().map(|r| {
+            (
+                r.id.as_str(),
+                r.class == idx.spec.classes[idx.spec.positive],
+                r.fg_fraction,
+            )
+        }));
+        if !empty.is_empty() {
+            tracing::warn!(
+                "{} of {} positive images have less than {} % foreground in their pseudo labels \
+                 (cam.threshold {fg_t}, cam.refine = \"{}\"): {}{}",
+                empty.len(),
+                pos.len(),
+                100.0 * EMPTY_FOREGROUND,
+                method.name(),
+                empty
+                    .iter()
+                    .take(10)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if empty.len() > 10 { ", …" } else { "" }
+            );
+        }
+        summary.insert("positive_nearly_empty".into(), empty.len().into());
         summary.insert(
             "megapixels_per_s".into(),
             (megapixels / secs.max(1e-9)).into(),
@@ -457,5 +497,22 @@ impl Stage for PseudoStage {
     fn publish(&self, entry: &Path, run_dir: &Path) -> Result<()> {
         publish_files(entry, run_dir, PUBLISHED)?;
         link_dir(&entry.join(LABEL_DIR), &run_dir.join(LABEL_DIR))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearly_empty_names_positive_images_under_one_percent_only() {
+        let rows = [
+            ("a", true, 0.0),
+            ("b", true, 0.0099),
+            ("c", true, 0.01),
+            ("d", false, 0.0),
+            ("e", true, 0.5),
+        ];
+        assert_eq!(nearly_empty(rows.into_iter()), ["a", "b"]);
     }
 }

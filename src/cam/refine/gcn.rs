@@ -50,6 +50,9 @@ impl Refiner for Gcn {
             features: true,
         }
     }
+    fn fallback_note(&self) -> &'static str {
+        "kept the superpixel vote: the seeds were of one class only"
+    }
     fn refine(&self, input: &RefineInput) -> Result<Refined> {
         let img = image_of(input, self.name())?;
         let feats = input.features.ok_or_else(|| {

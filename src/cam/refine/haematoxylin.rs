@@ -50,6 +50,9 @@ impl Refiner for Haematoxylin {
     fn needs(&self) -> Needs {
         Needs::IMAGE
     }
+    fn fallback_note(&self) -> &'static str {
+        "kept the CAM: the smoothed haematoxylin channel was flat"
+    }
     fn refine(&self, input: &RefineInput) -> Result<Refined> {
         let img = image_of(input, self.name())?;
         let Some(prior) = nuclear_density_prior(img, self.0.sigma) else {

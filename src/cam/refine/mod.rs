@@ -102,6 +102,10 @@ pub trait Refiner: Send + Sync {
     /// The refined map of a positive image. Errors: an input it [`Needs`] is missing or has
     /// another size than the CAM.
     fn refine(&self, input: &RefineInput) -> Result<Refined>;
+    /// What a [`Refined::fallback`] of this method did and why, for the pseudo stage's warning.
+    fn fallback_note(&self) -> &'static str {
+        "the method could not run as declared"
+    }
 }
 
 /// `cam.refine = "none"`: the CAM unchanged.
