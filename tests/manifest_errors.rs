@@ -226,6 +226,22 @@ fn a_setting_no_stage_reads_is_noted_with_its_source() {
         note.contains("= 2 (") && note.contains("st.toml") && note.contains("2 of 4 variant(s)"),
         "{note}"
     );
+    // A refinement's own table under another method is noted the same way.
+    let p = sb.write(
+        "h.toml",
+        &format!(
+            "{BASE}[cam.haematoxylin]\nsigma = 4.0\n[sweep.grid]\n\"cam.refine\" = [\"none\", \"haematoxylin\", \"slic\"]\n"
+        ),
+    );
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("[cam.haematoxylin] (")
+            && out.contains("h.toml")
+            && out.contains("2 of 3 variant(s) use another method"),
+        "{out}"
+    );
     // Weak supervision reads it: no note.
     let p = sb.write(
         "weak.toml",

@@ -148,6 +148,38 @@ impl Manifest {
                 self.variants.len()
             ));
         }
+        // A refinement method's own table, set off its defaults, under another method.
+        for (table, method) in [
+            ("crf", Refine::Crf),
+            ("gcn", Refine::Gcn),
+            ("haematoxylin", Refine::Haematoxylin),
+        ] {
+            let set = |v: &&Variant| {
+                let c = &v.config.cam;
+                c.refine != method
+                    && match method {
+                        Refine::Crf => !c.crf.is_default(),
+                        Refine::Gcn => !c.gcn.is_default(),
+                        _ => !c.haematoxylin.is_default(),
+                    }
+            };
+            let inert: Vec<&Variant> = self.variants.iter().filter(set).collect();
+            if let Some(v) = inert.first() {
+                let prefix = format!("cam.{table}.");
+                let source = self
+                    .key_sources
+                    .keys()
+                    .chain(v.assignments.iter().map(|(k, _)| k))
+                    .find(|k| k.starts_with(&prefix))
+                    .map_or_else(|| self.path.display().to_string(), |k| self.source_of(v, k));
+                notes.push(format!(
+                    "[cam.{table}] ({source}) is read only with cam.refine = \"{table}\": {} of \
+                     {} variant(s) use another method and ignore it",
+                    inert.len(),
+                    self.variants.len()
+                ));
+            }
+        }
         notes
     }
 }
