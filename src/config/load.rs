@@ -149,21 +149,19 @@ impl Manifest {
             ));
         }
         // A refinement method's own table, set off its defaults, under another method.
-        for (table, method) in [
-            ("crf", Refine::Crf),
-            ("gcn", Refine::Gcn),
-            ("haematoxylin", Refine::Haematoxylin),
-        ] {
-            let set = |v: &&Variant| {
-                let c = &v.config.cam;
-                c.refine != method
-                    && match method {
-                        Refine::Crf => !c.crf.is_default(),
-                        Refine::Gcn => !c.gcn.is_default(),
-                        _ => !c.haematoxylin.is_default(),
-                    }
-            };
-            let inert: Vec<&Variant> = self.variants.iter().filter(set).collect();
+        let tables: [(&str, Refine, SetOffDefault); 3] = [
+            ("crf", Refine::Crf, |c| !c.crf.is_default()),
+            ("gcn", Refine::Gcn, |c| !c.gcn.is_default()),
+            ("haematoxylin", Refine::Haematoxylin, |c| {
+                !c.haematoxylin.is_default()
+            }),
+        ];
+        for (table, method, set) in tables {
+            let inert: Vec<&Variant> = self
+                .variants
+                .iter()
+                .filter(|v| v.config.cam.refine != method && set(&v.config.cam))
+                .collect();
             if let Some(v) = inert.first() {
                 let prefix = format!("cam.{table}.");
                 let source = self
@@ -183,6 +181,9 @@ impl Manifest {
         notes
     }
 }
+
+/// Whether a refinement's own `[cam.*]` table is set off its defaults.
+type SetOffDefault = fn(&super::CamConfig) -> bool;
 
 /// Load, check and expand a manifest. Returns every problem found, not only the first.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Manifest, ConfigErrors> {
