@@ -85,6 +85,11 @@ fn context(key: &str) -> &'static str {
         "segmentation.select" => {
             "[segmentation]\nsupervision = \"full\"\nloss = \"balanced-ce\"\nwidth = 0.25\nepochs = 10\nbatch_size = 2\nlr = 0.03\n"
         }
+        // What a self-training round relabels is read only with a round, and
+        // "ignored-pixels" needs an ignore band to have pixels to fill in.
+        "segmentation.self_training_relabel" => {
+            "[segmentation]\nself_training_rounds = 1\n[cam]\nthreshold = 0.6\nbackground_threshold = 0.2\n"
+        }
         "backbone.arch" => "[backbone]\nwidth = 0.5\n",
         "segmentation.encoder" => "[segmentation]\nwidth = 0.5\n",
         // Momentum is an SGD setting; AdamW is the default optimiser.

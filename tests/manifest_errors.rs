@@ -38,6 +38,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, Vec<&'static str>)> 
         ("tf32 on the CPU", top("precision = \"tf32\""), vec![], vec!["key `precision`", "needs device"]),
         ("bf16 not offered", top("precision = \"bf16\""), vec![], vec!["key `precision`", "auto", "fp32", "tf32"]),
         ("output stride not allowed", m("[segmentation]\noutput_stride = 12"), vec![], vec!["key `segmentation.output_stride`", "one of 8, 16"]),
+        ("relabel ignored pixels without a band", m("[segmentation]\nself_training_rounds = 1\nself_training_relabel = \"ignored-pixels\""), vec![], vec!["key `segmentation.self_training_relabel`", "without an ignore band", "cam.background_threshold = unset"]),
         ("bad --set key", BASE.into(), vec!["--set", "cam.threshhold=0.5"], vec!["--set cam.threshhold=0.5", "key `cam.threshhold`", "did you mean `cam.threshold`"]),
         ("bad --set value", BASE.into(), vec!["--set", "train.batch_size=0"], vec!["--set train.batch_size=0", "key `train.batch_size`", "out of range"]),
         ("missing extends file", top("extends = \"nope.toml\""), vec![], vec!["bad.toml", "key `extends`", "nope.toml"]),
@@ -241,6 +242,24 @@ fn a_setting_no_stage_reads_is_noted_with_its_source() {
             && out.contains("h.toml")
             && out.contains("2 of 3 variant(s) use another method"),
         "{out}"
+    );
+    // What a round relabels, set where no round runs, is noted with its source.
+    let p = sb.write(
+        "r.toml",
+        &format!(
+            "{BASE}[segmentation]\nself_training_relabel = \"ignored-pixels\"\n[cam]\nthreshold = 0.5\nbackground_threshold = 0.3\n[sweep.grid]\n\"segmentation.self_training_rounds\" = [0, 1]\n"
+        ),
+    );
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let note = out
+        .lines()
+        .find(|l| l.contains("self_training_relabel"))
+        .unwrap_or_else(|| panic!("no note in {out}"));
+    assert!(
+        note.contains("r.toml") && note.contains("1 of 2 variant(s)"),
+        "{note}"
     );
     // Weak supervision reads it: no note.
     let p = sb.write(

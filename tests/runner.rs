@@ -624,10 +624,7 @@ fn self_training_records_every_round_and_relabels_only_positive_images() {
     assert_eq!(rel["round"], 2, "{summary}");
     // Every training image is relabelled or kept as an image-level negative (all background).
     let r = &rel["relabelled"];
-    let (relabelled, kept) = (
-        r["images"].as_u64().unwrap(),
-        r["kept_negative"].as_u64().unwrap(),
-    );
+    let (relabelled, kept) = (r["images"].as_u64().unwrap(), r["kept"].as_u64().unwrap());
     assert_eq!(relabelled + kept, summary["train_images"].as_u64().unwrap());
     assert!(relabelled > 0 && kept > 0, "{summary}");
     // The history holds both rounds, numbered on, with the round before the seconds (last);
@@ -652,6 +649,46 @@ fn self_training_records_every_round_and_relabels_only_positive_images() {
         summary["selected_epoch"].as_u64().unwrap() > half,
         "{summary}"
     );
+}
+
+/// `ignored-pixels`: every round fills in the round-1 pseudo labels' ignored pixels, so
+/// rounds 2 and 3 relabel the same maps and the same pixels, start from the same foreground
+/// share, and leave every map without an ignored pixel as it was.
+#[test]
+fn self_training_on_ignored_pixels_fills_the_same_pixels_every_round() {
+    let sb = Sandbox::new();
+    let m = sb.write("m.toml", MINIMAL);
+    let o = sb.run(&[
+        "run",
+        m.to_str().unwrap(),
+        "--no-report",
+        "--set",
+        "segmentation.self_training_rounds=2",
+        "--set",
+        "segmentation.self_training_relabel=\"ignored-pixels\"",
+        "--set",
+        "cam.threshold=0.6",
+        "--set",
+        "cam.background_threshold=0.2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rd = first_dir(sb.work().join("t"));
+    let summary = json(&rd.join("segment_summary.json"));
+    assert_eq!(summary["rounds"], 3, "{summary}");
+    assert_eq!(
+        summary["self_training_relabel"], "ignored-pixels",
+        "{summary}"
+    );
+    let (a, b) = (
+        &summary["self_training"][0]["relabelled"],
+        &summary["self_training"][1]["relabelled"],
+    );
+    for k in ["images", "kept", "pixels_relabelled", "foreground_before"] {
+        assert_eq!(a[k], b[k], "{k}: {summary}");
+    }
+    let n = a["images"].as_u64().unwrap() + a["kept"].as_u64().unwrap();
+    assert_eq!(n, summary["train_images"].as_u64().unwrap());
+    assert!(a["pixels_relabelled"].as_u64().unwrap() > 0, "{summary}");
 }
 
 #[test]

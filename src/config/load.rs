@@ -14,7 +14,7 @@ use super::schema::{self, field, is_section, suggest, DeviceSpec};
 use super::sweep::{variant_id, Sweep, MAX_VARIANTS};
 use super::{
     Arch, CamBalance, CamMethod, ConfigError, ConfigErrors, ExperimentConfig, LossVariant,
-    Precision, Refine, SegInit, SplitMethod, Supervision,
+    Precision, Refine, Relabel, SegInit, SplitMethod, Supervision,
 };
 
 /// Environment variables with the `WSSS_` prefix that are settings of the program rather than
@@ -145,6 +145,25 @@ impl Manifest {
                 v.config.segmentation.self_training_rounds,
                 self.source_of(v, "segmentation.self_training_rounds"),
                 full_with_rounds.len(),
+                self.variants.len()
+            ));
+        }
+        let relabel_without_rounds: Vec<&Variant> = self
+            .variants
+            .iter()
+            .filter(|v| {
+                let s = &v.config.segmentation.normalised();
+                s.self_training_rounds == 0
+                    && !v.config.segmentation.self_training_relabel.is_default()
+            })
+            .collect();
+        if let Some(v) = relabel_without_rounds.first() {
+            notes.push(format!(
+                "segmentation.self_training_relabel ({}) is not read without self-training \
+                 rounds (segmentation.self_training_rounds = 0, or full supervision) in {} of \
+                 {} variant(s)",
+                self.source_of(v, "segmentation.self_training_relabel"),
+                relabel_without_rounds.len(),
                 self.variants.len()
             ));
         }
@@ -938,6 +957,27 @@ fn semantic(
                 format!("{bg} is above cam.threshold = {}: the background threshold must be ≤ the foreground threshold", c.cam.threshold),
             );
         }
+    }
+    let seg = &c.segmentation;
+    if seg.supervision == Supervision::Pseudo
+        && seg.self_training_rounds > 0
+        && seg.self_training_relabel == Relabel::IgnoredPixels
+        && c.cam
+            .background_threshold
+            .is_none_or(|bg| bg >= c.cam.threshold)
+    {
+        push(
+            "segmentation.self_training_relabel",
+            format!(
+                "\"ignored-pixels\" relabels the pixels the pseudo labels ignore, and without an \
+                 ignore band there are none (cam.background_threshold = {}, cam.threshold = {}): \
+                 set cam.background_threshold below cam.threshold, or use \"positive-images\"",
+                c.cam
+                    .background_threshold
+                    .map_or("unset".to_string(), |b| b.to_string()),
+                c.cam.threshold
+            ),
+        );
     }
     if c.cam.refine == Refine::Gcn && c.cam.gcn.background_seed > c.cam.threshold {
         push(

@@ -504,6 +504,13 @@ pub static FIELDS: &[Field] = &[
          training images with foreground, and a fresh segmenter trains on them",
     ),
     f(
+        "segmentation.self_training_relabel",
+        Kind::Choice(&["positive-images", "ignored-pixels"]),
+        "what a self-training round relabels: every label map with foreground, or only the \
+         pixels the pseudo labels leave ignored (needs an ignore band; labelled pixels keep \
+         their pseudo labels)",
+    ),
+    f(
         "train.epochs",
         Kind::Int {
             min: 1,
@@ -923,7 +930,7 @@ pub fn default_values() -> toml::Value {
         }
     }
     // Likewise `precision`, `[stain]`, `segmentation.select`, `.blend`, `.warmup_epochs`,
-    // `.encoder_lr_mult`, `.self_training_rounds` and
+    // `.encoder_lr_mult`, `.self_training_rounds`, `.self_training_relabel` and
     // both `stain_augment` keys
     // (left out of hashes while default).
     if let (Some(t), Ok(st)) = (v.as_table_mut(), toml::Value::try_from(d.stain)) {
@@ -944,6 +951,7 @@ pub fn default_values() -> toml::Value {
         seg.insert("encoder_lr_mult".into(), toml::Value::Float(1.0));
         seg.insert("crop_sampling".into(), "uniform".into());
         seg.insert("self_training_rounds".into(), toml::Value::Integer(0));
+        seg.insert("self_training_relabel".into(), "positive-images".into());
     }
     for section in ["segmentation", "train"] {
         if let Some(t) = v.get_mut(section).and_then(|c| c.as_table_mut()) {
@@ -989,6 +997,7 @@ mod tests {
         cfg.segmentation.pretrained = Some("x".into());
         cfg.segmentation.crop_sampling = crate::config::CropSampling::LabelRatio;
         cfg.segmentation.self_training_rounds = 1;
+        cfg.segmentation.self_training_relabel = crate::config::Relabel::IgnoredPixels;
         cfg.segmentation.stain_augment = crate::config::StainAugment::Hed;
         cfg.segmentation.stain_augment_strength = 0.2;
         cfg.train.stain_augment = crate::config::StainAugment::Hed;

@@ -773,6 +773,10 @@ pub struct SegmentationConfig {
     /// fresh segmenter is trained on them (`train::self_training`).
     #[serde(skip_serializing_if = "is_zero")]
     pub self_training_rounds: u32,
+    /// What each self-training round relabels ([`Relabel`]; read only when
+    /// `self_training_rounds > 0`).
+    #[serde(skip_serializing_if = "Relabel::is_default")]
+    pub self_training_relabel: Relabel,
 }
 
 impl SegmentationConfig {
@@ -780,13 +784,19 @@ impl SegmentationConfig {
     /// leave cache keys alone: the stain jitter's strength under `stain_augment = "none"`, and
     /// self-training under full supervision (masks are not relabelled).
     pub fn normalised(&self) -> Self {
+        let rounds = match self.supervision {
+            Supervision::Pseudo => self.self_training_rounds,
+            Supervision::Full => 0,
+        };
         Self {
             stain_augment_strength: self
                 .stain_augment
                 .effective_strength(self.stain_augment_strength),
-            self_training_rounds: match self.supervision {
-                Supervision::Pseudo => self.self_training_rounds,
-                Supervision::Full => 0,
+            self_training_rounds: rounds,
+            self_training_relabel: if rounds == 0 {
+                Relabel::default()
+            } else {
+                self.self_training_relabel
             },
             ..self.clone()
         }
@@ -814,6 +824,27 @@ pub enum CropSampling {
     /// nearest the whole image's: each crop keeps its image's gland/background ratio, so a
     /// batch's class balance does not swing with where crops happen to fall.
     LabelRatio,
+}
+
+/// What a self-training round relabels (`segmentation.self_training_relabel`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Relabel {
+    /// Every training label map with a foreground pixel becomes the segmenter's prediction;
+    /// maps without foreground (image-level negatives) are kept.
+    #[default]
+    PositiveImages,
+    /// Only the pixels the pseudo labels leave ignored (255, the CAM's ignore band) take the
+    /// segmenter's prediction; every labelled pixel keeps its pseudo label in every round.
+    /// Needs an ignore band (`cam.background_threshold` < `cam.threshold`).
+    IgnoredPixels,
+}
+
+impl Relabel {
+    /// Whether this is the default (then left out of cache keys, which predate it).
+    pub fn is_default(&self) -> bool {
+        *self == Relabel::PositiveImages
+    }
 }
 
 /// Uniform crop positions drawn per `label-ratio` crop.
@@ -863,6 +894,7 @@ impl Default for SegmentationConfig {
             stain_augment: StainAugment::Channel,
             stain_augment_strength: STAIN_AUGMENT_STRENGTH,
             self_training_rounds: 0,
+            self_training_relabel: Relabel::PositiveImages,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::pseudo_stage::LABEL_DIR;
 use super::stage::{SliceInput, Stage, StageInput};
 use crate::cam;
-use crate::config::{SegInit, Supervision};
+use crate::config::{Relabel, SegInit, Supervision};
 use crate::data::{mask, Split};
 use crate::error::Result;
 use crate::table::{self, TableBuilder};
@@ -173,19 +173,35 @@ impl Stage for SegmentStage {
             Ok::<_, crate::error::Error>((seg, summary))
         };
         let (mut seg, mut summary) = train_round(1, &labels)?;
+        let mode = cfg.segmentation.self_training_relabel;
+        // `ignored-pixels` fills in the round-1 pseudo labels' ignored pixels every round (what
+        // they decide stays decided); `positive-images` relabels the previous round's maps.
+        let pseudo = match (rounds > 1, mode) {
+            (true, Relabel::IgnoredPixels) => Some(labels.clone()),
+            _ => None,
+        };
         let mut relabelled = Vec::new();
         for round in 2..=rounds {
+            let base = pseudo.as_ref().unwrap_or(&labels);
             let (next, r) =
-                self_training::relabel(&seg, &cfg.segmentation, &images, &labels, input.device)?;
+                self_training::relabel(&seg, &cfg.segmentation, mode, &images, base, input.device)?;
+            let (what, kept) = match mode {
+                Relabel::PositiveImages => ("replaced by", "without foreground"),
+                Relabel::IgnoredPixels => (
+                    "filled in (ignored pixels only) from",
+                    "without ignored pixels",
+                ),
+            };
             tracing::info!(
-                "self-training round {round}: {} training label maps replaced by the round-{} \
-                 segmenter's predictions (foreground {:.1} % → {:.1} %), {} without foreground \
+                "self-training round {round}: {} training label maps {what} the round-{} \
+                 segmenter's predictions ({} pixels; foreground {:.1} % → {:.1} %), {} {kept} \
                  kept",
                 r.images,
                 round - 1,
+                r.pixels_relabelled,
                 100.0 * r.foreground_before,
                 100.0 * r.foreground_after,
-                r.kept_negative
+                r.kept
             );
             relabelled.push(serde_json::json!({"round": round, "relabelled": r}));
             labels = next;
@@ -250,6 +266,7 @@ impl Stage for SegmentStage {
                 "epochs": h.len(),
                 "rounds": rounds,
                 "self_training": relabelled,
+                "self_training_relabel": mode,
                 "selected_epoch": selected_epoch,
                 "select": cfg.segmentation.select,
                 "final_loss": h.last().map(|r| r.loss),

@@ -6,9 +6,18 @@
 //! refinement of WSSS (e.g. Wei et al., "Object Region Mining with Adversarial Erasing", CVPR
 //! 2017, §3.3; Li et al., OEEM, MICCAI 2022, which retrains on its segmenter's outputs).
 //!
-//! What stays weakly supervised: an image whose label map has no foreground pixel (an image
-//! the classifier's evidence calls negative, all background under the talk's protocol) keeps
-//! its labels, so the image-level labels still bound what can be foreground; no mask is read.
+//! What stays weakly supervised (`segmentation.self_training_relabel`, [`Relabel`]):
+//! - `positive-images`: an image whose label map has no foreground pixel (an image the
+//!   classifier's evidence calls negative, all background under the talk's protocol) keeps its
+//!   labels, so the image-level labels still bound what can be foreground;
+//! - `ignored-pixels`: every pixel the pseudo labels decide (outside the CAM's ignore band)
+//!   keeps its pseudo label in every round, and only the ignored ones take the segmenter's
+//!   prediction. Under the OEEM protocol with a band that ignores the two-label windows, the
+//!   windows whose single label fixes every pixel stay exact, and the segmenter fills in the
+//!   windows where gland meets background — the completion of partial labels that OEEM's own
+//!   retraining and ignore-aware WSSS pipelines (e.g. Ahn & Kwak, AffinityNet, CVPR 2018) do.
+//!
+//! No mask is read either way.
 
 use std::collections::HashMap;
 
@@ -16,20 +25,26 @@ use candle_core::Device;
 use image::GrayImage;
 
 use super::segment::Segmenter;
-use crate::config::SegmentationConfig;
+use crate::config::{Relabel, SegmentationConfig};
 use crate::data::loader::Images;
+use crate::data::mask::IGNORE;
 use crate::error::Result;
 
 /// What one relabelling did (recorded per round in `segment_summary.json`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Relabelled {
-    /// Label maps replaced by the segmenter's prediction (those with a foreground pixel).
+    /// Label maps replaced (`positive-images`: those with a foreground pixel) or filled in
+    /// (`ignored-pixels`: those with an ignored pixel) by the segmenter's prediction.
     pub images: usize,
-    /// Label maps kept because they have no foreground (image-level negatives).
-    pub kept_negative: usize,
-    /// Foreground share of the replaced maps' labelled pixels before (pseudo labels).
+    /// Label maps kept because they have no foreground (`positive-images`) or no ignored
+    /// pixel (`ignored-pixels`).
+    pub kept: usize,
+    /// Pixels that took the segmenter's prediction (`ignored-pixels`: the ignored ones;
+    /// `positive-images`: every pixel of a replaced map).
+    pub pixels_relabelled: u64,
+    /// Foreground share of the relabelled maps' labelled pixels before (pseudo labels).
     pub foreground_before: f64,
-    /// Foreground share of the same maps after (the segmenter's prediction, every pixel).
+    /// Foreground share of the same maps after (every pixel).
     pub foreground_after: f64,
 }
 
@@ -38,15 +53,22 @@ pub fn has_foreground(l: &GrayImage) -> bool {
     l.as_raw().contains(&1)
 }
 
-/// The next round's labels: for every label map with a foreground pixel, the segmenter's
-/// label map of that image (inference settings of `s`, at the image's size, 0/1, nothing
-/// ignored); label maps without foreground are kept as they are.
+/// The next round's labels from the segmenter's predictions on the training images, by
+/// `mode` ([`Relabel`]):
+/// - `positive-images`: every label map with a foreground pixel becomes the segmenter's label
+///   map of that image (nothing ignored); maps without foreground are kept as they are;
+/// - `ignored-pixels`: in every map with an ignored pixel, the ignored pixels take the
+///   prediction and every labelled pixel keeps its value; maps without one are kept. Pass the
+///   round-1 pseudo labels as `labels` in every round, so what was decided stays decided.
+///
+/// The prediction uses the inference settings of `s`, at the image's size, 0/1.
 ///
 /// Shapes: `labels` maps a sample index to a label map of its image's size; the result has the
 /// same keys and sizes. Errors: an image that cannot be read, an inference error.
 pub fn relabel(
     seg: &Segmenter,
     s: &SegmentationConfig,
+    mode: Relabel,
     images: &Images,
     labels: &HashMap<usize, GrayImage>,
     dev: &Device,
@@ -58,8 +80,12 @@ pub fn relabel(
     let (mut fg0, mut n0, mut fg1, mut n1) = (0u64, 0u64, 0u64, 0u64);
     for i in keys {
         let old = &labels[&i];
-        if !has_foreground(old) {
-            r.kept_negative += 1;
+        let relabel = match mode {
+            Relabel::PositiveImages => has_foreground(old),
+            Relabel::IgnoredPixels => old.as_raw().contains(&IGNORE),
+        };
+        if !relabel {
+            r.kept += 1;
             out.insert(i, old.clone());
             continue;
         }
@@ -69,10 +95,15 @@ pub fn relabel(
             let (w, h) = old.dimensions();
             new = image::imageops::resize(&new, w, h, image::imageops::FilterType::Nearest);
         }
-        for &v in old.as_raw() {
-            if v != crate::data::mask::IGNORE {
+        for (&v, n) in old.as_raw().iter().zip(new.iter_mut()) {
+            if v != IGNORE {
                 n0 += 1;
                 fg0 += u64::from(v == 1);
+            }
+            match mode {
+                Relabel::PositiveImages => r.pixels_relabelled += 1,
+                Relabel::IgnoredPixels if v == IGNORE => r.pixels_relabelled += 1,
+                Relabel::IgnoredPixels => *n = v,
             }
         }
         n1 += new.as_raw().len() as u64;
@@ -93,15 +124,11 @@ mod tests {
     use crate::data::sample::Sample;
     use crate::train::segment::SegmenterConfig;
 
-    /// Two 32×32 images: the first's labels have 4 foreground pixels of 1 023 labelled (one
-    /// ignored), the second's none. The first is replaced by what the segmenter predicts (set
-    /// to all foreground), the second kept byte for byte, and the shares are counted by hand.
-    #[test]
-    fn positive_maps_become_the_prediction_and_negative_ones_stay() {
-        let d = tempfile::tempdir().unwrap();
-        let samples: Vec<Sample> = (0..2)
+    /// Two 32×32 RGB images written to `dir`.
+    fn samples(dir: &std::path::Path) -> Vec<Sample> {
+        (0..2)
             .map(|k| {
-                let p = d.path().join(format!("{k}.png"));
+                let p = dir.join(format!("{k}.png"));
                 image::RgbImage::from_fn(32, 32, |x, y| {
                     image::Rgb([(x * 8) as u8, (y * 8) as u8, (k * 100) as u8])
                 })
@@ -117,25 +144,20 @@ mod tests {
                     mask_bytes: 0,
                 }
             })
-            .collect();
-        let images = Images::new(&samples, 0);
-        let mut pos = GrayImage::new(32, 32);
-        for (x, y) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
-            pos.put_pixel(x, y, image::Luma([1]));
-        }
-        pos.put_pixel(31, 31, image::Luma([crate::data::mask::IGNORE]));
-        let neg = GrayImage::from_fn(32, 32, |x, _| image::Luma([if x == 0 { 255 } else { 0 }]));
-        let labels = HashMap::from([(0, pos), (1, neg.clone())]);
+            .collect()
+    }
 
+    /// A ⅛-width VGG-16 segmenter whose classifier layer has zero weights and biases (−5, +5):
+    /// it calls every pixel foreground, whatever the features, so its prediction is known
+    /// without running the network twice.
+    fn all_foreground_segmenter(dir: &std::path::Path) -> (Segmenter, SegmenterConfig) {
         let mut cfg = ExperimentConfig::default();
         cfg.segmentation.encoder = Arch::Vgg16;
         cfg.segmentation.width = 0.125;
         cfg.segmentation.crop_size = 32;
         let sc = SegmenterConfig::of(&cfg);
         let dev = Device::Cpu;
-        let mut seg = Segmenter::build(&sc, &dev, None, d.path()).unwrap();
-        // A classifier layer of zero weights and biases (−5, +5) calls every pixel foreground,
-        // whatever the features: the prediction is known without running the network twice.
+        let mut seg = Segmenter::build(&sc, &dev, None, dir).unwrap();
         seg.vars
             .set_one(
                 "decoder.classifier.weight",
@@ -149,7 +171,34 @@ mod tests {
                 candle_core::Tensor::new(&[-5f32, 5.0], &dev).unwrap(),
             )
             .unwrap();
-        let (out, r) = relabel(&seg, &sc.segmentation, &images, &labels, &dev).unwrap();
+        (seg, sc)
+    }
+
+    /// Two 32×32 images: the first's labels have 4 foreground pixels of 1 023 labelled (one
+    /// ignored), the second's none. The first is replaced by what the segmenter predicts (set
+    /// to all foreground), the second kept byte for byte, and the shares are counted by hand.
+    #[test]
+    fn positive_maps_become_the_prediction_and_negative_ones_stay() {
+        let d = tempfile::tempdir().unwrap();
+        let samples = samples(d.path());
+        let images = Images::new(&samples, 0);
+        let mut pos = GrayImage::new(32, 32);
+        for (x, y) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+            pos.put_pixel(x, y, image::Luma([1]));
+        }
+        pos.put_pixel(31, 31, image::Luma([IGNORE]));
+        let neg = GrayImage::from_fn(32, 32, |x, _| image::Luma([if x == 0 { 255 } else { 0 }]));
+        let labels = HashMap::from([(0, pos), (1, neg.clone())]);
+        let (seg, sc) = all_foreground_segmenter(d.path());
+        let (out, r) = relabel(
+            &seg,
+            &sc.segmentation,
+            Relabel::PositiveImages,
+            &images,
+            &labels,
+            &Device::Cpu,
+        )
+        .unwrap();
 
         assert_eq!(out[&0], GrayImage::from_pixel(32, 32, image::Luma([1])));
         assert_eq!(out[&1], neg);
@@ -157,9 +206,59 @@ mod tests {
             r,
             Relabelled {
                 images: 1,
-                kept_negative: 1,
+                kept: 1,
+                pixels_relabelled: 1024,
                 foreground_before: 4.0 / 1023.0,
                 foreground_after: 1.0,
+            }
+        );
+    }
+
+    /// `ignored-pixels`: the first map has 4 foreground pixels, a 2×32 band of ignored pixels
+    /// (rows 10–11) and background elsewhere; only the 64 ignored pixels take the (all
+    /// foreground) prediction. The second map has no ignored pixel and is kept byte for byte,
+    /// even though it has foreground. Shares by hand: before 4 / 960, after (4 + 64) / 1024.
+    #[test]
+    fn only_ignored_pixels_take_the_prediction() {
+        let d = tempfile::tempdir().unwrap();
+        let samples = samples(d.path());
+        let images = Images::new(&samples, 0);
+        let banded = GrayImage::from_fn(32, 32, |x, y| {
+            image::Luma([match (x, y) {
+                (_, 10 | 11) => IGNORE,
+                (1 | 2, 1 | 2) => 1,
+                _ => 0,
+            }])
+        });
+        let complete = GrayImage::from_fn(32, 32, |x, _| image::Luma([u8::from(x < 5)]));
+        let labels = HashMap::from([(0, banded.clone()), (1, complete.clone())]);
+        let (seg, sc) = all_foreground_segmenter(d.path());
+        let (out, r) = relabel(
+            &seg,
+            &sc.segmentation,
+            Relabel::IgnoredPixels,
+            &images,
+            &labels,
+            &Device::Cpu,
+        )
+        .unwrap();
+
+        let expected = GrayImage::from_fn(32, 32, |x, y| {
+            image::Luma([match (x, y) {
+                (_, 10 | 11) => 1,
+                _ => banded.get_pixel(x, y).0[0],
+            }])
+        });
+        assert_eq!(out[&0], expected);
+        assert_eq!(out[&1], complete);
+        assert_eq!(
+            r,
+            Relabelled {
+                images: 1,
+                kept: 1,
+                pixels_relabelled: 64,
+                foreground_before: 4.0 / 960.0,
+                foreground_after: 68.0 / 1024.0,
             }
         );
     }
@@ -168,7 +267,7 @@ mod tests {
     fn foreground_is_a_pixel_labelled_one() {
         let mut l = GrayImage::from_pixel(3, 2, image::Luma([0]));
         assert!(!has_foreground(&l));
-        l.put_pixel(2, 1, image::Luma([crate::data::mask::IGNORE]));
+        l.put_pixel(2, 1, image::Luma([IGNORE]));
         assert!(!has_foreground(&l), "ignored pixels are not foreground");
         l.put_pixel(0, 0, image::Luma([1]));
         assert!(has_foreground(&l));
