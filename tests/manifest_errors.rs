@@ -39,6 +39,8 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>, Vec<&'static str>)> 
         ("bf16 not offered", top("precision = \"bf16\""), vec![], vec!["key `precision`", "auto", "fp32", "tf32"]),
         ("output stride not allowed", m("[segmentation]\noutput_stride = 12"), vec![], vec!["key `segmentation.output_stride`", "one of 8, 16"]),
         ("relabel ignored pixels without a band", m("[segmentation]\nself_training_rounds = 1\nself_training_relabel = \"ignored-pixels\""), vec![], vec!["key `segmentation.self_training_relabel`", "without an ignore band", "cam.background_threshold = unset"]),
+        ("band between two 8-bit levels", m("[cam]\nthreshold = 0.5\nbackground_threshold = 0.499"), vec![], vec!["key `cam.background_threshold`", "holds no level", "[0.499, 0.5)"]),
+        ("a swept band without room for relabelling", m("[segmentation]\nself_training_rounds = 1\nself_training_relabel = \"ignored-pixels\"\n[cam]\nthreshold = 0.6\n[sweep.grid]\n\"cam.background_threshold\" = [0.2, 0.6]"), vec![], vec!["[sweep variant cam.background_threshold=0.6]", "key `cam.background_threshold`", "without an ignore band"]),
         ("bad --set key", BASE.into(), vec!["--set", "cam.threshhold=0.5"], vec!["--set cam.threshhold=0.5", "key `cam.threshhold`", "did you mean `cam.threshold`"]),
         ("bad --set value", BASE.into(), vec!["--set", "train.batch_size=0"], vec!["--set train.batch_size=0", "key `train.batch_size`", "out of range"]),
         ("missing extends file", top("extends = \"nope.toml\""), vec![], vec!["bad.toml", "key `extends`", "nope.toml"]),
@@ -74,6 +76,40 @@ fn every_bad_manifest_is_rejected_with_file_and_key() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// A sweep is checked variant by variant: a check of several keys that fails on the unswept
+/// base but holds in every variant passes, and a problem of unswept keys, found in every
+/// variant alike, is reported once.
+#[test]
+fn sweeps_are_checked_per_variant_and_each_problem_once() {
+    let sb = Sandbox::new();
+    let p = sb.write(
+        "band.toml",
+        &format!(
+            "{BASE}[segmentation]\nself_training_rounds = 1\nself_training_relabel = \"ignored-pixels\"\n[cam]\nthreshold = 0.6\n[sweep.grid]\n\"cam.background_threshold\" = [0.2, 0.4]\n"
+        ),
+    );
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let p = sb.write(
+        "thr.toml",
+        &format!(
+            "{BASE}[cam]\nbackground_threshold = 0.75\n[sweep.grid]\n\"cam.threshold\" = [0.8, 0.9]\n"
+        ),
+    );
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Three variants share one bad unswept setting: one error.
+    let p = sb.write(
+        "once.toml",
+        &format!("{BASE}[cam]\nbalance = \"median\"\n[sweep.grid]\n\"train.seed\" = [0, 1, 2]\n"),
+    );
+    let o = sb.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("key `cam.balance`").count(), 1, "{err}");
+    assert!(err.contains("1 manifest error"), "{err}");
 }
 
 #[test]

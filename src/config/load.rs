@@ -246,9 +246,14 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Manifest, ConfigErrors> {
             .map(|m| m.name.to_string())
             .unwrap_or_else(|| manifest_name.clone())
     };
-    semantic(&base, base_dir, &attribute, &mut errs);
-    if !errs.is_empty() {
-        return Err(ConfigErrors(errs));
+    // Without a sweep the base is the one variant. With one, checks that read several keys
+    // can fail on the unswept base yet hold in every variant (a band swept over
+    // `cam.background_threshold`), so only the variants are checked, each problem once.
+    if sweep.is_empty() {
+        semantic(&base, base_dir, &attribute, &mut errs);
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
     }
     if sweep.count() > MAX_VARIANTS {
         errs.push(ConfigError::key(
@@ -297,6 +302,15 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Manifest, ConfigErrors> {
             config,
         });
     }
+    // A problem of unswept keys is found in every variant alike: report it once.
+    let mut seen: Vec<ConfigError> = Vec::new();
+    errs.retain(|e| {
+        let first = !seen.contains(e);
+        if first {
+            seen.push(e.clone());
+        }
+        first
+    });
     // Two variants with one resolved config (a repeated zip tuple, or a sweep over a key that
     // changes nothing such as `description`) would be one run counted as two replicates.
     let mut by_hash: BTreeMap<&str, &str> = BTreeMap::new();
@@ -958,24 +972,53 @@ fn semantic(
             );
         }
     }
+    let (fg, bg) = (c.cam.threshold, c.cam.background_threshold);
+    // The band [bg, fg) on the stored 8-bit maps: the levels v with bg ≤ v/255 < fg (the
+    // rule of `cam::at_least`, which the pseudo stage applies).
+    let at_least = |v: u8, t: f64| f64::from(v) / 255.0 >= t;
+    let band_levels = bg.map_or(0, |bg| {
+        (0u8..=255)
+            .filter(|&v| at_least(v, bg) && !at_least(v, fg))
+            .count()
+    });
+    if let Some(b) = bg {
+        if b < fg && band_levels == 0 {
+            push(
+                "cam.background_threshold",
+                format!(
+                    "the ignore band [{b}, {fg}) holds no level of the stored 8-bit maps \
+                     (levels are v / 255), so it would ignore nothing: widen it to hold one, or \
+                     set it equal to cam.threshold for no band"
+                ),
+            );
+        }
+    }
     let seg = &c.segmentation;
     if seg.supervision == Supervision::Pseudo
         && seg.self_training_rounds > 0
         && seg.self_training_relabel == Relabel::IgnoredPixels
-        && c.cam
-            .background_threshold
-            .is_none_or(|bg| bg >= c.cam.threshold)
+        && bg.is_none_or(|b| b >= fg)
     {
-        push(
+        // Name the key a sweep set, if one did: that is where the variant goes wrong.
+        let keys = [
             "segmentation.self_training_relabel",
+            "cam.background_threshold",
+            "cam.threshold",
+            "segmentation.self_training_rounds",
+            "segmentation.supervision",
+        ];
+        let key = keys
+            .iter()
+            .find(|k| attr(k).contains("[sweep variant"))
+            .unwrap_or(&keys[0]);
+        push(
+            key,
             format!(
-                "\"ignored-pixels\" relabels the pixels the pseudo labels ignore, and without an \
-                 ignore band there are none (cam.background_threshold = {}, cam.threshold = {}): \
-                 set cam.background_threshold below cam.threshold, or use \"positive-images\"",
-                c.cam
-                    .background_threshold
-                    .map_or("unset".to_string(), |b| b.to_string()),
-                c.cam.threshold
+                "segmentation.self_training_relabel = \"ignored-pixels\" relabels the pixels \
+                 the pseudo labels ignore, and without an ignore band there are none \
+                 (cam.background_threshold = {}, cam.threshold = {fg}): set \
+                 cam.background_threshold below cam.threshold, or use \"positive-images\"",
+                bg.map_or("unset".to_string(), |b| b.to_string()),
             ),
         );
     }

@@ -845,6 +845,14 @@ impl Relabel {
     pub fn is_default(&self) -> bool {
         *self == Relabel::PositiveImages
     }
+
+    /// The manifest's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Relabel::PositiveImages => "positive-images",
+            Relabel::IgnoredPixels => "ignored-pixels",
+        }
+    }
 }
 
 /// Uniform crop positions drawn per `label-ratio` crop.

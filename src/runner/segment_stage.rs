@@ -203,6 +203,13 @@ impl Stage for SegmentStage {
                 100.0 * r.foreground_after,
                 r.kept
             );
+            if r.pixels_relabelled == 0 {
+                tracing::warn!(
+                    "self-training round {round} relabelled no pixel (segmentation.\
+                     self_training_relabel = \"{}\"): it trains again on the same labels",
+                    mode.as_str()
+                );
+            }
             relabelled.push(serde_json::json!({"round": round, "relabelled": r}));
             labels = next;
             (seg, summary) = train_round(round, &labels)?;
