@@ -14,8 +14,9 @@
 //!   keeps its pseudo label in every round, and only the ignored ones take the segmenter's
 //!   prediction. Under the OEEM protocol with a band that ignores the two-label windows, the
 //!   windows whose single label fixes every pixel stay exact, and the segmenter fills in the
-//!   windows where gland meets background — the completion of partial labels that OEEM's own
-//!   retraining and ignore-aware WSSS pipelines (e.g. Ahn & Kwak, AffinityNet, CVPR 2018) do.
+//!   windows where gland meets background. Confident labels are kept and the uncertain ones
+//!   completed, as AffinityNet propagates confident CAM regions into the neutral ones (Ahn &
+//!   Kwak, CVPR 2018), here with the segmenter as the propagator.
 //!
 //! No mask is read either way.
 
