@@ -4,7 +4,8 @@
 //! them. The segmenter smooths the CAM's noise (on GlaS it scores above the pseudo labels it
 //! learnt from), so its predictions can be better labels than the CAM's — the multi-round
 //! refinement of WSSS (e.g. Wei et al., "Object Region Mining with Adversarial Erasing", CVPR
-//! 2017, §3.3; Li et al., OEEM, MICCAI 2022, which retrains on its segmenter's outputs).
+//! 2017, §3.3). OEEM (Li et al., MICCAI 2022) does not retrain: its two stages are the
+//! classifier's pseudo masks and one segmenter that down-weights hard pixels online.
 //!
 //! What stays weakly supervised (`segmentation.self_training_relabel`, [`Relabel`]):
 //! - `positive-images`: an image whose label map has no foreground pixel (an image the
