@@ -174,15 +174,16 @@ impl Stage for SegmentStage {
         };
         let (mut seg, mut summary) = train_round(1, &labels)?;
         let mode = cfg.segmentation.self_training_relabel;
-        // `ignored-pixels` fills in the round-1 pseudo labels' ignored pixels every round (what
-        // they decide stays decided); `positive-images` relabels the previous round's maps.
-        let pseudo = match (rounds > 1, mode) {
-            (true, Relabel::IgnoredPixels) => Some(labels.clone()),
-            _ => None,
-        };
+        // `labels` stays the round-1 labels; `current` holds the latest round's. `ignored-pixels`
+        // fills in the round-1 labels' ignored pixels every round (what they decide stays
+        // decided); `positive-images` relabels the previous round's maps.
+        let mut current: Option<HashMap<usize, image::GrayImage>> = None;
         let mut relabelled = Vec::new();
         for round in 2..=rounds {
-            let base = pseudo.as_ref().unwrap_or(&labels);
+            let base = match mode {
+                Relabel::IgnoredPixels => &labels,
+                Relabel::PositiveImages => current.as_ref().unwrap_or(&labels),
+            };
             let (next, r) =
                 self_training::relabel(&seg, &cfg.segmentation, mode, &images, base, input.device)?;
             let (what, kept) = match mode {
@@ -211,8 +212,7 @@ impl Stage for SegmentStage {
                 );
             }
             relabelled.push(serde_json::json!({"round": round, "relabelled": r}));
-            labels = next;
-            (seg, summary) = train_round(round, &labels)?;
+            (seg, summary) = train_round(round, current.insert(next))?;
         }
         let kept = summary.selected();
         crate::model::weights::save(&seg.vars, &out.join(WEIGHTS))?;
