@@ -745,7 +745,8 @@ fn sweeps_over_settings_nothing_reads_are_refused_as_fake_replicates() {
         ),
     ] {
         let m = sb.write("m.toml", &format!("{SIX_PATIENTS}[sweep.grid]\n{sweep}\n"));
-        for cmd in ["plan", "run"] {
+        // `validate` refuses what `plan` and `run` refuse (it used to accept these).
+        for cmd in ["validate", "plan", "run"] {
             let o = run_with(&sb, &reg, &[cmd, m.to_str().unwrap()]);
             assert_eq!(o.status.code(), Some(2), "{sweep} {cmd}: {}", stderr(&o));
             let err = stderr(&o);
@@ -756,6 +757,31 @@ fn sweeps_over_settings_nothing_reads_are_refused_as_fake_replicates() {
         }
     }
     assert!(!sb.work().join("m").exists());
+    // Also when the dataset is not on this machine: the keys are told apart on its registry
+    // entry alone.
+    std::fs::rename(sb.path().join("ds"), sb.path().join("elsewhere")).unwrap();
+    let m = sb.write(
+        "m.toml",
+        &format!("{SIX_PATIENTS}[sweep.grid]\n\"split.seed\" = [0, 1]\n"),
+    );
+    let o = run_with(&sb, &reg, &["validate", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("compute the same thing") && err.contains("`split.seed`"),
+        "{err}"
+    );
+    let ok = sb.write(
+        "ok.toml",
+        &format!("{SIX_PATIENTS}[sweep.grid]\n\"train.seed\" = [0, 1]\n"),
+    );
+    let o = run_with(&sb, &reg, &["validate", ok.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("is not on this machine"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[cfg(unix)]

@@ -266,10 +266,37 @@ impl Runner {
     /// variant's split leaves every class patients in every split. Returns notes for the user.
     /// A dataset that is not on this machine (its root folder is missing) is only noted here:
     /// `plan` and `run` refuse it.
+    /// Variants that compute the same thing are refused here as `plan` and `run` refuse
+    /// them, also when the dataset is not on this machine.
     pub fn check(&self, m: &Manifest) -> Result<Vec<String>> {
-        let (_, mut notes) = self.open_datasets(m, Open::Check)?;
+        let (opened, mut notes) = self.open_datasets(m, Open::Check)?;
         notes.extend(m.inert_settings());
+        let keys = m
+            .variants
+            .iter()
+            .map(|v| Ok((v, Some(self.identity_keys(m, v, &opened)?))))
+            .collect::<Result<Vec<_>>>()?;
+        self.refuse_same_computation(m, &keys)?;
         Ok(notes)
+    }
+
+    /// A variant's stage keys for telling computations apart: on its opened dataset where
+    /// there is one, else on a stand-in with the dataset's registry entry and no files. Stage
+    /// slices read the dataset only through its entry and fingerprint, and every variant of
+    /// one dataset shares its fingerprint, so two variants' keys agree on the stand-in exactly
+    /// when they agree on the data.
+    fn identity_keys(&self, m: &Manifest, v: &Variant, opened: &Opened) -> Result<Vec<String>> {
+        let spec = self.dataset_for(m, v)?;
+        if let Some(idx) = opened.get(&spec.name).and_then(Option::as_ref) {
+            return Ok(self.stage_keys(m, v, idx));
+        }
+        let stand_in = DatasetIndex {
+            spec: spec.clone(),
+            samples: Vec::new(),
+            fingerprint: format!("not opened: {}", spec.name),
+            sizes: Vec::new(),
+        };
+        Ok(self.stage_keys(m, v, &stand_in))
     }
 
     /// Open every dataset the variants use, once each, and check each variant's split on it.
@@ -472,12 +499,19 @@ impl Runner {
         let (opened, mut notes) = self.open_datasets(m, mode)?;
         notes.extend(m.inert_settings());
         let mut all_keys = Vec::new();
+        let mut identity = Vec::new();
         for v in &m.variants {
             let spec = self.dataset_for(m, v)?;
             let idx = opened.get(&spec.name).and_then(Option::as_ref);
-            all_keys.push((v, idx.map(|d| self.stage_keys(m, v, d))));
+            let keys = idx.map(|d| self.stage_keys(m, v, d));
+            let id = match &keys {
+                Some(k) => k.clone(),
+                None => self.identity_keys(m, v, &opened)?,
+            };
+            all_keys.push((v, keys));
+            identity.push((v, Some(id)));
         }
-        self.refuse_same_computation(m, &all_keys)?;
+        self.refuse_same_computation(m, &identity)?;
         self.refuse_changed_data(m, &opened)?;
         Ok((opened, notes, all_keys))
     }
