@@ -18,6 +18,30 @@ fn json(p: &Path) -> serde_json::Value {
 }
 
 #[test]
+fn fake_replicates_are_refused_before_the_synthetic_data_exists() {
+    // Under `loss.variant = "ce"` nothing reads `loss.focal_gamma`. The synthetic dataset is
+    // not generated yet, so the keys are told apart on its registry entry; `plan` used to
+    // list these variants and `validate` to accept them.
+    let sb = Sandbox::new();
+    let m = sb.write(
+        "m.toml",
+        &format!(
+            "extends = {:?}\n[sweep.grid]\n\"loss.focal_gamma\" = [1.0, 2.0]\n",
+            ablation()
+        ),
+    );
+    for cmd in ["validate", "plan"] {
+        let o = sb.run(&[cmd, m.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("compute the same thing") && err.contains("`loss.focal_gamma`"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
 fn plan_lists_every_variant_and_shared_stages_and_a_second_run_does_nothing() {
     let sb = Sandbox::new();
     let o = sb.run(&["plan", &ablation()]);

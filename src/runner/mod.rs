@@ -274,7 +274,7 @@ impl Runner {
         let keys = m
             .variants
             .iter()
-            .map(|v| Ok((v, Some(self.identity_keys(m, v, &opened)?))))
+            .map(|v| Ok((v, self.identity_keys(m, v, &opened)?)))
             .collect::<Result<Vec<_>>>()?;
         self.refuse_same_computation(m, &keys)?;
         Ok(notes)
@@ -449,12 +449,12 @@ impl Runner {
     fn refuse_same_computation(
         &self,
         m: &Manifest,
-        keys: &[(&Variant, Option<Vec<String>>)],
+        keys: &[(&Variant, Vec<String>)],
     ) -> Result<()> {
         let mut first: BTreeMap<&String, &Variant> = BTreeMap::new();
         let mut errs = Vec::new();
         for (v, k) in keys {
-            let Some(last) = k.as_ref().and_then(|k| k.last()) else {
+            let Some(last) = k.last() else {
                 continue;
             };
             if let Some(o) = first.get(last) {
@@ -502,14 +502,11 @@ impl Runner {
         let mut identity = Vec::new();
         for v in &m.variants {
             let spec = self.dataset_for(m, v)?;
-            let idx = opened.get(&spec.name).and_then(Option::as_ref);
-            let keys = idx.map(|d| self.stage_keys(m, v, d));
-            let id = match &keys {
-                Some(k) => k.clone(),
-                None => self.identity_keys(m, v, &opened)?,
-            };
-            all_keys.push((v, keys));
-            identity.push((v, Some(id)));
+            let is_open = opened.get(&spec.name).is_some_and(Option::is_some);
+            // On an opened dataset these are the variant's stage keys.
+            let id = self.identity_keys(m, v, &opened)?;
+            all_keys.push((v, is_open.then(|| id.clone())));
+            identity.push((v, id));
         }
         self.refuse_same_computation(m, &identity)?;
         self.refuse_changed_data(m, &opened)?;
